@@ -1,1 +1,13 @@
-//! guest-sim
+//! The guest side of vhostbench: what a VM's virtio-net driver does, without a VM.
+//!
+//! - [`driver`]: the driver side of the split virtqueue ([`driver::DriverQueue`]).
+//! - [`mock`]: guest memory with queues and a buffer arena; raw ring writers for playing a
+//!   hostile guest in tests, benches and the fuzzer.
+//!
+//! It shares only [`vring`] (memory and wire layout) with the engine, never its internals.
+
+pub mod driver;
+pub mod mock;
+
+pub use driver::{Buf, DriverError, DriverQueue};
+pub use mock::MockGuest;

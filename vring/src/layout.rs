@@ -190,7 +190,15 @@ impl QueueAddrs {
         let avail = desc + desc_table_size(size);
         let used = (avail + avail::size(size)).next_multiple_of(USED_ALIGN);
         let end = used + used::size(size);
-        (QueueAddrs { size, desc, avail, used }, end - base)
+        (
+            QueueAddrs {
+                size,
+                desc,
+                avail,
+                used,
+            },
+            end - base,
+        )
     }
 }
 
@@ -245,7 +253,12 @@ mod tests {
 
     #[test]
     fn descriptor_bytes_round_trip() {
-        let d = Descriptor { addr: 0x1122_3344_5566_7788, len: 0x99aa_bbcc, flags: 7, next: 0xdead };
+        let d = Descriptor {
+            addr: 0x1122_3344_5566_7788,
+            len: 0x99aa_bbcc,
+            flags: 7,
+            next: 0xdead,
+        };
         let b = d.to_bytes();
         assert_eq!(b[0], 0x88);
         assert_eq!(b[8], 0xcc);

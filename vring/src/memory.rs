@@ -81,7 +81,10 @@ impl Span {
     /// The sub-range `[at, at + len)` of this span, if it fits.
     pub fn sub(self, at: usize, len: usize) -> Option<Span> {
         let end = at.checked_add(len)?;
-        (end <= self.len).then_some(Span { off: self.off + at, len })
+        (end <= self.len).then_some(Span {
+            off: self.off + at,
+            len,
+        })
     }
 }
 
@@ -141,19 +144,23 @@ impl GuestMemory {
             if r.len == 0 {
                 return Err(MemError::BadRegions("empty region"));
             }
-            if r.gpa % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0 {
+            if !r.gpa.is_multiple_of(PAGE_SIZE) || !r.len.is_multiple_of(PAGE_SIZE) {
                 return Err(MemError::BadRegions("region not page aligned"));
             }
-            let end = r
-                .gpa
-                .checked_add(r.len)
-                .ok_or(MemError::Overflow { gpa: r.gpa, len: r.len })?;
+            let end = r.gpa.checked_add(r.len).ok_or(MemError::Overflow {
+                gpa: r.gpa,
+                len: r.len,
+            })?;
             if i > 0 && r.gpa < prev_end {
                 return Err(MemError::BadRegions("overlapping regions"));
             }
             let host = usize::try_from(host_off)
                 .map_err(|_| MemError::BadRegions("regions too large for this host"))?;
-            out.push(Region { gpa: r.gpa, end, host_off: host });
+            out.push(Region {
+                gpa: r.gpa,
+                end,
+                host_off: host,
+            });
             host_off = host_off
                 .checked_add(r.len)
                 .ok_or(MemError::BadRegions("regions too large"))?;
@@ -189,7 +196,10 @@ impl GuestMemory {
     pub fn regions(&self) -> Vec<RegionSpec> {
         self.regions
             .iter()
-            .map(|r| RegionSpec { gpa: r.gpa, len: r.end - r.gpa })
+            .map(|r| RegionSpec {
+                gpa: r.gpa,
+                len: r.end - r.gpa,
+            })
             .collect()
     }
 
@@ -204,11 +214,16 @@ impl GuestMemory {
     /// valid anywhere inside a region or at its end.
     #[inline]
     pub fn translate(&self, gpa: u64, len: u64) -> Result<Span, MemError> {
-        let end = gpa.checked_add(len).ok_or(MemError::Overflow { gpa, len })?;
+        let end = gpa
+            .checked_add(len)
+            .ok_or(MemError::Overflow { gpa, len })?;
         for r in self.regions.iter() {
             if gpa >= r.gpa && end <= r.end {
                 // Both fit in usize: the region's bytes are all inside the mapping.
-                return Ok(Span { off: r.host_off + (gpa - r.gpa) as usize, len: len as usize });
+                return Ok(Span {
+                    off: r.host_off + (gpa - r.gpa) as usize,
+                    len: len as usize,
+                });
             }
         }
         Err(MemError::Unmapped { gpa, len })
@@ -356,7 +371,7 @@ impl GuestMemory {
     #[inline]
     fn atomic_u16(&self, off: usize) -> Result<&AtomicU16, MemError> {
         let p = self.check(off, 2)?;
-        if (p as usize) % 2 != 0 {
+        if !(p as usize).is_multiple_of(2) {
             return Err(MemError::Misaligned(off));
         }
         // SAFETY: `p` is 2-aligned and two bytes at it are inside the mapping, which outlives
@@ -389,8 +404,14 @@ mod tests {
     fn two_regions() -> GuestMemory {
         // Two regions with a hole between them, given out of order.
         GuestMemory::new(&[
-            RegionSpec { gpa: 0x10_0000, len: 0x2000 },
-            RegionSpec { gpa: 0, len: 0x1000 },
+            RegionSpec {
+                gpa: 0x10_0000,
+                len: 0x2000,
+            },
+            RegionSpec {
+                gpa: 0,
+                len: 0x1000,
+            },
         ])
         .expect("memory")
     }
@@ -399,14 +420,47 @@ mod tests {
     fn translate_checks_bounds_holes_and_overflow() {
         let m = two_regions();
         assert_eq!(m.mapped_len(), 0x3000);
-        assert_eq!(m.translate(0, 0x1000).ok(), Some(Span { off: 0, len: 0x1000 }));
-        assert_eq!(m.translate(0x10_0010, 16).ok(), Some(Span { off: 0x1010, len: 16 }));
-        assert_eq!(m.translate(0x1000, 0).ok(), Some(Span { off: 0x1000, len: 0 }));
-        assert!(matches!(m.translate(0xfff, 2), Err(MemError::Unmapped { .. })));
-        assert!(matches!(m.translate(0x2000, 1), Err(MemError::Unmapped { .. })));
-        assert!(matches!(m.translate(0x10_1fff, 2), Err(MemError::Unmapped { .. })));
-        assert!(matches!(m.translate(u64::MAX, 2), Err(MemError::Overflow { .. })));
-        assert!(matches!(m.translate(0x10_0000, u64::MAX), Err(MemError::Overflow { .. })));
+        assert_eq!(
+            m.translate(0, 0x1000).ok(),
+            Some(Span {
+                off: 0,
+                len: 0x1000
+            })
+        );
+        assert_eq!(
+            m.translate(0x10_0010, 16).ok(),
+            Some(Span {
+                off: 0x1010,
+                len: 16
+            })
+        );
+        assert_eq!(
+            m.translate(0x1000, 0).ok(),
+            Some(Span {
+                off: 0x1000,
+                len: 0
+            })
+        );
+        assert!(matches!(
+            m.translate(0xfff, 2),
+            Err(MemError::Unmapped { .. })
+        ));
+        assert!(matches!(
+            m.translate(0x2000, 1),
+            Err(MemError::Unmapped { .. })
+        ));
+        assert!(matches!(
+            m.translate(0x10_1fff, 2),
+            Err(MemError::Unmapped { .. })
+        ));
+        assert!(matches!(
+            m.translate(u64::MAX, 2),
+            Err(MemError::Overflow { .. })
+        ));
+        assert!(matches!(
+            m.translate(0x10_0000, u64::MAX),
+            Err(MemError::Overflow { .. })
+        ));
     }
 
     #[test]
@@ -414,9 +468,18 @@ mod tests {
         assert!(GuestMemory::new(&[]).is_err());
         assert!(GuestMemory::new(&[RegionSpec { gpa: 0, len: 0 }]).is_err());
         assert!(GuestMemory::new(&[RegionSpec { gpa: 1, len: 4096 }]).is_err());
-        let overlap = [RegionSpec { gpa: 0, len: 8192 }, RegionSpec { gpa: 4096, len: 4096 }];
+        let overlap = [
+            RegionSpec { gpa: 0, len: 8192 },
+            RegionSpec {
+                gpa: 4096,
+                len: 4096,
+            },
+        ];
         assert!(GuestMemory::new(&overlap).is_err());
-        let wrap = [RegionSpec { gpa: u64::MAX - 4095, len: 8192 }];
+        let wrap = [RegionSpec {
+            gpa: u64::MAX - 4095,
+            len: 8192,
+        }];
         assert!(GuestMemory::new(&wrap).is_err());
     }
 

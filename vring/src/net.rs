@@ -90,7 +90,10 @@ impl Features {
         ];
         for (b, dep) in needs {
             if self.has(b) && !self.has(dep) {
-                return Err(FeatureError::MissingDependency { feature: name(b), needs: name(dep) });
+                return Err(FeatureError::MissingDependency {
+                    feature: name(b),
+                    needs: name(dep),
+                });
             }
         }
         if !self.has(bit::VERSION_1) {
@@ -236,7 +239,10 @@ mod tests {
         assert_eq!(offset_of!(VirtioNetHdr, gso_size), 4);
         assert_eq!(offset_of!(VirtioNetHdr, csum_start), 6);
         assert_eq!(offset_of!(VirtioNetHdr, csum_offset), 8);
-        assert_eq!(offset_of!(VirtioNetHdr, num_buffers), VirtioNetHdr::NUM_BUFFERS_OFFSET);
+        assert_eq!(
+            offset_of!(VirtioNetHdr, num_buffers),
+            VirtioNetHdr::NUM_BUFFERS_OFFSET
+        );
     }
 
     #[test]
@@ -262,9 +268,14 @@ mod tests {
         assert!(v1.with(bit::HOST_TSO4, true).check_dependencies().is_err());
         assert!(v1.with(bit::GUEST_TSO6, true).check_dependencies().is_err());
         assert_eq!(
-            v1.with(bit::GUEST_TSO6, true).with(bit::GUEST_CSUM, true).check_dependencies(),
+            v1.with(bit::GUEST_TSO6, true)
+                .with(bit::GUEST_CSUM, true)
+                .check_dependencies(),
             Ok(())
         );
-        assert_eq!(Features::empty().check_dependencies(), Err(FeatureError::NoVersion1));
+        assert_eq!(
+            Features::empty().check_dependencies(),
+            Err(FeatureError::NoVersion1)
+        );
     }
 }

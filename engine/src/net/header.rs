@@ -1,0 +1,52 @@
+//! The TX side of virtio-net framing: a chain is a 12-byte `virtio_net_hdr_v1` followed by the
+//! frame (§5.1.6). The header may be split across descriptors or share one with the payload;
+//! [`Chain::read_into`] takes it from wherever it lies.
+
+use vring::net::VirtioNetHdr;
+use vring::GuestMemory;
+
+use crate::virtq::{Chain, DeviceQueue, QueueError};
+
+/// One transmitted frame, as found in a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxFrame {
+    /// The guest's header (offload requests).
+    pub hdr: VirtioNetHdr,
+    /// Frame bytes after the header.
+    pub len: u32,
+}
+
+/// Reads and checks the header of a TX chain: no device-writable parts, room for the header.
+pub fn parse_tx(mem: &GuestMemory, chain: &Chain) -> Result<TxFrame, QueueError> {
+    if !chain.writable().is_empty() {
+        return Err(QueueError::UnexpectedWritable);
+    }
+    let total = chain.readable_len();
+    if (total as usize) < VirtioNetHdr::SIZE {
+        return Err(QueueError::HeaderTooShort { len: total });
+    }
+    let mut raw = [0u8; VirtioNetHdr::SIZE];
+    // Cannot come up short: the readable part is at least SIZE bytes.
+    chain.read_into(mem, 0, &mut raw);
+    Ok(TxFrame {
+        hdr: VirtioNetHdr::from_bytes(&raw),
+        len: total - VirtioNetHdr::SIZE as u32,
+    })
+}
+
+/// Pops the next TX chain and parses it. `Ok(None)`: the ring is empty. A malformed chain
+/// breaks the queue, which counts it.
+#[inline]
+pub fn pop_tx(
+    q: &mut DeviceQueue,
+    mem: &GuestMemory,
+    chain: &mut Chain,
+) -> Result<Option<TxFrame>, QueueError> {
+    if !q.pop(mem, chain)? {
+        return Ok(None);
+    }
+    match parse_tx(mem, chain) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) => Err(q.fail(e)),
+    }
+}

@@ -1,0 +1,11 @@
+//! virtio-net device logic on top of [`crate::virtq`].
+//!
+//! - [`device`]: feature negotiation as a set.
+//! - [`header`]: the TX side: a chain → its `virtio_net_hdr_v1` and frame segments.
+//! - [`rx`]: the RX side: a frame → one or more guest chains (mergeable buffers).
+
+pub mod device;
+pub mod header;
+pub mod rx;
+
+pub use vring::net::{bit, FeatureError, Features, VirtioNetHdr};

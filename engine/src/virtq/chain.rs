@@ -1,0 +1,323 @@
+//! Walking a descriptor chain (virtio 1.2 §2.7.5) into host segments, with every check a
+//! hostile guest needs.
+//!
+//! Each descriptor is read once, as 16 bytes, into a local copy: the guest may rewrite the table
+//! while we walk it, and nothing we decide is based on a second read. Chains get a TTL (the
+//! table size) so a loop ends in [`QueueError::ChainLoop`]; lengths are summed in 64 bits and
+//! checked against 2^32 - 1; every address is translated with overflow checks.
+
+use vring::layout::Descriptor;
+use vring::{GuestMemory, Span};
+
+use super::error::QueueError;
+
+/// The most segments one chain may have: Linux's `UIO_MAXIOV` (1024) plus `VHOST_NET_BATCH`
+/// (64) of headroom, the iov array size of `vhost_net`.
+pub const MAX_SEGMENTS: usize = 1024 + 64;
+
+/// A popped descriptor chain, as host segments: the device-readable ones first, then the
+/// device-writable ones (§2.7.4.2 requires that order).
+///
+/// The segment vector is reused across pops, so the hot path does not allocate.
+#[derive(Debug, Default, Clone)]
+pub struct Chain {
+    head: u16,
+    segs: Vec<Span>,
+    n_readable: usize,
+    read_len: u32,
+    write_len: u32,
+    descriptors: u32,
+}
+
+impl Chain {
+    /// An empty chain with room for `cap` segments.
+    pub fn with_capacity(cap: usize) -> Self {
+        Chain {
+            segs: Vec::with_capacity(cap),
+            ..Default::default()
+        }
+    }
+
+    /// Head index, to return in the used ring.
+    #[inline]
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// The device-readable segments.
+    #[inline]
+    pub fn readable(&self) -> &[Span] {
+        &self.segs[..self.n_readable]
+    }
+
+    /// The device-writable segments.
+    #[inline]
+    pub fn writable(&self) -> &[Span] {
+        &self.segs[self.n_readable..]
+    }
+
+    /// Total device-readable bytes.
+    #[inline]
+    pub fn readable_len(&self) -> u32 {
+        self.read_len
+    }
+
+    /// Total device-writable bytes.
+    #[inline]
+    pub fn writable_len(&self) -> u32 {
+        self.write_len
+    }
+
+    /// How many descriptors the chain used (indirect tables counted by their entries).
+    #[inline]
+    pub fn descriptors(&self) -> u32 {
+        self.descriptors
+    }
+
+    /// Copies readable bytes, starting `skip` bytes into the readable part, into `dst`.
+    /// Returns how many bytes were copied (less than `dst.len()` if the chain is shorter).
+    pub fn read_into(&self, mem: &GuestMemory, skip: usize, dst: &mut [u8]) -> usize {
+        copy_segments(self.readable(), skip, dst.len(), |span, at| {
+            // Spans come from `translate`, so these reads are in bounds; a failure would mean a
+            // span from another memory, which we treat as "nothing copied".
+            mem.read_at(span.off, &mut dst[at..at + span.len]).is_ok()
+        })
+    }
+
+    /// Copies `src` into the writable part, starting `skip` bytes in. Returns how many bytes
+    /// were written (less than `src.len()` if the chain is shorter).
+    pub fn write_from(&self, mem: &GuestMemory, skip: usize, src: &[u8]) -> usize {
+        copy_segments(self.writable(), skip, src.len(), |span, at| {
+            mem.write_at(span.off, &src[at..at + span.len]).is_ok()
+        })
+    }
+
+    /// The readable segments from byte `skip` on (for example the frame after the net header).
+    pub fn readable_from(&self, skip: usize) -> impl Iterator<Item = Span> + '_ {
+        skip_spans(self.readable(), skip)
+    }
+
+    /// The writable segments from byte `skip` on.
+    pub fn writable_from(&self, skip: usize) -> impl Iterator<Item = Span> + '_ {
+        skip_spans(self.writable(), skip)
+    }
+
+    fn reset(&mut self, head: u16) {
+        self.head = head;
+        self.segs.clear();
+        self.n_readable = 0;
+        self.read_len = 0;
+        self.write_len = 0;
+        self.descriptors = 0;
+    }
+}
+
+fn skip_spans(spans: &[Span], mut skip: usize) -> impl Iterator<Item = Span> + '_ {
+    spans.iter().filter_map(move |s| {
+        if skip >= s.len {
+            skip -= s.len;
+            return None;
+        }
+        let out = Span {
+            off: s.off + skip,
+            len: s.len - skip,
+        };
+        skip = 0;
+        Some(out)
+    })
+}
+
+/// Walks `spans` from byte `skip`, calling `f(piece, at)` for pieces covering up to `want`
+/// bytes, where `at` is the offset in the caller's buffer. Returns the bytes covered.
+#[inline]
+fn copy_segments(
+    spans: &[Span],
+    skip: usize,
+    want: usize,
+    mut f: impl FnMut(Span, usize) -> bool,
+) -> usize {
+    let mut done = 0;
+    for s in skip_spans(spans, skip) {
+        if done == want {
+            break;
+        }
+        let n = s.len.min(want - done);
+        if !f(Span { off: s.off, len: n }, done) {
+            break;
+        }
+        done += n;
+    }
+    done
+}
+
+/// What the walk needs to know about the queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Table {
+    /// Host offset of the descriptor table.
+    pub off: usize,
+    /// Entries in it.
+    pub size: u16,
+    /// `VIRTIO_F_RING_INDIRECT_DESC` negotiated.
+    pub indirect: bool,
+}
+
+/// Walks the chain starting at `head` into `chain`.
+pub(crate) fn walk(
+    mem: &GuestMemory,
+    table: Table,
+    head: u16,
+    chain: &mut Chain,
+) -> Result<(), QueueError> {
+    chain.reset(head);
+    if head >= table.size {
+        return Err(QueueError::HeadOutOfRange {
+            head,
+            size: table.size,
+        });
+    }
+    let mut total: u64 = 0;
+    let mut idx = head;
+    // TTL: a chain in the main table has at most `size` descriptors (Linux: "Loop detected").
+    let mut ttl = table.size as u32;
+    loop {
+        if ttl == 0 {
+            return Err(QueueError::ChainLoop {
+                head,
+                max: table.size as u32,
+            });
+        }
+        ttl -= 1;
+        let d = read_desc(mem, table.off, idx)?;
+        if d.is_indirect() {
+            if !table.indirect {
+                return Err(QueueError::IndirectNotNegotiated);
+            }
+            if d.has_next() {
+                return Err(QueueError::IndirectWithNext);
+            }
+            walk_indirect(mem, d, chain, &mut total)?;
+            break;
+        }
+        push(mem, d, chain, &mut total)?;
+        if !d.has_next() {
+            break;
+        }
+        if d.next >= table.size {
+            return Err(QueueError::NextOutOfRange {
+                next: d.next,
+                size: table.size as u32,
+            });
+        }
+        idx = d.next;
+    }
+    Ok(())
+}
+
+fn walk_indirect(
+    mem: &GuestMemory,
+    ind: Descriptor,
+    chain: &mut Chain,
+    total: &mut u64,
+) -> Result<(), QueueError> {
+    // §2.7.5.3.1: the table holds len/16 descriptors. Linux bounds it by the iov limit; a table
+    // larger than the largest queue is certainly bogus.
+    let bytes = ind.len;
+    let n = bytes / Descriptor::SIZE as u32;
+    if bytes == 0
+        || !bytes.is_multiple_of(Descriptor::SIZE as u32)
+        || n > vring::layout::MAX_QUEUE_SIZE as u32
+    {
+        return Err(QueueError::IndirectBadLength(bytes));
+    }
+    let span = mem
+        .translate(ind.addr, bytes as u64)
+        .map_err(|source| QueueError::BadAddress {
+            addr: ind.addr,
+            len: bytes,
+            source,
+        })?;
+    let mut idx: u32 = 0;
+    let mut ttl = n;
+    loop {
+        if ttl == 0 {
+            return Err(QueueError::ChainLoop {
+                head: chain.head,
+                max: n,
+            });
+        }
+        ttl -= 1;
+        let d = read_desc(mem, span.off, idx as u16)?;
+        if d.is_indirect() {
+            return Err(QueueError::NestedIndirect);
+        }
+        push(mem, d, chain, total)?;
+        if !d.has_next() {
+            return Ok(());
+        }
+        if d.next as u32 >= n {
+            return Err(QueueError::NextOutOfRange {
+                next: d.next,
+                size: n,
+            });
+        }
+        idx = d.next as u32;
+    }
+}
+
+#[inline]
+fn read_desc(mem: &GuestMemory, table_off: usize, idx: u16) -> Result<Descriptor, QueueError> {
+    // The table was translated as a whole, so this offset is inside it; the accessor checks
+    // the mapping bounds again regardless.
+    let off = table_off + idx as usize * Descriptor::SIZE;
+    mem.read_16(off)
+        .map(Descriptor::from_bytes)
+        .map_err(|source| QueueError::BadRing {
+            part: "desc",
+            gpa: 0,
+            source: Some(source),
+        })
+}
+
+#[inline]
+fn push(
+    mem: &GuestMemory,
+    d: Descriptor,
+    chain: &mut Chain,
+    total: &mut u64,
+) -> Result<(), QueueError> {
+    chain.descriptors += 1;
+    let write = d.is_write_only();
+    if !write && chain.segs.len() > chain.n_readable {
+        return Err(QueueError::ReadableAfterWritable);
+    }
+    *total += d.len as u64;
+    if *total > u32::MAX as u64 {
+        return Err(QueueError::LengthOverflow { head: chain.head });
+    }
+    // `total` is at most 2^32 - 1, so neither part can overflow.
+    if write {
+        chain.write_len += d.len;
+    } else {
+        chain.read_len += d.len;
+    }
+    // A zero-length descriptor carries no bytes; like Linux's translate_desc it produces no
+    // segment (and so its address is never used).
+    if d.len == 0 {
+        return Ok(());
+    }
+    let span = mem
+        .translate(d.addr, d.len as u64)
+        .map_err(|source| QueueError::BadAddress {
+            addr: d.addr,
+            len: d.len,
+            source,
+        })?;
+    if chain.segs.len() == MAX_SEGMENTS {
+        return Err(QueueError::TooManySegments(MAX_SEGMENTS));
+    }
+    chain.segs.push(span);
+    if !write {
+        chain.n_readable += 1;
+    }
+    Ok(())
+}

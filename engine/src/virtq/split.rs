@@ -1,0 +1,374 @@
+//! The device side of a split virtqueue (virtio 1.2 §2.7): pop chains from the avail ring, add
+//! used elements, publish `used.idx` once per batch, and suppress notifications both ways.
+//!
+//! The queue is owned by one thread (the worker); the guest is the only other party. Memory
+//! ordering with the guest follows Linux `drivers/vhost/vhost.c`:
+//!
+//! | step | here | pairs with (driver) |
+//! |---|---|---|
+//! | read `avail.idx` | Acquire load | Release store of `avail.idx` after writing the entry |
+//! | publish `used.idx` | Release store | Acquire load of `used.idx` before reading entries |
+//! | re-enable kicks | store `avail_event`, SeqCst fence, re-read `avail.idx` | store `avail.idx`, fence, read `avail_event` |
+//! | decide to interrupt | SeqCst fence after `used.idx`, read `used_event` | store `used_event`, fence, re-read `used.idx` |
+
+use std::sync::atomic::{fence, Ordering};
+
+use vring::layout::{self, avail, used, QueueAddrs};
+use vring::net::{bit, Features};
+use vring::GuestMemory;
+
+use super::chain::{self, Chain, Table};
+use super::error::{ErrorKind, QueueError};
+
+/// Counters of one queue. Plain integers: the queue has one owner thread, which copies them
+/// out into the shared metrics.
+#[derive(Clone, Debug, Default)]
+pub struct QueueStats {
+    /// Chains popped.
+    pub chains: u64,
+    /// Descriptors those chains used.
+    pub descriptors: u64,
+    /// Used elements added.
+    pub used: u64,
+    /// Times `used.idx` was published (batches).
+    pub publishes: u64,
+    /// Times the guest was told it should be interrupted.
+    pub notifies: u64,
+    /// Times an interrupt was suppressed by the guest's request.
+    pub notifies_suppressed: u64,
+    /// Reloads of `avail.idx` from guest memory.
+    pub avail_reads: u64,
+    /// Errors, by [`ErrorKind`].
+    pub errors: [u64; ErrorKind::COUNT],
+}
+
+/// The device side of one split virtqueue.
+#[derive(Debug)]
+pub struct DeviceQueue {
+    size: u16,
+    mask: u16,
+    table: Table,
+    avail_off: usize,
+    used_off: usize,
+    event_idx: bool,
+    /// Next avail-ring slot to consume (`last_avail_idx`).
+    next_avail: u16,
+    /// Last `avail.idx` read from the guest.
+    avail_idx: u16,
+    /// Next used-ring slot to fill; published to the guest by [`DeviceQueue::publish_used`].
+    next_used: u16,
+    /// `used.idx` as last published.
+    published_used: u16,
+    /// `used.idx` when the guest was last notified (`signalled_used`), if known.
+    signalled_used: Option<u16>,
+    /// Kicks currently suppressed.
+    kicks_disabled: bool,
+    broken: Option<QueueError>,
+    /// Counters.
+    pub stats: QueueStats,
+}
+
+impl DeviceQueue {
+    /// Sets up the device side of a queue the driver placed at `addrs`, with the negotiated
+    /// `features` (`RING_EVENT_IDX`, `RING_INDIRECT_DESC`). Validates size, alignment and that
+    /// each ring part lies in guest memory; after this, ring accesses are offsets into parts
+    /// known to be mapped.
+    pub fn new(
+        mem: &GuestMemory,
+        addrs: QueueAddrs,
+        features: Features,
+    ) -> Result<Self, QueueError> {
+        let size = addrs.size;
+        if size == 0 || !size.is_power_of_two() || size > layout::MAX_QUEUE_SIZE {
+            return Err(QueueError::BadSize(size));
+        }
+        let part = |name, gpa: u64, len: u64, align: u64| {
+            if !gpa.is_multiple_of(align) {
+                return Err(QueueError::BadRing {
+                    part: name,
+                    gpa,
+                    source: None,
+                });
+            }
+            mem.translate(gpa, len)
+                .map(|s| s.off)
+                .map_err(|e| QueueError::BadRing {
+                    part: name,
+                    gpa,
+                    source: Some(e),
+                })
+        };
+        let desc_off = part(
+            "desc",
+            addrs.desc,
+            layout::desc_table_size(size),
+            layout::DESC_ALIGN,
+        )?;
+        let avail_off = part("avail", addrs.avail, avail::size(size), layout::AVAIL_ALIGN)?;
+        let used_off = part("used", addrs.used, used::size(size), layout::USED_ALIGN)?;
+        Ok(DeviceQueue {
+            size,
+            mask: size - 1,
+            table: Table {
+                off: desc_off,
+                size,
+                indirect: features.has(bit::RING_INDIRECT_DESC),
+            },
+            avail_off,
+            used_off,
+            event_idx: features.has(bit::RING_EVENT_IDX),
+            next_avail: 0,
+            avail_idx: 0,
+            next_used: 0,
+            published_used: 0,
+            signalled_used: None,
+            kicks_disabled: false,
+            broken: None,
+            stats: QueueStats::default(),
+        })
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Whether `RING_EVENT_IDX` is in use.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// The error that stopped the queue, if any.
+    pub fn broken(&self) -> Option<&QueueError> {
+        self.broken.as_ref()
+    }
+
+    /// Marks the queue broken with `err` (also for errors found above this layer, such as a
+    /// TX chain with writable parts), counts it, and returns it.
+    pub fn fail(&mut self, err: QueueError) -> QueueError {
+        self.stats.errors[err.kind() as usize] += 1;
+        if self.broken.is_none() {
+            self.broken = Some(err.clone());
+        }
+        err
+    }
+
+    #[inline]
+    fn check_live(&mut self) -> Result<(), QueueError> {
+        match self.broken {
+            None => Ok(()),
+            Some(_) => Err(QueueError::Broken),
+        }
+    }
+
+    /// Reads `avail.idx` and checks it is at most `size` entries ahead of us.
+    #[inline]
+    fn read_avail_idx(&mut self, mem: &GuestMemory) -> Result<u16, QueueError> {
+        self.stats.avail_reads += 1;
+        // Acquire: pairs with the driver's Release store of `avail.idx`; the ring entries and
+        // descriptors it publishes are read after this load.
+        let idx = mem
+            .load_u16(self.avail_off + avail::IDX as usize, Ordering::Acquire)
+            .map_err(|e| QueueError::BadRing {
+                part: "avail",
+                gpa: 0,
+                source: Some(e),
+            })?;
+        if idx.wrapping_sub(self.next_avail) > self.size {
+            return Err(QueueError::AvailIdxJump {
+                avail_idx: idx,
+                next_avail: self.next_avail,
+                size: self.size,
+            });
+        }
+        self.avail_idx = idx;
+        Ok(idx)
+    }
+
+    /// Chains available but not yet popped, as of the last read of `avail.idx`
+    /// (re-read if that showed none).
+    pub fn pending(&mut self, mem: &GuestMemory) -> Result<u16, QueueError> {
+        self.check_live()?;
+        if self.avail_idx == self.next_avail {
+            if let Err(e) = self.read_avail_idx(mem) {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(self.avail_idx.wrapping_sub(self.next_avail))
+    }
+
+    /// Pops the next available chain into `chain`. `Ok(false)`: nothing available.
+    /// An error breaks the queue; every later call returns [`QueueError::Broken`].
+    ///
+    /// `avail.idx` is read from guest memory only when the entries seen last time are used up,
+    /// so a batch costs one shared-cache-line read.
+    #[inline]
+    pub fn pop(&mut self, mem: &GuestMemory, chain: &mut Chain) -> Result<bool, QueueError> {
+        if self.pending(mem)? == 0 {
+            return Ok(false);
+        }
+        let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
+        let walked = mem
+            .read_u16(slot)
+            .map_err(|e| QueueError::BadRing {
+                part: "avail",
+                gpa: 0,
+                source: Some(e),
+            })
+            .and_then(|head| chain::walk(mem, self.table, head, chain));
+        match walked {
+            Ok(()) => {
+                self.next_avail = self.next_avail.wrapping_add(1);
+                self.stats.chains += 1;
+                self.stats.descriptors += chain.descriptors() as u64;
+                Ok(true)
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Gives back the last `n` popped chains (Linux `vhost_discard_vq_desc`), for example when
+    /// a received frame did not fit in the buffers popped for it.
+    pub fn unpop(&mut self, n: u16) {
+        self.next_avail = self.next_avail.wrapping_sub(n);
+        self.stats.chains = self.stats.chains.saturating_sub(n as u64);
+    }
+
+    /// Adds a used element for chain `head` with `len` bytes written. Not visible to the guest
+    /// until [`DeviceQueue::publish_used`].
+    #[inline]
+    pub fn add_used(&mut self, mem: &GuestMemory, head: u16, len: u32) -> Result<(), QueueError> {
+        self.check_live()?;
+        let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
+        let elem = (head as u64) | ((len as u64) << 32);
+        if let Err(e) = mem.write_u64(off, elem) {
+            return Err(self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            }));
+        }
+        self.next_used = self.next_used.wrapping_add(1);
+        self.stats.used += 1;
+        Ok(())
+    }
+
+    /// Makes the used elements added so far visible to the guest: one store per batch.
+    #[inline]
+    pub fn publish_used(&mut self, mem: &GuestMemory) -> Result<(), QueueError> {
+        if self.next_used == self.published_used {
+            return Ok(());
+        }
+        // Release: the used elements written by `add_used` become visible no later than the new
+        // index; pairs with the driver's Acquire load of `used.idx`.
+        if let Err(e) = mem.store_u16(
+            self.used_off + used::IDX as usize,
+            self.next_used,
+            Ordering::Release,
+        ) {
+            return Err(self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            }));
+        }
+        self.published_used = self.next_used;
+        self.stats.publishes += 1;
+        Ok(())
+    }
+
+    /// Whether the guest wants an interrupt for what was published since the last one
+    /// (Linux `vhost_notify`). Call after [`DeviceQueue::publish_used`]; a `true` should be
+    /// followed by signalling the call eventfd.
+    pub fn needs_notification(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken.is_some() {
+            // A broken queue still tells the guest, so it can notice and reset.
+            return true;
+        }
+        // SeqCst fence: closes the race where our read of `used_event`/`avail.flags` is ordered
+        // before our `used.idx` store is visible, while the guest stores `used_event` and then
+        // re-checks `used.idx` — each would see the other's old value and the interrupt would
+        // be lost with the guest asleep.
+        fence(Ordering::SeqCst);
+        let new = self.published_used;
+        let notify = if self.event_idx {
+            let ev = mem.read_u16(self.avail_off + avail::used_event(self.size) as usize);
+            let old = self.signalled_used.replace(new);
+            match (ev, old) {
+                (Ok(ev), Some(old)) => layout::need_event(ev, new, old),
+                // First notification, or an unreadable field: notify (spurious is safe).
+                _ => true,
+            }
+        } else {
+            match mem.read_u16(self.avail_off + avail::FLAGS as usize) {
+                Ok(flags) => flags & layout::VRING_AVAIL_F_NO_INTERRUPT == 0,
+                Err(_) => true,
+            }
+        };
+        if notify {
+            self.stats.notifies += 1;
+        } else {
+            self.stats.notifies_suppressed += 1;
+        }
+        notify
+    }
+
+    /// Asks the guest not to kick while we are polling the ring (Linux `vhost_disable_notify`).
+    /// With event indices nothing is written: `avail_event` stays behind, so the guest's
+    /// `need_event` test fails until we move it again.
+    pub fn disable_notifications(&mut self, mem: &GuestMemory) {
+        if self.kicks_disabled {
+            return;
+        }
+        self.kicks_disabled = true;
+        if !self.event_idx {
+            let _ = mem.write_u16(
+                self.used_off + used::FLAGS as usize,
+                layout::VRING_USED_F_NO_NOTIFY,
+            );
+        }
+    }
+
+    /// Asks the guest to kick again, then re-checks the ring (Linux `vhost_enable_notify`).
+    /// Returns `Ok(true)` if buffers arrived meanwhile: the caller must process them instead of
+    /// sleeping, or that kick is lost.
+    pub fn enable_notifications(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        self.check_live()?;
+        self.kicks_disabled = false;
+        let wrote = if self.event_idx {
+            // Kick me once you publish past what I have already seen.
+            mem.write_u16(
+                self.used_off + used::avail_event(self.size) as usize,
+                self.avail_idx,
+            )
+        } else {
+            mem.write_u16(self.used_off + used::FLAGS as usize, 0)
+        };
+        if let Err(e) = wrote {
+            return Err(self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            }));
+        }
+        // SeqCst fence: closes the lost-kick race. The guest stores `avail.idx`, fences, then
+        // reads `avail_event`/`used.flags` to decide whether to kick; we store `avail_event`,
+        // fence, then read `avail.idx`. Without a full fence on both sides each could read the
+        // other's old value: the guest skips the kick and we go to sleep with work queued.
+        fence(Ordering::SeqCst);
+        match self.read_avail_idx(mem) {
+            Ok(idx) => Ok(idx != self.next_avail),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Index of the next avail entry to consume (`last_avail_idx`).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Index the next used element will get.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+}

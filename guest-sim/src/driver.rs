@@ -1,0 +1,348 @@
+//! The driver side of a split virtqueue, as a guest's virtio driver runs it (modeled on Linux
+//! `drivers/virtio/virtio_ring.c`): a free list of descriptors, chains posted to the avail ring,
+//! `avail.idx` published once per batch, kicks decided by event index, used entries reaped.
+//!
+//! Ordering with the device (see the table in `engine::virtq::split`): entries before
+//! `avail.idx` (Release); `used.idx` before entries (Acquire); a SeqCst fence between publishing
+//! and reading the other side's event field, in both the kick and the interrupt decisions.
+
+use std::sync::atomic::{fence, Ordering};
+
+use vring::layout::{self, avail, used, Descriptor, QueueAddrs, UsedElem};
+use vring::{GuestMemory, MemError};
+
+/// One buffer of a chain, as the driver posts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable (RX) rather than device-readable (TX).
+    pub write: bool,
+}
+
+impl Buf {
+    /// A device-readable buffer.
+    pub fn read(gpa: u64, len: u32) -> Self {
+        Buf {
+            gpa,
+            len,
+            write: false,
+        }
+    }
+    /// A device-writable buffer.
+    pub fn write(gpa: u64, len: u32) -> Self {
+        Buf {
+            gpa,
+            len,
+            write: true,
+        }
+    }
+}
+
+/// Driver-side failures.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum DriverError {
+    /// Not enough free descriptors for the chain.
+    #[error("{need} descriptors needed, {free} free")]
+    NoSpace {
+        /// Wanted.
+        need: usize,
+        /// Available.
+        free: u16,
+    },
+    /// An empty chain.
+    #[error("empty chain")]
+    Empty,
+    /// Queue size not a power of two in 1..=32768.
+    #[error("bad queue size {0}")]
+    BadSize(u16),
+    /// A ring part or buffer is not in guest memory.
+    #[error("guest memory")]
+    Memory(#[from] MemError),
+    /// The device returned a head we did not post, or did not expect back.
+    #[error("device returned unknown head {0}")]
+    BadUsedId(u32),
+}
+
+/// The driver side of one split virtqueue.
+#[derive(Debug)]
+pub struct DriverQueue {
+    addrs: QueueAddrs,
+    mask: u16,
+    desc_off: usize,
+    avail_off: usize,
+    used_off: usize,
+    event_idx: bool,
+    /// Free-list links (the driver's own copy; it never trusts what is in guest memory).
+    next: Vec<u16>,
+    /// Descriptors in the chain whose head is the index, 0 when not posted.
+    chain_len: Vec<u16>,
+    free_head: u16,
+    num_free: u16,
+    /// Next avail slot to fill.
+    avail_idx: u16,
+    /// `avail.idx` as last published.
+    published: u16,
+    /// Next used entry to reap.
+    last_used: u16,
+    /// Last `used.idx` read.
+    used_idx: u16,
+}
+
+impl DriverQueue {
+    /// Sets up a queue at `addrs`, zeroing its rings. `event_idx`: `RING_EVENT_IDX` negotiated.
+    pub fn new(mem: &GuestMemory, addrs: QueueAddrs, event_idx: bool) -> Result<Self, DriverError> {
+        let size = addrs.size;
+        if size == 0 || !size.is_power_of_two() || size > layout::MAX_QUEUE_SIZE {
+            return Err(DriverError::BadSize(size));
+        }
+        let desc = mem.translate(addrs.desc, layout::desc_table_size(size))?;
+        let av = mem.translate(addrs.avail, avail::size(size))?;
+        let us = mem.translate(addrs.used, used::size(size))?;
+        for s in [desc, av, us] {
+            mem.fill(s, 0)?;
+        }
+        Ok(DriverQueue {
+            addrs,
+            mask: size - 1,
+            desc_off: desc.off,
+            avail_off: av.off,
+            used_off: us.off,
+            event_idx,
+            next: (1..=size).collect(),
+            chain_len: vec![0; size as usize],
+            free_head: 0,
+            num_free: size,
+            avail_idx: 0,
+            published: 0,
+            last_used: 0,
+            used_idx: 0,
+        })
+    }
+
+    /// Where the rings are.
+    pub fn addrs(&self) -> QueueAddrs {
+        self.addrs
+    }
+
+    /// Free descriptors.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// Chains posted and not yet returned by the device.
+    pub fn in_flight(&self) -> u16 {
+        self.avail_idx.wrapping_sub(self.last_used)
+    }
+
+    fn alloc(&mut self, n: usize) -> Result<u16, DriverError> {
+        if n == 0 {
+            return Err(DriverError::Empty);
+        }
+        if n > self.num_free as usize {
+            return Err(DriverError::NoSpace {
+                need: n,
+                free: self.num_free,
+            });
+        }
+        let head = self.free_head;
+        let mut last = head;
+        for _ in 1..n {
+            last = self.next[last as usize];
+        }
+        self.free_head = self.next[last as usize];
+        self.num_free -= n as u16;
+        self.chain_len[head as usize] = n as u16;
+        Ok(head)
+    }
+
+    fn write_desc(
+        &self,
+        mem: &GuestMemory,
+        table_off: usize,
+        i: u16,
+        d: Descriptor,
+    ) -> Result<(), DriverError> {
+        Ok(mem.write_16(table_off + i as usize * Descriptor::SIZE, d.to_bytes())?)
+    }
+
+    fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<u16, DriverError> {
+        mem.write_u16(
+            self.avail_off + avail::ring(self.avail_idx & self.mask) as usize,
+            head,
+        )?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        Ok(head)
+    }
+
+    /// Posts a chain of direct descriptors (not yet visible: see [`DriverQueue::publish`]).
+    /// Returns its head.
+    pub fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<u16, DriverError> {
+        let head = self.alloc(bufs.len())?;
+        let mut i = head;
+        for (k, b) in bufs.iter().enumerate() {
+            let more = k + 1 < bufs.len();
+            let mut flags = if b.write {
+                layout::VIRTQ_DESC_F_WRITE
+            } else {
+                0
+            };
+            if more {
+                flags |= layout::VIRTQ_DESC_F_NEXT;
+            }
+            let next = if more { self.next[i as usize] } else { 0 };
+            self.write_desc(
+                mem,
+                self.desc_off,
+                i,
+                Descriptor {
+                    addr: b.gpa,
+                    len: b.len,
+                    flags,
+                    next,
+                },
+            )?;
+            i = next;
+        }
+        self.push_avail(mem, head)
+    }
+
+    /// Posts a chain as one indirect descriptor whose table (`bufs.len()` × 16 bytes) the
+    /// driver writes at `table_gpa`. Returns its head.
+    pub fn add_indirect(
+        &mut self,
+        mem: &GuestMemory,
+        table_gpa: u64,
+        bufs: &[Buf],
+    ) -> Result<u16, DriverError> {
+        if bufs.is_empty() {
+            return Err(DriverError::Empty);
+        }
+        let bytes = (bufs.len() * Descriptor::SIZE) as u64;
+        let table = mem.translate(table_gpa, bytes)?;
+        for (k, b) in bufs.iter().enumerate() {
+            let more = k + 1 < bufs.len();
+            let mut flags = if b.write {
+                layout::VIRTQ_DESC_F_WRITE
+            } else {
+                0
+            };
+            if more {
+                flags |= layout::VIRTQ_DESC_F_NEXT;
+            }
+            let d = Descriptor {
+                addr: b.gpa,
+                len: b.len,
+                flags,
+                next: if more { k as u16 + 1 } else { 0 },
+            };
+            self.write_desc(mem, table.off, k as u16, d)?;
+        }
+        let head = self.alloc(1)?;
+        let d = Descriptor {
+            addr: table_gpa,
+            len: bytes as u32,
+            flags: layout::VIRTQ_DESC_F_INDIRECT,
+            next: 0,
+        };
+        self.write_desc(mem, self.desc_off, head, d)?;
+        self.push_avail(mem, head)
+    }
+
+    /// Publishes everything posted since the last call and says whether the device asked to be
+    /// kicked for it (Linux `virtqueue_kick_prepare`).
+    pub fn publish(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        let new = self.avail_idx;
+        let old = self.published;
+        if new == old {
+            return Ok(false);
+        }
+        // Release: the descriptors and avail entries written above are visible to the device no
+        // later than the index; pairs with the device's Acquire load of `avail.idx`.
+        mem.store_u16(self.avail_off + avail::IDX as usize, new, Ordering::Release)?;
+        self.published = new;
+        // SeqCst fence: closes the lost-kick race — the device stores `avail_event` (or clears
+        // NO_NOTIFY), fences, and re-reads `avail.idx` before sleeping; we store `avail.idx`,
+        // fence, and read its request. One of us must see the other's store.
+        fence(Ordering::SeqCst);
+        Ok(if self.event_idx {
+            let ev = mem.read_u16(self.used_off + used::avail_event(self.addrs.size) as usize)?;
+            layout::need_event(ev, new, old)
+        } else {
+            let flags = mem.read_u16(self.used_off + used::FLAGS as usize)?;
+            flags & layout::VRING_USED_F_NO_NOTIFY == 0
+        })
+    }
+
+    /// Takes the next used element, freeing its descriptors. `Ok(None)`: nothing new.
+    pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<UsedElem>, DriverError> {
+        if self.last_used == self.used_idx {
+            // Acquire: pairs with the device's Release store of `used.idx`; the used elements
+            // are read after it.
+            self.used_idx = mem.load_u16(self.used_off + used::IDX as usize, Ordering::Acquire)?;
+            if self.last_used == self.used_idx {
+                return Ok(None);
+            }
+        }
+        let off = self.used_off + used::ring(self.last_used & self.mask) as usize;
+        let id = mem.read_u32(off)?;
+        let len = mem.read_u32(off + 4)?;
+        let head = u16::try_from(id).ok().filter(|&h| h < self.addrs.size);
+        let n = match head {
+            Some(h) if self.chain_len[h as usize] > 0 => self.chain_len[h as usize],
+            _ => return Err(DriverError::BadUsedId(id)),
+        };
+        let head = id as u16;
+        // Put the chain back on the free list.
+        let mut last = head;
+        for _ in 1..n {
+            last = self.next[last as usize];
+        }
+        self.next[last as usize] = self.free_head;
+        self.free_head = head;
+        self.num_free += n;
+        self.chain_len[head as usize] = 0;
+        self.last_used = self.last_used.wrapping_add(1);
+        Ok(Some(UsedElem { id, len }))
+    }
+
+    /// Asks for interrupts again and says whether used entries are already waiting (then the
+    /// caller must reap instead of sleeping). Linux `virtqueue_enable_cb`.
+    pub fn enable_interrupts(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        if self.event_idx {
+            mem.write_u16(
+                self.avail_off + avail::used_event(self.addrs.size) as usize,
+                self.last_used,
+            )?;
+        } else {
+            mem.write_u16(self.avail_off + avail::FLAGS as usize, 0)?;
+        }
+        // SeqCst fence: closes the lost-interrupt race — the device stores `used.idx`, fences,
+        // and reads `used_event`; we store `used_event`, fence, and re-read `used.idx`.
+        fence(Ordering::SeqCst);
+        self.used_idx = mem.load_u16(self.used_off + used::IDX as usize, Ordering::Acquire)?;
+        Ok(self.used_idx != self.last_used)
+    }
+
+    /// Asks the device not to interrupt (Linux `virtqueue_disable_cb`). With event indices the
+    /// request is `used_event` set half the index space ahead of what we have reaped: the used
+    /// index can run at most a queue size (<= 2^15) past it, so the device's `need_event` test
+    /// does not fire until we move `used_event` again.
+    pub fn disable_interrupts(&mut self, mem: &GuestMemory) -> Result<(), DriverError> {
+        if self.event_idx {
+            let ev = self.last_used.wrapping_add(0x8000);
+            mem.write_u16(
+                self.avail_off + avail::used_event(self.addrs.size) as usize,
+                ev,
+            )?;
+        } else {
+            mem.write_u16(
+                self.avail_off + avail::FLAGS as usize,
+                layout::VRING_AVAIL_F_NO_INTERRUPT,
+            )?;
+        }
+        Ok(())
+    }
+}
