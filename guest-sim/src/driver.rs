@@ -346,3 +346,58 @@ impl DriverQueue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::MockGuest;
+
+    #[test]
+    fn free_list_recycles_descriptors() {
+        let mut g = MockGuest::new(1 << 16, &[4]).expect("guest");
+        let mut q = DriverQueue::new(&g.mem, g.queues[0], false).expect("queue");
+        let b = g.alloc(64).expect("alloc");
+        let h = q
+            .add(
+                &g.mem,
+                &[Buf::read(b, 8), Buf::read(b, 8), Buf::write(b, 8)],
+            )
+            .expect("add");
+        assert_eq!(q.num_free(), 1);
+        assert!(matches!(
+            q.add(&g.mem, &[Buf::read(b, 8), Buf::read(b, 8)]),
+            Err(DriverError::NoSpace { need: 2, free: 1 })
+        ));
+        assert!(matches!(q.add(&g.mem, &[]), Err(DriverError::Empty)));
+        q.publish(&g.mem).expect("publish");
+        // Play the device: return the chain.
+        let used = g.queues[0].used;
+        g.mem
+            .write_gpa(used + used::ring(0), &[h as u8, 0, 0, 0, 5, 0, 0, 0])
+            .expect("elem");
+        g.mem
+            .write_gpa(used + used::IDX, &1u16.to_le_bytes())
+            .expect("idx");
+        let u = q.pop_used(&g.mem).expect("reap").expect("one");
+        assert_eq!((u.id, u.len), (h as u32, 5));
+        assert_eq!(q.num_free(), 4);
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn unknown_used_id_is_an_error() {
+        let mut g = MockGuest::new(1 << 16, &[4]).expect("guest");
+        let mut q = DriverQueue::new(&g.mem, g.queues[0], false).expect("queue");
+        let b = g.alloc(64).expect("alloc");
+        q.add(&g.mem, &[Buf::read(b, 8)]).expect("add");
+        q.publish(&g.mem).expect("publish");
+        let used = g.queues[0].used;
+        g.mem
+            .write_gpa(used + used::ring(0), &[3, 0, 0, 0, 0, 0, 0, 0])
+            .expect("elem");
+        g.mem
+            .write_gpa(used + used::IDX, &1u16.to_le_bytes())
+            .expect("idx");
+        assert!(matches!(q.pop_used(&g.mem), Err(DriverError::BadUsedId(3))));
+    }
+}

@@ -122,8 +122,8 @@ mod tests {
             },
         ];
         let mut g = MockGuest::with_regions(&regions, &[16]).expect("guest");
-        let a = g.alloc(0x2000).expect("first");
-        assert!(a >= 0x100 && a + 0x2000 <= 0x4000);
+        let a = g.alloc(0x3000).expect("first");
+        assert!(a >= 0x100 && a + 0x3000 <= 0x4000);
         let b = g.alloc(0x1000).expect("second region");
         assert_eq!(b, 0x10_0000);
         assert!(g.alloc(1).is_none());

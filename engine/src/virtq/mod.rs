@@ -11,3 +11,6 @@ pub mod split;
 pub use chain::{Chain, MAX_SEGMENTS};
 pub use error::{ErrorKind, QueueError};
 pub use split::{DeviceQueue, QueueStats};
+
+#[cfg(test)]
+mod hostile_tests;
