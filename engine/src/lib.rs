@@ -3,13 +3,22 @@
 //! - [`virtq`]: the device side of the split virtqueue, hardened against a hostile guest.
 //! - [`net`]: virtio-net on top of it: feature negotiation, the TX header, RX delivery with
 //!   mergeable buffers.
+//! - [`worker`]: the vhost worker thread (`vhost-<dev>`): io_uring kick waits, TX/RX handlers,
+//!   batching, weights, busy polling, notification suppression.
+//! - [`backend`]: where frames go ([`backend::Backend`]); [`backend::null`] is the engine alone.
+//! - [`metrics`]: per-device counters, drops by reason, queue errors.
+//! - [`sys`]: eventfds, thread CPU time, pinning.
 //!
 //! Guest memory and the wire layout come from the shared [`vring`] crate, re-exported here as
 //! [`memory`] and [`layout`]. The engine never needs privileges: every fd it uses is handed to
 //! it.
 
+pub mod backend;
+pub mod metrics;
 pub mod net;
+pub mod sys;
 pub mod virtq;
+pub mod worker;
 
 pub use vring::layout;
 pub use vring::memory;

@@ -1,6 +1,7 @@
 //! The guest side of vhostbench: what a VM's virtio-net driver does, without a VM.
 //!
 //! - [`driver`]: the driver side of the split virtqueue ([`driver::DriverQueue`]).
+//! - [`traffic`]: the `tx`, `rx` and `rr` workloads a vCPU runs on a device's queues.
 //! - [`mock`]: guest memory with queues and a buffer arena; raw ring writers for playing a
 //!   hostile guest in tests, benches and the fuzzer.
 //!
@@ -8,6 +9,7 @@
 
 pub mod driver;
 pub mod mock;
+pub mod traffic;
 
 pub use driver::{Buf, DriverError, DriverQueue};
 pub use mock::MockGuest;

@@ -10,6 +10,7 @@
 //! The two sides never call into each other; they meet only in guest memory, through these
 //! definitions — the way a real guest kernel and a real vhost worker do.
 
+pub mod frame;
 pub mod layout;
 pub mod memory;
 pub mod net;

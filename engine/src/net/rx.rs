@@ -1,16 +1,31 @@
-//! The RX side: putting one frame into the guest's posted buffers (§5.1.6.4).
+//! The RX side: putting one frame into the guest's posted buffers (§5.1.6.4), the way Linux
+//! `handle_rx` does it: learn the frame's length, gather enough buffers for it
+//! ([`RxWriter::gather`], `get_rx_bufs`), let the backend write header and frame straight into
+//! them, then return them to the guest with `num_buffers` set ([`RxWriter::commit`]).
 //!
 //! Without `MRG_RXBUF` each frame takes one chain, which must hold header and frame; a frame
-//! that does not fit is dropped and the buffer given back, as Linux `handle_rx` does. With
-//! `MRG_RXBUF` a frame spreads over as many chains as it needs, and the first chain's header
-//! says how many (`num_buffers`).
+//! that does not fit is dropped and the buffer given back. With `MRG_RXBUF` a frame spreads
+//! over as many chains as it needs, and the first chain's header says how many.
 
 use vring::net::VirtioNetHdr;
-use vring::GuestMemory;
+use vring::{GuestMemory, Span};
 
+use crate::virtq::chain::write_iov;
 use crate::virtq::{Chain, DeviceQueue, QueueError};
 
-/// What happened to one frame.
+/// What [`RxWriter::gather`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gather {
+    /// Buffers for the frame are popped; [`RxWriter::iov`] lists them.
+    Ready,
+    /// The guest has not posted enough buffers; nothing was consumed. Retry after a kick.
+    NoBuffers,
+    /// The frame cannot fit (no `MRG_RXBUF` and the buffer is smaller than the frame); the
+    /// buffer was given back. The frame must be dropped and counted.
+    TooLarge,
+}
+
+/// What happened to one frame in [`RxWriter::deliver`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxOutcome {
     /// Written into `buffers` chains (used elements added, not yet published).
@@ -18,21 +33,21 @@ pub enum RxOutcome {
         /// Chains used.
         buffers: u16,
     },
-    /// The guest has not posted enough buffers; nothing was consumed. Retry after a kick.
+    /// See [`Gather::NoBuffers`].
     NoBuffers,
-    /// The frame cannot fit in the guest's buffers (no `MRG_RXBUF` and the buffer is smaller
-    /// than the frame); the buffer was given back. Count it as a drop.
+    /// See [`Gather::TooLarge`].
     TooLarge,
 }
 
-/// Delivers frames into an RX queue. Holds reusable chain buffers, so delivering does not
-/// allocate.
+/// Delivers frames into an RX queue. Holds reusable buffers, so delivering does not allocate.
 #[derive(Debug)]
 pub struct RxWriter {
     mrg_rxbuf: bool,
     first: Chain,
     cur: Chain,
-    used: Vec<(u16, u32)>,
+    /// Popped chains of the current frame: head and writable capacity.
+    heads: Vec<(u16, u32)>,
+    iov: Vec<Span>,
 }
 
 impl RxWriter {
@@ -42,7 +57,8 @@ impl RxWriter {
             mrg_rxbuf,
             first: Chain::with_capacity(16),
             cur: Chain::with_capacity(16),
-            used: Vec::with_capacity(64),
+            heads: Vec::with_capacity(64),
+            iov: Vec::with_capacity(64),
         }
     }
 
@@ -66,7 +82,93 @@ impl RxWriter {
         Ok(true)
     }
 
-    /// Writes `hdr` (with `num_buffers` filled in) and `frame` into the guest's next buffers.
+    /// Pops buffers for a frame of `len` bytes, header included. On [`Gather::Ready`] the
+    /// buffers' writable segments are in [`RxWriter::iov`], in order; follow with
+    /// [`RxWriter::commit`] or [`RxWriter::abort`].
+    pub fn gather(
+        &mut self,
+        q: &mut DeviceQueue,
+        mem: &GuestMemory,
+        len: usize,
+    ) -> Result<Gather, QueueError> {
+        self.heads.clear();
+        self.iov.clear();
+        if !Self::pop_checked(q, mem, &mut self.first)? {
+            return Ok(Gather::NoBuffers);
+        }
+        let mut cap = self.first.writable_len() as usize;
+        if !self.mrg_rxbuf && cap < len {
+            q.unpop(1);
+            return Ok(Gather::TooLarge);
+        }
+        self.heads.push((self.first.head(), cap as u32));
+        self.iov.extend_from_slice(self.first.writable());
+        while cap < len {
+            // One frame never needs more chains than the ring holds.
+            if self.heads.len() >= q.size() as usize || !Self::pop_checked(q, mem, &mut self.cur)? {
+                q.unpop(self.heads.len() as u16);
+                self.heads.clear();
+                self.iov.clear();
+                return Ok(Gather::NoBuffers);
+            }
+            cap += self.cur.writable_len() as usize;
+            self.heads.push((self.cur.head(), self.cur.writable_len()));
+            self.iov.extend_from_slice(self.cur.writable());
+        }
+        Ok(Gather::Ready)
+    }
+
+    /// The writable segments gathered for the current frame.
+    pub fn iov(&self) -> &[Span] {
+        &self.iov
+    }
+
+    /// Returns the gathered buffers to the ring unused (the backend had nothing after all).
+    pub fn abort(&mut self, q: &mut DeviceQueue) {
+        q.unpop(self.heads.len() as u16);
+        self.heads.clear();
+        self.iov.clear();
+    }
+
+    /// The backend wrote `written` bytes (header included) into [`RxWriter::iov`]: sets
+    /// `num_buffers` and adds a used element per chain that received bytes; chains left empty
+    /// go back to the ring. Returns the number of buffers used.
+    pub fn commit(
+        &mut self,
+        q: &mut DeviceQueue,
+        mem: &GuestMemory,
+        written: usize,
+    ) -> Result<u16, QueueError> {
+        let mut left = written.max(VirtioNetHdr::SIZE);
+        let mut used = 0usize;
+        for &(_, cap) in &self.heads {
+            if left == 0 {
+                break;
+            }
+            left -= left.min(cap as usize);
+            used += 1;
+        }
+        // Trailing chains that got nothing are the last popped: give them back.
+        q.unpop((self.heads.len() - used) as u16);
+        let nb = used as u16;
+        // §5.1.6.4.1: num_buffers is the count with MRG_RXBUF, and 1 without it.
+        self.first_write(mem, VirtioNetHdr::NUM_BUFFERS_OFFSET, &nb.to_le_bytes());
+        let mut left = written.max(VirtioNetHdr::SIZE);
+        for &(head, cap) in &self.heads[..used] {
+            let n = left.min(cap as usize);
+            left -= n;
+            q.add_used(mem, head, n as u32)?;
+        }
+        self.heads.clear();
+        self.iov.clear();
+        Ok(nb)
+    }
+
+    fn first_write(&self, mem: &GuestMemory, at: usize, bytes: &[u8]) {
+        write_iov(mem, &self.iov, at, bytes);
+    }
+
+    /// Copies `hdr` and `frame` into the guest's next buffers (gather, copy, commit).
     pub fn deliver(
         &mut self,
         q: &mut DeviceQueue,
@@ -74,48 +176,14 @@ impl RxWriter {
         hdr: &VirtioNetHdr,
         frame: &[u8],
     ) -> Result<RxOutcome, QueueError> {
-        const H: usize = VirtioNetHdr::SIZE;
-        if !Self::pop_checked(q, mem, &mut self.first)? {
-            return Ok(RxOutcome::NoBuffers);
+        match self.gather(q, mem, VirtioNetHdr::SIZE + frame.len())? {
+            Gather::NoBuffers => return Ok(RxOutcome::NoBuffers),
+            Gather::TooLarge => return Ok(RxOutcome::TooLarge),
+            Gather::Ready => {}
         }
-        let cap = self.first.writable_len() as usize;
-        let need = H + frame.len();
-        if !self.mrg_rxbuf {
-            if cap < need {
-                q.unpop(1);
-                return Ok(RxOutcome::TooLarge);
-            }
-            let mut h = *hdr;
-            h.num_buffers = 1;
-            self.first.write_from(mem, 0, &h.to_bytes());
-            self.first.write_from(mem, H, frame);
-            q.add_used(mem, self.first.head(), need as u32)?;
-            return Ok(RxOutcome::Delivered { buffers: 1 });
-        }
-
-        // Mergeable: the first chain takes the header and as much frame as fits.
-        self.used.clear();
-        let in_first = frame.len().min(cap - H);
-        self.first.write_from(mem, H, &frame[..in_first]);
-        self.used.push((self.first.head(), (H + in_first) as u32));
-        let mut done = in_first;
-        while done < frame.len() {
-            // One frame never needs more chains than the ring holds.
-            if self.used.len() >= q.size() as usize || !Self::pop_checked(q, mem, &mut self.cur)? {
-                q.unpop(self.used.len() as u16);
-                return Ok(RxOutcome::NoBuffers);
-            }
-            let n = self.cur.write_from(mem, 0, &frame[done..]);
-            self.used.push((self.cur.head(), n as u32));
-            done += n;
-        }
-        let buffers = self.used.len() as u16;
-        let mut h = *hdr;
-        h.num_buffers = buffers;
-        self.first.write_from(mem, 0, &h.to_bytes());
-        for &(head, len) in &self.used {
-            q.add_used(mem, head, len)?;
-        }
+        write_iov(mem, &self.iov, 0, &hdr.to_bytes());
+        write_iov(mem, &self.iov, VirtioNetHdr::SIZE, frame);
+        let buffers = self.commit(q, mem, VirtioNetHdr::SIZE + frame.len())?;
         Ok(RxOutcome::Delivered { buffers })
     }
 }

@@ -77,19 +77,13 @@ impl Chain {
     /// Copies readable bytes, starting `skip` bytes into the readable part, into `dst`.
     /// Returns how many bytes were copied (less than `dst.len()` if the chain is shorter).
     pub fn read_into(&self, mem: &GuestMemory, skip: usize, dst: &mut [u8]) -> usize {
-        copy_segments(self.readable(), skip, dst.len(), |span, at| {
-            // Spans come from `translate`, so these reads are in bounds; a failure would mean a
-            // span from another memory, which we treat as "nothing copied".
-            mem.read_at(span.off, &mut dst[at..at + span.len]).is_ok()
-        })
+        read_iov(mem, self.readable(), skip, dst)
     }
 
     /// Copies `src` into the writable part, starting `skip` bytes in. Returns how many bytes
     /// were written (less than `src.len()` if the chain is shorter).
     pub fn write_from(&self, mem: &GuestMemory, skip: usize, src: &[u8]) -> usize {
-        copy_segments(self.writable(), skip, src.len(), |span, at| {
-            mem.write_at(span.off, &src[at..at + span.len]).is_ok()
-        })
+        write_iov(mem, self.writable(), skip, src)
     }
 
     /// The readable segments from byte `skip` on (for example the frame after the net header).
@@ -127,22 +121,27 @@ fn skip_spans(spans: &[Span], mut skip: usize) -> impl Iterator<Item = Span> + '
     })
 }
 
-/// Walks `spans` from byte `skip`, calling `f(piece, at)` for pieces covering up to `want`
-/// bytes, where `at` is the offset in the caller's buffer. Returns the bytes covered.
-#[inline]
-fn copy_segments(
-    spans: &[Span],
-    skip: usize,
-    want: usize,
-    mut f: impl FnMut(Span, usize) -> bool,
-) -> usize {
+/// Copies from the segments `iov`, starting `skip` bytes in, into `dst`. Returns the bytes
+/// copied (fewer than `dst.len()` if the segments are shorter).
+pub fn read_iov(mem: &GuestMemory, iov: &[Span], skip: usize, dst: &mut [u8]) -> usize {
     let mut done = 0;
-    for s in skip_spans(spans, skip) {
-        if done == want {
+    for s in skip_spans(iov, skip) {
+        let n = s.len.min(dst.len() - done);
+        if n == 0 || mem.read_at(s.off, &mut dst[done..done + n]).is_err() {
             break;
         }
-        let n = s.len.min(want - done);
-        if !f(Span { off: s.off, len: n }, done) {
+        done += n;
+    }
+    done
+}
+
+/// Copies `src` into the segments `iov`, starting `skip` bytes in. Returns the bytes written
+/// (fewer than `src.len()` if the segments are shorter).
+pub fn write_iov(mem: &GuestMemory, iov: &[Span], skip: usize, src: &[u8]) -> usize {
+    let mut done = 0;
+    for s in skip_spans(iov, skip) {
+        let n = s.len.min(src.len() - done);
+        if n == 0 || mem.write_at(s.off, &src[done..done + n]).is_err() {
             break;
         }
         done += n;
@@ -162,6 +161,7 @@ pub(crate) struct Table {
 }
 
 /// Walks the chain starting at `head` into `chain`.
+#[inline(always)]
 pub(crate) fn walk(
     mem: &GuestMemory,
     table: Table,
@@ -213,6 +213,8 @@ pub(crate) fn walk(
     Ok(())
 }
 
+#[cold]
+#[inline(never)]
 fn walk_indirect(
     mem: &GuestMemory,
     ind: Descriptor,

@@ -202,7 +202,7 @@ impl DeviceQueue {
     ///
     /// `avail.idx` is read from guest memory only when the entries seen last time are used up,
     /// so a batch costs one shared-cache-line read.
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self, mem: &GuestMemory, chain: &mut Chain) -> Result<bool, QueueError> {
         if self.pending(mem)? == 0 {
             return Ok(false);

@@ -1,0 +1,217 @@
+//! The null backend: no kernel I/O, the floor the engine itself costs.
+//!
+//! - `Sink`: TX frames are copied out of guest memory into a private buffer (the copy tun
+//!   does) and checked: sequence numbers must arrive in order exactly once, and with
+//!   `verify_bytes` every byte is compared with the test pattern ([`vring::frame`]).
+//! - `Source`: RX frames of a fixed size are generated, numbered, and written into the guest's
+//!   buffers with a valid virtio-net header.
+//! - `Reflect`: TX frames are queued and handed back on RX unchanged (request/response).
+
+use std::collections::VecDeque;
+
+use vring::frame;
+use vring::net::VirtioNetHdr;
+use vring::{GuestMemory, Span};
+
+use super::{Backend, BackendError, TxResult};
+use crate::metrics::DropReason;
+use crate::net::header::TxFrame;
+use crate::virtq::chain::write_iov;
+use crate::virtq::Chain;
+
+/// The largest frame the null backend takes (tun's limit: 64 KiB plus a link header).
+pub const MAX_FRAME: usize = 65_536 + 14;
+
+/// What the null backend does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NullMode {
+    /// Consume TX frames.
+    Sink,
+    /// Produce RX frames of `frame_len` bytes.
+    Source {
+        /// Frame length, virtio-net header excluded.
+        frame_len: usize,
+    },
+    /// Return TX frames on RX, holding at most `capacity` of them.
+    Reflect {
+        /// Frames held before TX frames are dropped as `BackendFull`.
+        capacity: usize,
+    },
+}
+
+/// Checks of the frames the guest sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCheck {
+    /// Test frames received in order.
+    pub in_order: u64,
+    /// Test frames whose sequence number was not the next expected one (lost, duplicated or
+    /// reordered before this point).
+    pub out_of_order: u64,
+    /// Frames that were not test frames (not checked).
+    pub foreign: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct NullBackend {
+    mode: NullMode,
+    verify_bytes: bool,
+    sink: Vec<u8>,
+    next_seq: u64,
+    /// `Source`: header + frame, restamped per frame.
+    template: Vec<u8>,
+    /// `Reflect`: queued frames (header excluded), and spare buffers to reuse.
+    fifo: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    /// TX checks so far.
+    pub check: SinkCheck,
+}
+
+impl NullBackend {
+    /// A null backend in `mode`; `verify_bytes` compares every TX byte (costs a pass over it).
+    pub fn new(mode: NullMode, verify_bytes: bool) -> Self {
+        let mut template = Vec::new();
+        if let NullMode::Source { frame_len } = mode {
+            template = vec![0u8; VirtioNetHdr::SIZE + frame_len.max(frame::MIN_FRAME)];
+            let hdr = VirtioNetHdr {
+                num_buffers: 1,
+                ..Default::default()
+            };
+            template[..VirtioNetHdr::SIZE].copy_from_slice(&hdr.to_bytes());
+            frame::fill(&mut template[VirtioNetHdr::SIZE..], 0, 0);
+        }
+        let cap = match mode {
+            NullMode::Reflect { capacity } => capacity,
+            _ => 0,
+        };
+        NullBackend {
+            mode,
+            verify_bytes,
+            sink: vec![0u8; MAX_FRAME],
+            next_seq: 0,
+            template,
+            fifo: VecDeque::with_capacity(cap),
+            spare: Vec::with_capacity(cap),
+            check: SinkCheck::default(),
+        }
+    }
+
+    fn check_frame(&mut self, f: &[u8], out: &mut TxResult) -> bool {
+        match frame::seq(f) {
+            None => self.check.foreign += 1,
+            Some(s) => {
+                if self.verify_bytes && !frame::verify(f) {
+                    out.drop_one(DropReason::Corrupt);
+                    return false;
+                }
+                if s == self.next_seq {
+                    self.check.in_order += 1;
+                } else {
+                    self.check.out_of_order += 1;
+                }
+                self.next_seq = s.wrapping_add(1);
+            }
+        }
+        true
+    }
+}
+
+impl Backend for NullBackend {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn send(
+        &mut self,
+        mem: &GuestMemory,
+        chains: &[Chain],
+        frames: &[TxFrame],
+    ) -> Result<TxResult, BackendError> {
+        let mut out = TxResult::default();
+        for (c, f) in chains.iter().zip(frames) {
+            let len = f.len as usize;
+            if len > MAX_FRAME {
+                out.drop_one(DropReason::BackendError);
+                continue;
+            }
+            match self.mode {
+                NullMode::Reflect { capacity } => {
+                    if self.fifo.len() >= capacity {
+                        out.drop_one(DropReason::BackendFull);
+                        continue;
+                    }
+                    let mut buf = self.spare.pop().unwrap_or_default();
+                    buf.resize(len, 0);
+                    c.read_into(mem, VirtioNetHdr::SIZE, &mut buf);
+                    self.fifo.push_back(buf);
+                }
+                _ => {
+                    // The copy a tap would make, into a private buffer.
+                    let mut sink = std::mem::take(&mut self.sink);
+                    let n = c.read_into(mem, VirtioNetHdr::SIZE, &mut sink[..len]);
+                    let ok = self.check_frame(&sink[..n], &mut out);
+                    self.sink = sink;
+                    if !ok {
+                        continue;
+                    }
+                }
+            }
+            out.sent += 1;
+            out.bytes += len as u64;
+        }
+        Ok(out)
+    }
+
+    fn rx_peek(&mut self) -> Option<usize> {
+        match self.mode {
+            NullMode::Sink => None,
+            NullMode::Source { .. } => Some(self.template.len()),
+            NullMode::Reflect { .. } => self.fifo.front().map(|f| VirtioNetHdr::SIZE + f.len()),
+        }
+    }
+
+    fn rx_recv(&mut self, mem: &GuestMemory, iov: &[Span]) -> Result<usize, BackendError> {
+        match self.mode {
+            NullMode::Sink => Ok(0),
+            NullMode::Source { .. } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                frame::stamp(&mut self.template[VirtioNetHdr::SIZE..], seq, 0);
+                Ok(write_iov(mem, iov, 0, &self.template))
+            }
+            NullMode::Reflect { .. } => {
+                let Some(f) = self.fifo.pop_front() else {
+                    return Ok(0);
+                };
+                let hdr = VirtioNetHdr {
+                    num_buffers: 1,
+                    ..Default::default()
+                };
+                let n = write_iov(mem, iov, 0, &hdr.to_bytes())
+                    + write_iov(mem, iov, VirtioNetHdr::SIZE, &f);
+                self.spare.push(f);
+                Ok(n)
+            }
+        }
+    }
+
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("tx_in_order", self.check.in_order),
+            ("tx_out_of_order", self.check.out_of_order),
+            ("tx_foreign", self.check.foreign),
+        ]
+    }
+
+    fn rx_discard(&mut self) {
+        match self.mode {
+            NullMode::Source { .. } => self.next_seq += 1,
+            NullMode::Reflect { .. } => {
+                if let Some(f) = self.fifo.pop_front() {
+                    self.spare.push(f);
+                }
+            }
+            NullMode::Sink => {}
+        }
+    }
+}

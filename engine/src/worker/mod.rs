@@ -1,0 +1,544 @@
+//! The vhost worker: one thread per device, named `vhost-<dev>`, modeled on Linux
+//! `vhost_worker` + `handle_tx`/`handle_rx` (`drivers/vhost/net.c`).
+//!
+//! ```text
+//! loop:
+//!   reap kick completions from io_uring (no syscall if none)   → mark queues pending
+//!   handle_tx: pop ≤ batch chains → backend.send → used, publish once, call if asked
+//!              until the ring is empty or the weight (256 pkts / 512 KiB) is spent
+//!   handle_rx: peek frame → gather buffers → backend writes into them → used, num_buffers
+//!   more work or weight spent?  → go round again (requeue, don't sleep)
+//!   busy-poll window (µs): spin on the rings with kicks off
+//!   re-enable kicks, fence, re-check the rings  → work? go round
+//!   sleep in io_uring until a kick (or stop)
+//! ```
+
+pub mod uring;
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vring::layout::QueueAddrs;
+use vring::net::{bit, Features};
+use vring::GuestMemory;
+
+use crate::backend::{Backend, BackendError};
+use crate::metrics::{add, DeviceMetrics, DropReason, QueueMetrics};
+use crate::net::header::{pop_tx, TxFrame};
+use crate::net::rx::{Gather, RxWriter};
+use crate::sys;
+use crate::virtq::{Chain, DeviceQueue, QueueError};
+use uring::EventRing;
+
+/// `VHOST_NET_BATCH`: chains per backend submission, and RX frames per used-ring publish.
+pub const VHOST_NET_BATCH: usize = 64;
+/// `VHOST_NET_WEIGHT`: bytes one handler run may move before it requeues itself.
+pub const VHOST_NET_WEIGHT: u64 = 0x80000;
+/// `VHOST_NET_PKT_WEIGHT`: packets one handler run may move before it requeues itself.
+pub const VHOST_NET_PKT_WEIGHT: u64 = 256;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Device name; the thread is `vhost-<name>`.
+    pub name: String,
+    /// Core to pin to, if any.
+    pub core: Option<usize>,
+    /// Chains per backend submission (1..=[`VHOST_NET_BATCH`]).
+    pub batch: usize,
+    /// Busy-poll window in µs (0: notifications only), like `busyloop_timeout`.
+    pub busy_poll_us: u64,
+    /// Packets per handler run before requeueing.
+    pub pkt_weight: u64,
+    /// Bytes per handler run before requeueing.
+    pub byte_weight: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            name: "0".into(),
+            core: None,
+            batch: VHOST_NET_BATCH,
+            busy_poll_us: 0,
+            pkt_weight: VHOST_NET_PKT_WEIGHT,
+            byte_weight: VHOST_NET_WEIGHT,
+        }
+    }
+}
+
+/// What the driver set up, handed to the worker (`VHOST_SET_MEM_TABLE`, `_SET_VRING_ADDR`,
+/// `_SET_VRING_KICK`/`_CALL`, `SET_FEATURES`).
+#[derive(Debug)]
+pub struct DeviceSpec {
+    /// Guest memory.
+    pub mem: Arc<GuestMemory>,
+    /// Negotiated features.
+    pub features: Features,
+    /// Transmit queue (virtio-net queue 1).
+    pub tx: QueueAddrs,
+    /// Receive queue (virtio-net queue 0).
+    pub rx: QueueAddrs,
+    /// Kick eventfd of the TX queue (the guest writes it).
+    pub tx_kick: File,
+    /// Kick eventfd of the RX queue.
+    pub rx_kick: File,
+    /// Call eventfd of the TX queue (the worker writes it).
+    pub tx_call: File,
+    /// Call eventfd of the RX queue.
+    pub rx_call: File,
+}
+
+/// Worker setup or run failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A queue's rings are unusable from the start.
+    #[error("queue setup")]
+    Queue(#[from] QueueError),
+    /// io_uring or thread setup failed.
+    #[error("worker setup")]
+    Io(#[from] std::io::Error),
+    /// Bad configuration.
+    #[error("bad worker config: {0}")]
+    Config(&'static str),
+}
+
+/// What a stopped worker reports.
+#[derive(Debug, Default)]
+pub struct WorkerReport {
+    /// The error that broke the TX queue, if any.
+    pub tx_error: Option<String>,
+    /// The error that broke the RX queue, if any.
+    pub rx_error: Option<String>,
+    /// A backend failure that stopped the worker early, if any.
+    pub fatal: Option<String>,
+    /// The worker thread's CPU time, ns.
+    pub cpu_ns: u64,
+    /// The backend's own counters (for example the null sink's order checks).
+    pub backend_stats: Vec<(&'static str, u64)>,
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct Worker {
+    thread: Option<JoinHandle<WorkerReport>>,
+    stop: Arc<AtomicBool>,
+    stop_fd: File,
+    metrics: Arc<DeviceMetrics>,
+}
+
+impl Worker {
+    /// Starts the worker thread for `spec` with `backend`.
+    pub fn spawn(
+        spec: DeviceSpec,
+        backend: Box<dyn Backend>,
+        cfg: WorkerConfig,
+    ) -> Result<Worker, WorkerError> {
+        if cfg.batch == 0 || cfg.batch > VHOST_NET_BATCH {
+            return Err(WorkerError::Config("batch must be in 1..=64"));
+        }
+        let txq = DeviceQueue::new(&spec.mem, spec.tx, spec.features)?;
+        let rxq = DeviceQueue::new(&spec.mem, spec.rx, spec.features)?;
+        let stop_fd = sys::eventfd()?;
+        let ring = EventRing::new(vec![spec.tx_kick, spec.rx_kick, stop_fd.try_clone()?])?;
+        let metrics = Arc::new(DeviceMetrics::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mrg = spec.features.has(bit::MRG_RXBUF);
+        let mut w = Loop {
+            mem: spec.mem,
+            txq,
+            rxq,
+            tx_call: spec.tx_call,
+            rx_call: spec.rx_call,
+            ring,
+            backend,
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+            tx_chains: (0..cfg.batch).map(|_| Chain::with_capacity(8)).collect(),
+            tx_frames: Vec::with_capacity(cfg.batch),
+            rxw: RxWriter::new(mrg),
+            report: WorkerReport::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("vhost-{}", cfg.name))
+            .spawn(move || {
+                if let Some(core) = w.cfg.core {
+                    sys::pin_to(core);
+                }
+                w.run();
+                w.report.cpu_ns = sys::thread_cpu_ns();
+                w.metrics
+                    .worker_cpu_ns
+                    .store(w.report.cpu_ns, Ordering::Relaxed);
+                w.report.backend_stats = w.backend.stats();
+                std::mem::take(&mut w.report)
+            })?;
+        Ok(Worker {
+            thread: Some(thread),
+            stop,
+            stop_fd,
+            metrics,
+        })
+    }
+
+    /// The device's live counters.
+    pub fn metrics(&self) -> &Arc<DeviceMetrics> {
+        &self.metrics
+    }
+
+    /// Stops the worker and waits for it.
+    pub fn stop(mut self) -> WorkerReport {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> WorkerReport {
+        self.stop.store(true, Ordering::Release);
+        let _ = sys::signal(&self.stop_fd);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => WorkerReport {
+                fatal: Some("worker thread panicked".into()),
+                ..Default::default()
+            },
+            None => WorkerReport::default(),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+const TX_KICK: usize = 0;
+const RX_KICK: usize = 1;
+const STOP: usize = 2;
+
+/// How a handler run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ran {
+    /// Weight spent with work left: run again before sleeping.
+    Requeue,
+    /// TX: ring empty. RX: no buffers for the next frame.
+    NeedGuest,
+    /// RX: the backend has no frame.
+    NeedBackend,
+    /// The queue is broken (or the backend failed): never run it again.
+    Dead,
+}
+
+struct Loop {
+    mem: Arc<GuestMemory>,
+    txq: DeviceQueue,
+    rxq: DeviceQueue,
+    tx_call: File,
+    rx_call: File,
+    ring: EventRing,
+    backend: Box<dyn Backend>,
+    cfg: WorkerConfig,
+    metrics: Arc<DeviceMetrics>,
+    stop: Arc<AtomicBool>,
+    tx_chains: Vec<Chain>,
+    tx_frames: Vec<TxFrame>,
+    rxw: RxWriter,
+    report: WorkerReport,
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let mut tx = Ran::Requeue;
+        let mut rx = Ran::Requeue;
+        let mut stopping = false;
+        loop {
+            let m = self.metrics.clone();
+            let reaped = self.ring.reap(|i, _| match i {
+                TX_KICK => {
+                    add(&m.tx.kicks, 1);
+                    if tx == Ran::NeedGuest {
+                        tx = Ran::Requeue;
+                    }
+                }
+                RX_KICK => {
+                    add(&m.rx.kicks, 1);
+                    if rx == Ran::NeedGuest {
+                        rx = Ran::Requeue;
+                    }
+                }
+                STOP => stopping = true,
+                _ => {}
+            });
+            if let Err(e) = reaped {
+                self.report.fatal = Some(format!("io_uring: {e}"));
+                return;
+            }
+            if stopping || self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if tx == Ran::Requeue {
+                tx = self.handle_tx();
+                // Frames sent may be frames to receive (a reflecting backend).
+                if rx == Ran::NeedBackend {
+                    rx = Ran::Requeue;
+                }
+            }
+            if rx == Ran::Requeue {
+                rx = self.handle_rx();
+            }
+            if self.report.fatal.is_some() {
+                return;
+            }
+            if tx == Ran::Requeue || rx == Ran::Requeue {
+                continue;
+            }
+            if self.cfg.busy_poll_us > 0 && self.busy_poll(&mut tx, &mut rx) {
+                continue;
+            }
+            // Going to sleep: ask for kicks where we wait on the guest, then re-check.
+            if tx == Ran::NeedGuest && self.rearm(true) {
+                tx = Ran::Requeue;
+            }
+            if rx == Ran::NeedGuest && self.rearm(false) {
+                rx = Ran::Requeue;
+            }
+            if rx == Ran::NeedBackend && self.backend.rx_peek().is_some() {
+                rx = Ran::Requeue;
+            }
+            if tx == Ran::Requeue || rx == Ran::Requeue {
+                continue;
+            }
+            self.metrics
+                .worker_cpu_ns
+                .store(sys::thread_cpu_ns(), Ordering::Relaxed);
+            add(&self.metrics.uring_submits, 1);
+            if let Err(e) = self.ring.wait() {
+                self.report.fatal = Some(format!("io_uring wait: {e}"));
+                return;
+            }
+            add(&self.metrics.wakeups, 1);
+        }
+    }
+
+    /// Re-enables kicks on a queue and re-checks it; true if buffers arrived meanwhile.
+    fn rearm(&mut self, tx: bool) -> bool {
+        let q = if tx { &mut self.txq } else { &mut self.rxq };
+        match q.enable_notifications(&self.mem) {
+            Ok(more) => {
+                if more {
+                    q.disable_notifications(&self.mem);
+                }
+                more
+            }
+            Err(e) => {
+                self.queue_failed(tx, e);
+                false
+            }
+        }
+    }
+
+    /// Spins on the rings with kicks off for up to `busy_poll_us`. True if work turned up.
+    fn busy_poll(&mut self, tx: &mut Ran, rx: &mut Ran) -> bool {
+        let deadline = Instant::now() + Duration::from_micros(self.cfg.busy_poll_us);
+        let mut spins: u64 = 0;
+        let found = loop {
+            spins += 1;
+            if self.ring.has_completions() || self.stop.load(Ordering::Relaxed) {
+                break true;
+            }
+            if *tx == Ran::NeedGuest && self.txq.pending(&self.mem).unwrap_or(0) > 0 {
+                *tx = Ran::Requeue;
+                break true;
+            }
+            if *rx == Ran::NeedGuest && self.rxq.pending(&self.mem).unwrap_or(0) > 0 {
+                *rx = Ran::Requeue;
+                break true;
+            }
+            if *rx == Ran::NeedBackend && self.backend.rx_peek().is_some() {
+                *rx = Ran::Requeue;
+                break true;
+            }
+            if spins.is_multiple_of(64) && Instant::now() >= deadline {
+                break false;
+            }
+            std::hint::spin_loop();
+        };
+        add(&self.metrics.busy_poll_spins, spins);
+        if found {
+            add(&self.metrics.busy_poll_hits, 1);
+        }
+        found
+    }
+
+    fn queue_failed(&mut self, tx: bool, e: QueueError) {
+        add(&self.metrics.queue_errors[e.kind() as usize], 1);
+        let slot = if tx {
+            &mut self.report.tx_error
+        } else {
+            &mut self.report.rx_error
+        };
+        if slot.is_none() {
+            *slot = Some(e.to_string());
+        }
+        // Tell the guest, so a real driver would notice the broken device and reset it.
+        let call = if tx { &self.tx_call } else { &self.rx_call };
+        let _ = sys::signal(call);
+    }
+
+    fn signal_if_asked(q: &mut DeviceQueue, mem: &GuestMemory, call: &File, m: &QueueMetrics) {
+        if q.needs_notification(mem) {
+            let _ = sys::signal(call);
+            add(&m.calls, 1);
+        } else {
+            add(&m.calls_suppressed, 1);
+        }
+    }
+
+    fn handle_tx(&mut self) -> Ran {
+        let mem = &*self.mem;
+        let m = &*self.metrics;
+        self.txq.disable_notifications(mem);
+        let (mut pkts, mut bytes) = (0u64, 0u64);
+        loop {
+            self.tx_frames.clear();
+            let mut failed = None;
+            while self.tx_frames.len() < self.cfg.batch {
+                let n = self.tx_frames.len();
+                match pop_tx(&mut self.txq, mem, &mut self.tx_chains[n]) {
+                    Ok(Some(f)) => self.tx_frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let n = self.tx_frames.len();
+            if n > 0 {
+                let chains = &self.tx_chains[..n];
+                match self.backend.send(mem, chains, &self.tx_frames) {
+                    Ok(r) => {
+                        add(&m.tx.packets, r.sent);
+                        add(&m.tx.bytes, r.bytes);
+                        for why in DropReason::ALL {
+                            m.drop_packets(why, r.dropped[why as usize]);
+                        }
+                    }
+                    Err(e) => {
+                        m.drop_packets(DropReason::BackendError, n as u64);
+                        self.report.fatal = Some(backend_error(e));
+                    }
+                }
+                for c in chains {
+                    // TX buffers are device-readable: nothing written, used length 0.
+                    let _ = self.txq.add_used(mem, c.head(), 0);
+                }
+                let _ = self.txq.publish_used(mem);
+                Self::signal_if_asked(&mut self.txq, mem, &self.tx_call, &m.tx);
+                add(&m.tx.chains, n as u64);
+                add(&m.tx.batches, 1);
+                pkts += n as u64;
+                bytes += self.tx_frames.iter().map(|f| f.len as u64).sum::<u64>();
+            }
+            if let Some(e) = failed {
+                self.queue_failed(true, e);
+                return Ran::Dead;
+            }
+            if self.report.fatal.is_some() {
+                return Ran::Dead;
+            }
+            if n < self.cfg.batch {
+                return Ran::NeedGuest;
+            }
+            if pkts >= self.cfg.pkt_weight || bytes >= self.cfg.byte_weight {
+                add(&m.tx.weight_exhausted, 1);
+                return Ran::Requeue;
+            }
+        }
+    }
+
+    fn handle_rx(&mut self) -> Ran {
+        let mem_arc = self.mem.clone();
+        let mem = &*mem_arc;
+        let m = self.metrics.clone();
+        self.rxq.disable_notifications(mem);
+        let (mut pkts, mut bytes, mut unpublished) = (0u64, 0u64, 0usize);
+        let ran = loop {
+            let Some(len) = self.backend.rx_peek() else {
+                break Ran::NeedBackend;
+            };
+            match self.rxw.gather(&mut self.rxq, mem, len) {
+                Err(e) => {
+                    self.queue_failed(false, e);
+                    break Ran::Dead;
+                }
+                Ok(Gather::NoBuffers) => break Ran::NeedGuest,
+                Ok(Gather::TooLarge) => {
+                    self.backend.rx_discard();
+                    m.drop_packets(DropReason::RxTooLarge, 1);
+                    continue;
+                }
+                Ok(Gather::Ready) => {}
+            }
+            let n = match self.backend.rx_recv(mem, self.rxw.iov()) {
+                Ok(0) => {
+                    self.rxw.abort(&mut self.rxq);
+                    break Ran::NeedBackend;
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.rxw.abort(&mut self.rxq);
+                    self.report.fatal = Some(backend_error(e));
+                    break Ran::Dead;
+                }
+            };
+            match self.rxw.commit(&mut self.rxq, mem, n) {
+                Ok(nb) => add(&m.rx.chains, nb as u64),
+                Err(e) => {
+                    m.drop_packets(DropReason::QueueBroken, 1);
+                    self.queue_failed(false, e);
+                    break Ran::Dead;
+                }
+            }
+            pkts += 1;
+            bytes += (n - vring::net::VirtioNetHdr::SIZE) as u64;
+            unpublished += 1;
+            if unpublished == self.cfg.batch {
+                self.publish_rx(mem, &m);
+                unpublished = 0;
+            }
+            if pkts >= self.cfg.pkt_weight || bytes >= self.cfg.byte_weight {
+                add(&m.rx.weight_exhausted, 1);
+                break Ran::Requeue;
+            }
+        };
+        if unpublished > 0 {
+            self.publish_rx(mem, &m);
+        }
+        add(&m.rx.packets, pkts);
+        add(&m.rx.bytes, bytes);
+        ran
+    }
+
+    fn publish_rx(&mut self, mem: &GuestMemory, m: &DeviceMetrics) {
+        let _ = self.rxq.publish_used(mem);
+        Self::signal_if_asked(&mut self.rxq, mem, &self.rx_call, &m.rx);
+        add(&m.rx.batches, 1);
+    }
+}
+
+fn backend_error(e: BackendError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

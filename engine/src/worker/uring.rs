@@ -1,0 +1,209 @@
+//! The worker's io_uring: one outstanding 8-byte read per eventfd (kicks, stop), on registered
+//! (fixed) files, so waiting for any of them is one `io_uring_enter`, and a kick that arrives
+//! while the worker is busy is already a completion when it looks.
+//!
+//! The `unsafe` here is io_uring's contract: a read's buffer must stay valid and untouched
+//! until its completion is reaped. The buffers are owned by [`EventRing`], and its `Drop`
+//! cancels and reaps every outstanding read before they are freed.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, types, IoUring};
+
+/// `user_data` of cancel requests (never an index).
+const CANCEL: u64 = u64::MAX;
+
+/// An io_uring with one armed read per eventfd.
+pub struct EventRing {
+    ring: IoUring,
+    /// The eventfds, owned here so they outlive the reads on them.
+    files: Vec<File>,
+    /// Read targets, one per file. Boxed: their addresses are in the kernel's hands.
+    bufs: Box<[u64]>,
+    armed: Vec<bool>,
+    /// `io_uring_enter` calls made.
+    pub enters: u64,
+}
+
+impl EventRing {
+    /// Registers `files` as fixed files and arms a read on each.
+    pub fn new(files: Vec<File>) -> io::Result<Self> {
+        let n = files.len();
+        let ring = IoUring::new((n as u32 * 2).next_power_of_two().max(8))?;
+        let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+        ring.submitter().register_files(&raw)?;
+        let mut r = EventRing {
+            ring,
+            files,
+            bufs: vec![0u64; n].into_boxed_slice(),
+            armed: vec![false; n],
+            enters: 0,
+        };
+        for i in 0..n {
+            r.arm(i)?;
+        }
+        r.ring.submit()?;
+        r.enters += 1;
+        Ok(r)
+    }
+
+    fn arm(&mut self, i: usize) -> io::Result<()> {
+        let buf = &mut self.bufs[i] as *mut u64 as *mut u8;
+        let e = opcode::Read::new(types::Fixed(i as u32), buf, 8)
+            .build()
+            .user_data(i as u64);
+        // SAFETY: `buf` points into `self.bufs`, a boxed slice that is neither moved nor freed
+        // while the read is outstanding: `armed[i]` stays true until its completion is reaped,
+        // nothing else touches `bufs[i]` meanwhile, and `Drop` cancels and reaps every armed
+        // read before the box is freed. Fixed file `i` is registered and owned by `self.files`.
+        let pushed = unsafe { self.ring.submission().push(&e) };
+        if pushed.is_err() {
+            // The queue holds 2 entries per file and at most one read per file is armed.
+            return Err(io::Error::other("submission queue full"));
+        }
+        self.armed[i] = true;
+        Ok(())
+    }
+
+    /// Number of files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether there are no files.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether completions are waiting (no syscall).
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// Hands each completed read to `f(index, count)`, re-arms it, and submits the re-arms.
+    /// A failed read is reported with count 0.
+    pub fn reap(&mut self, mut f: impl FnMut(usize, u64)) -> io::Result<usize> {
+        let mut done = [0usize; 16];
+        let mut n = 0;
+        let mut total = 0;
+        loop {
+            {
+                let mut cq = self.ring.completion();
+                cq.sync();
+                for cqe in &mut cq {
+                    let i = cqe.user_data();
+                    if i == CANCEL {
+                        continue;
+                    }
+                    let i = i as usize;
+                    self.armed[i] = false;
+                    f(i, if cqe.result() >= 0 { self.bufs[i] } else { 0 });
+                    done[n] = i;
+                    n += 1;
+                    total += 1;
+                    if n == done.len() {
+                        break;
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            for &i in &done[..n] {
+                self.arm(i)?;
+            }
+            self.ring.submit()?;
+            self.enters += 1;
+            n = 0;
+        }
+        Ok(total)
+    }
+
+    /// Blocks until at least one read completes.
+    pub fn wait(&mut self) -> io::Result<()> {
+        self.enters += 1;
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRing")
+            .field("files", &self.files.len())
+            .field("enters", &self.enters)
+            .finish()
+    }
+}
+
+impl Drop for EventRing {
+    fn drop(&mut self) {
+        for i in 0..self.armed.len() {
+            if self.armed[i] {
+                let e = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
+                // SAFETY: a cancel request carries no buffer.
+                let _ = unsafe { self.ring.submission().push(&e) };
+            }
+        }
+        // Reap until no read is outstanding, so the kernel no longer holds `bufs`. Bounded:
+        // a cancelled eventfd read completes promptly; give up (and leak the buffers rather
+        // than free memory the kernel may write) if it does not.
+        for _ in 0..100 {
+            if !self.armed.iter().any(|&a| a) {
+                return;
+            }
+            if self.ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            let mut cq = self.ring.completion();
+            cq.sync();
+            for cqe in &mut cq {
+                if let Some(a) = self.armed.get_mut(cqe.user_data() as usize) {
+                    *a = false;
+                }
+            }
+        }
+        if self.armed.iter().any(|&a| a) {
+            std::mem::forget(std::mem::take(&mut self.bufs));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys;
+
+    #[test]
+    fn reads_complete_on_signal_and_rearm() {
+        let a = sys::eventfd().expect("eventfd");
+        let b = sys::eventfd().expect("eventfd");
+        let a2 = a.try_clone().expect("dup");
+        let b2 = b.try_clone().expect("dup");
+        let mut r = EventRing::new(vec![a, b]).expect("ring");
+        sys::signal(&b2).expect("signal");
+        r.wait().expect("wait");
+        let mut got = Vec::new();
+        r.reap(|i, n| got.push((i, n))).expect("reap");
+        assert_eq!(got, vec![(1, 1)]);
+        sys::signal(&a2).expect("signal");
+        sys::signal(&a2).expect("signal");
+        // The re-armed read may take the two signals in one completion or in two.
+        let mut total = 0;
+        while total < 2 {
+            r.wait().expect("wait");
+            r.reap(|i, n| {
+                assert_eq!(i, 0);
+                total += n;
+            })
+            .expect("reap");
+        }
+        assert_eq!(total, 2);
+        drop(r);
+    }
+}

@@ -1,0 +1,566 @@
+//! Traffic a guest's virtio-net driver generates, on the driver side of the TX and RX queues.
+//!
+//! - `tx`: stream guest → host. TX completions are reaped on the next transmit, and
+//!   interrupts are asked for only when the ring is full (Linux `start_xmit` +
+//!   `virtqueue_enable_cb_delayed`).
+//! - `rx`: host → guest. All RX buffers are posted up front and reposted as frames are reaped.
+//! - `rr`: request/response, one transaction in flight (netperf `TCP_RR`-style): send a
+//!   timestamped frame, wait for it to come back, record the round trip.
+//!
+//! Kicks are eventfd writes, made only when the device asked (event index or flags); each one
+//! stands for a VM exit. Interrupts are waited for on the call eventfd, or polled.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use vring::frame;
+use vring::layout::QueueAddrs;
+use vring::net::VirtioNetHdr;
+use vring::GuestMemory;
+
+use crate::driver::{Buf, DriverError, DriverQueue};
+use crate::mock::MockGuest;
+
+const H: usize = VirtioNetHdr::SIZE;
+
+/// Which traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Workload {
+    /// Guest → host stream.
+    Tx,
+    /// Host → guest stream.
+    Rx,
+    /// Request/response round trips.
+    Rr,
+}
+
+impl Workload {
+    /// `tx`, `rx` or `rr`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Tx => "tx",
+            Workload::Rx => "rx",
+            Workload::Rr => "rr",
+        }
+    }
+
+    /// Parses `tx`, `rx` or `rr`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tx" => Some(Workload::Tx),
+            "rx" => Some(Workload::Rx),
+            "rr" => Some(Workload::Rr),
+            _ => None,
+        }
+    }
+}
+
+/// How the guest runs.
+#[derive(Clone, Debug)]
+pub struct TrafficConfig {
+    /// Which traffic.
+    pub workload: Workload,
+    /// Frame length in bytes (Ethernet header included, virtio-net header excluded).
+    pub frame_len: usize,
+    /// Offered rate in frames per second; `None`: as fast as possible.
+    pub rate_pps: Option<u64>,
+    /// How long to run before stopping on its own.
+    pub duration: Duration,
+    /// Part of `duration` excluded from the measurement at the start.
+    pub warmup: Duration,
+    /// Spin on the used rings instead of sleeping on the call eventfd.
+    pub poll: bool,
+    /// `RING_EVENT_IDX` negotiated.
+    pub event_idx: bool,
+    /// Post TX frames as indirect chains (header and frame in separate table entries).
+    pub indirect: bool,
+    /// `MRG_RXBUF` negotiated: small RX buffers a frame may span.
+    pub mrg_rxbuf: bool,
+    /// Compare every byte of received frames with the test pattern.
+    pub verify_bytes: bool,
+}
+
+/// What the guest saw.
+#[derive(Debug)]
+pub struct TrafficReport {
+    /// Frames posted for transmission (all of them, warm-up included).
+    pub sent: u64,
+    /// Frames received (all of them).
+    pub received: u64,
+    /// Frames completed in the measured window (TX completions for `tx`, frames for `rx`,
+    /// round trips for `rr`).
+    pub window_packets: u64,
+    /// Bytes of those frames.
+    pub window_bytes: u64,
+    /// Length of the measured window.
+    pub window: Duration,
+    /// Kicks (eventfd writes) made, all of them.
+    pub kicks: u64,
+    /// Times the guest slept on a call eventfd.
+    pub interrupt_waits: u64,
+    /// Received frames whose sequence number was not the next expected one.
+    pub rx_out_of_order: u64,
+    /// Received frames whose bytes were wrong.
+    pub rx_corrupt: u64,
+    /// Round-trip times, ns (`rr`).
+    pub rtt_ns: Histogram<u64>,
+    /// TX frames still unreturned by the device when the guest gave up waiting.
+    pub tx_unreturned: u64,
+    /// A driver-side failure (for example a broken device) that ended the run early.
+    pub error: Option<String>,
+}
+
+/// The guest's view of one virtio-net device.
+#[derive(Debug)]
+pub struct GuestNic {
+    /// Guest memory.
+    pub mem: Arc<GuestMemory>,
+    /// Transmit queue addresses.
+    pub tx: QueueAddrs,
+    /// Receive queue addresses.
+    pub rx: QueueAddrs,
+    /// Kick eventfds (the guest writes).
+    pub tx_kick: File,
+    /// RX kick.
+    pub rx_kick: File,
+    /// Call eventfds (the guest reads).
+    pub tx_call: File,
+    /// RX call.
+    pub rx_call: File,
+    /// The buffers the driver posts.
+    pub bufs: NicBuffers,
+}
+
+/// Buffers carved out of guest memory for one device.
+#[derive(Debug, Clone)]
+pub struct NicBuffers {
+    /// TX buffers, one per descriptor: header + frame.
+    pub tx: Vec<u64>,
+    /// RX buffers, one per descriptor.
+    pub rx: Vec<u64>,
+    /// Length of each RX buffer.
+    pub rx_len: u32,
+    /// Space for indirect tables, one 32-byte table per TX buffer.
+    pub tables: Vec<u64>,
+}
+
+impl NicBuffers {
+    /// Carves buffers for a device out of `guest` (whose queues 0 and 1 are RX and TX), sized
+    /// for `frame_len` frames.
+    pub fn carve(
+        guest: &mut MockGuest,
+        frame_len: usize,
+        mrg_rxbuf: bool,
+    ) -> Result<NicBuffers, DriverError> {
+        let (rx, tx) = (guest.queues[0], guest.queues[1]);
+        let tx_len = (H + frame_len) as u64;
+        // Mergeable: 2 KiB buffers (a frame may span several); otherwise each buffer holds a
+        // whole frame.
+        let rx_buf_len = if mrg_rxbuf {
+            2048
+        } else {
+            (H + frame_len.max(1514)) as u32
+        };
+        let oom = || DriverError::Memory(vring::MemError::BadRegions("guest memory too small"));
+        let mut alloc = |n: u16, len: u64| -> Result<Vec<u64>, DriverError> {
+            (0..n).map(|_| guest.alloc(len).ok_or_else(oom)).collect()
+        };
+        let tx_bufs = alloc(tx.size, tx_len)?;
+        let tables = alloc(tx.size, 32)?;
+        let rx_bufs = alloc(rx.size, rx_buf_len as u64)?;
+        Ok(NicBuffers {
+            tx: tx_bufs,
+            rx: rx_bufs,
+            rx_len: rx_buf_len,
+            tables,
+        })
+    }
+}
+
+struct Guest<'a> {
+    nic: &'a GuestNic,
+    cfg: &'a TrafficConfig,
+    tx: DriverQueue,
+    rx: DriverQueue,
+    /// TX buffer index by head.
+    tx_slot: Vec<u32>,
+    tx_free: Vec<u32>,
+    /// RX buffer index by head.
+    rx_slot: Vec<u32>,
+    next_seq: u64,
+    rx_expect: u64,
+    clock: Instant,
+    frame_buf: Vec<u8>,
+    r: TrafficReport,
+}
+
+/// Runs the workload until `cfg.duration` passes or `stop` is set, then drains in-flight
+/// frames (bounded by one second) so every frame sent is accounted.
+pub fn run(nic: &GuestNic, cfg: &TrafficConfig, stop: &AtomicBool) -> TrafficReport {
+    let mut r = TrafficReport {
+        sent: 0,
+        received: 0,
+        window_packets: 0,
+        window_bytes: 0,
+        window: Duration::ZERO,
+        kicks: 0,
+        interrupt_waits: 0,
+        rx_out_of_order: 0,
+        rx_corrupt: 0,
+        rtt_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+        tx_unreturned: 0,
+        error: None,
+    };
+    let tx = DriverQueue::new(&nic.mem, nic.tx, cfg.event_idx);
+    let rx = DriverQueue::new(&nic.mem, nic.rx, cfg.event_idx);
+    let (tx, rx) = match (tx, rx) {
+        (Ok(t), Ok(r)) => (t, r),
+        (Err(e), _) | (_, Err(e)) => {
+            r.error = Some(e.to_string());
+            return r;
+        }
+    };
+    let mut g = Guest {
+        nic,
+        cfg,
+        tx_slot: vec![u32::MAX; nic.tx.size as usize],
+        tx_free: (0..nic.bufs.tx.len() as u32).rev().collect(),
+        rx_slot: vec![u32::MAX; nic.rx.size as usize],
+        tx,
+        rx,
+        next_seq: 0,
+        rx_expect: 0,
+        clock: Instant::now(),
+        frame_buf: vec![0u8; 65_536 + H],
+        r,
+    };
+    if let Err(e) = g.main(stop) {
+        g.r.error = Some(e.to_string());
+    }
+    g.r
+}
+
+impl Guest<'_> {
+    fn main(&mut self, stop: &AtomicBool) -> Result<(), DriverError> {
+        self.prepare_tx_buffers()?;
+        // TX completions are reaped on the next transmit: no TX interrupts unless the ring is
+        // full. RX interrupts only when waiting.
+        self.tx.disable_interrupts(&self.nic.mem)?;
+        if self.cfg.workload != Workload::Tx {
+            self.post_all_rx()?;
+        }
+        let end = self.clock + self.cfg.duration;
+        let measure_from = self.clock + self.cfg.warmup;
+        let mut measuring = false;
+        let (mut base_pkts, mut base_bytes) = (0u64, 0u64);
+        let mut window_start = self.clock;
+        let mut iter: u32 = 0;
+        loop {
+            iter = iter.wrapping_add(1);
+            if iter.is_multiple_of(32) {
+                let now = Instant::now();
+                if !measuring && now >= measure_from {
+                    measuring = true;
+                    (base_pkts, base_bytes) = self.progress();
+                    window_start = now;
+                }
+                if now >= end || stop.load(Ordering::Relaxed) {
+                    let (p, b) = self.progress();
+                    if measuring {
+                        self.r.window_packets = p - base_pkts;
+                        self.r.window_bytes = b - base_bytes;
+                        self.r.window = now - window_start;
+                    }
+                    break;
+                }
+            }
+            match self.cfg.workload {
+                Workload::Tx => self.step_tx()?,
+                Workload::Rx => self.step_rx()?,
+                Workload::Rr => self.step_rr()?,
+            }
+        }
+        self.drain()
+    }
+
+    /// Packets and bytes completed so far, in the workload's unit.
+    fn progress(&self) -> (u64, u64) {
+        let fl = self.cfg.frame_len as u64;
+        match self.cfg.workload {
+            Workload::Tx => {
+                let done = self.r.sent - self.tx.in_flight() as u64;
+                (done, done * fl)
+            }
+            Workload::Rx | Workload::Rr => (self.r.received, self.r.received * fl),
+        }
+    }
+
+    fn prepare_tx_buffers(&mut self) -> Result<(), DriverError> {
+        let mut f = vec![0u8; H + self.cfg.frame_len];
+        f[..H].copy_from_slice(&VirtioNetHdr::default().to_bytes());
+        frame::fill(&mut f[H..], 0, 0);
+        for &b in &self.nic.bufs.tx {
+            self.nic.mem.write_gpa(b, &f)?;
+        }
+        Ok(())
+    }
+
+    fn kick(&mut self, tx: bool) -> Result<(), DriverError> {
+        let (q, fd) = if tx {
+            (&mut self.tx, &self.nic.tx_kick)
+        } else {
+            (&mut self.rx, &self.nic.rx_kick)
+        };
+        if q.publish(&self.nic.mem)? {
+            self.r.kicks += 1;
+            let _ = (&*fd).write_all(&1u64.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Posts one TX frame if a buffer is free. Returns whether it did.
+    fn post_tx(&mut self, ts_ns: u64) -> Result<bool, DriverError> {
+        // One descriptor per frame either way (an indirect chain takes one table slot).
+        let Some(&slot) = self.tx_free.last() else {
+            return Ok(false);
+        };
+        if self.tx.num_free() == 0 {
+            return Ok(false);
+        }
+        let gpa = self.nic.bufs.tx[slot as usize];
+        let seq = self.next_seq;
+        self.nic.mem.write_gpa(
+            gpa + (H + frame::SEQ_OFFSET) as u64,
+            &frame::stamp_bytes(seq, ts_ns),
+        )?;
+        let len = (H + self.cfg.frame_len) as u32;
+        let head = if self.cfg.indirect {
+            let bufs = [
+                Buf::read(gpa, H as u32),
+                Buf::read(gpa + H as u64, len - H as u32),
+            ];
+            self.tx
+                .add_indirect(&self.nic.mem, self.nic.bufs.tables[slot as usize], &bufs)?
+        } else {
+            self.tx.add(&self.nic.mem, &[Buf::read(gpa, len)])?
+        };
+        self.tx_free.pop();
+        self.tx_slot[head as usize] = slot;
+        self.next_seq += 1;
+        self.r.sent += 1;
+        Ok(true)
+    }
+
+    fn reap_tx(&mut self) -> Result<u32, DriverError> {
+        let mut n = 0;
+        while let Some(u) = self.tx.pop_used(&self.nic.mem)? {
+            let slot = std::mem::replace(&mut self.tx_slot[u.id as usize], u32::MAX);
+            if slot != u32::MAX {
+                self.tx_free.push(slot);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Frames allowed now under the rate limit.
+    fn allowance(&self) -> u64 {
+        match self.cfg.rate_pps {
+            None => u64::MAX,
+            Some(pps) => {
+                let due = (self.clock.elapsed().as_nanos() * pps as u128 / 1_000_000_000) as u64;
+                due.saturating_sub(self.r.sent)
+            }
+        }
+    }
+
+    fn step_tx(&mut self) -> Result<(), DriverError> {
+        self.reap_tx()?;
+        let mut budget = self.allowance().min(self.nic.tx.size as u64);
+        let mut posted = 0;
+        while budget > 0 && self.post_tx(0)? {
+            budget -= 1;
+            posted += 1;
+        }
+        if posted > 0 {
+            self.kick(true)?;
+        } else if self.tx_free.is_empty() {
+            // Ring full: wait for completions (netif_stop_queue + enable_cb_delayed).
+            self.wait_used(true)?;
+        } else {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    fn post_rx_slot(&mut self, slot: u32) -> Result<(), DriverError> {
+        let gpa = self.nic.bufs.rx[slot as usize];
+        let head = self
+            .rx
+            .add(&self.nic.mem, &[Buf::write(gpa, self.nic.bufs.rx_len)])?;
+        self.rx_slot[head as usize] = slot;
+        Ok(())
+    }
+
+    fn post_all_rx(&mut self) -> Result<(), DriverError> {
+        for slot in 0..self.nic.bufs.rx.len() as u32 {
+            self.post_rx_slot(slot)?;
+        }
+        self.kick(false)
+    }
+
+    /// Reaps received frames (reassembling merged ones), reposts their buffers. Returns the
+    /// number of whole frames and the timestamp of the last one.
+    fn reap_rx(&mut self) -> Result<(u32, u64), DriverError> {
+        let mut frames = 0;
+        let mut last_ts = 0;
+        while let Some(u) = self.rx.pop_used(&self.nic.mem)? {
+            let slot = std::mem::replace(&mut self.rx_slot[u.id as usize], u32::MAX);
+            let gpa = self.nic.bufs.rx[slot as usize];
+            let len = (u.len as usize).min(self.nic.bufs.rx_len as usize);
+            let mut hdr = [0u8; H];
+            self.nic.mem.read_gpa(gpa, &mut hdr)?;
+            let nb = VirtioNetHdr::from_bytes(&hdr).num_buffers.max(1);
+            // Gather the frame: this buffer after the header, then nb-1 more.
+            let mut at = len.saturating_sub(H);
+            let want = at.min(self.frame_buf.len());
+            let mut fb = std::mem::take(&mut self.frame_buf);
+            self.nic.mem.read_gpa(gpa + H as u64, &mut fb[..want])?;
+            self.post_rx_slot(slot)?;
+            for _ in 1..nb {
+                let Some(u2) = self.rx.pop_used(&self.nic.mem)? else {
+                    self.frame_buf = fb;
+                    return Err(DriverError::BadUsedId(u32::MAX));
+                };
+                let s2 = std::mem::replace(&mut self.rx_slot[u2.id as usize], u32::MAX);
+                let g2 = self.nic.bufs.rx[s2 as usize];
+                let l2 = (u2.len as usize)
+                    .min(self.nic.bufs.rx_len as usize)
+                    .min(fb.len() - at);
+                self.nic.mem.read_gpa(g2, &mut fb[at..at + l2])?;
+                at += l2;
+                self.post_rx_slot(s2)?;
+            }
+            let f = &fb[..at];
+            if self.cfg.verify_bytes && (f.len() != self.cfg.frame_len || !frame::verify(f)) {
+                self.r.rx_corrupt += 1;
+            }
+            match frame::seq(f) {
+                Some(s) if s == self.rx_expect => {}
+                _ => self.r.rx_out_of_order += 1,
+            }
+            self.rx_expect = frame::seq(f).unwrap_or(self.rx_expect).wrapping_add(1);
+            last_ts = frame::timestamp(f).unwrap_or(0);
+            self.frame_buf = fb;
+            self.r.received += 1;
+            frames += 1;
+        }
+        if frames > 0 {
+            self.kick(false)?;
+        }
+        Ok((frames, last_ts))
+    }
+
+    fn step_rx(&mut self) -> Result<(), DriverError> {
+        let (n, _) = self.reap_rx()?;
+        if n == 0 {
+            self.wait_used(false)?;
+        }
+        Ok(())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    fn step_rr(&mut self) -> Result<(), DriverError> {
+        self.reap_tx()?;
+        if self.allowance() == 0 {
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        let t0 = self.now_ns();
+        if !self.post_tx(t0)? {
+            return self.wait_used(true);
+        }
+        self.kick(true)?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let (n, ts) = self.reap_rx()?;
+            if n > 0 {
+                let rtt = self.now_ns().saturating_sub(ts).max(1);
+                let _ = self.r.rtt_ns.record(rtt);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                // The response was lost: it shows up as sent − received.
+                return Ok(());
+            }
+            self.wait_used(false)?;
+        }
+    }
+
+    /// Waits for used entries on a queue: spins when polling, else arms the interrupt and
+    /// sleeps on the call eventfd. Bounded so a dead device cannot hang the guest.
+    fn wait_used(&mut self, tx: bool) -> Result<(), DriverError> {
+        if self.cfg.poll {
+            std::hint::spin_loop();
+            return Ok(());
+        }
+        let (q, call) = if tx {
+            (&mut self.tx, &self.nic.tx_call)
+        } else {
+            (&mut self.rx, &self.nic.rx_call)
+        };
+        if !q.enable_interrupts(&self.nic.mem)? {
+            self.r.interrupt_waits += 1;
+            // Bounded, so a dead device cannot hang the guest; on time-out the caller looks at
+            // the clock and the rings again.
+            if wait_readable(call, 100) {
+                let mut b = [0u8; 8];
+                let _ = (&*call).read(&mut b);
+            }
+        }
+        // Interrupts stay on only while the guest sleeps.
+        q.disable_interrupts(&self.nic.mem)?;
+        Ok(())
+    }
+
+    /// After the run: wait (≤ 1 s) for the device to return every TX frame and deliver what
+    /// it has, so the counts add up.
+    fn drain(&mut self) -> Result<(), DriverError> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.tx.in_flight() > 0 && Instant::now() < deadline {
+            if self.reap_tx()? == 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        self.r.tx_unreturned = self.tx.in_flight() as u64;
+        if self.cfg.workload != Workload::Tx {
+            // Whatever the device already completed.
+            let quiet = Instant::now() + Duration::from_millis(20);
+            while Instant::now() < quiet {
+                if self.reap_rx()?.0 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits up to `ms` milliseconds for `fd` to become readable (a pending interrupt).
+fn wait_readable(fd: &File, ms: i64) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let t = Timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
+    };
+    matches!(poll(&mut fds, Some(&t)), Ok(n) if n > 0)
+}
