@@ -20,8 +20,9 @@ pub enum Gather {
     Ready,
     /// The guest has not posted enough buffers; nothing was consumed. Retry after a kick.
     NoBuffers,
-    /// The frame cannot fit (no `MRG_RXBUF` and the buffer is smaller than the frame); the
-    /// buffer was given back. The frame must be dropped and counted.
+    /// The frame cannot fit: no `MRG_RXBUF` and the buffer is smaller than the frame, or all
+    /// the ring's buffers together are. The buffers were given back; the frame must be
+    /// dropped and counted.
     TooLarge,
 }
 
@@ -104,12 +105,18 @@ impl RxWriter {
         self.heads.push((self.first.head(), cap as u32));
         self.iov.extend_from_slice(self.first.writable());
         while cap < len {
-            // One frame never needs more chains than the ring holds.
-            if self.heads.len() >= q.size() as usize || !Self::pop_checked(q, mem, &mut self.cur)? {
+            // The whole ring is not enough: this frame can never fit, however long we wait for
+            // the guest (which cannot post more than the ring holds). Drop it.
+            let too_large = self.heads.len() >= q.size() as usize;
+            if too_large || !Self::pop_checked(q, mem, &mut self.cur)? {
                 q.unpop(self.heads.len() as u16);
                 self.heads.clear();
                 self.iov.clear();
-                return Ok(Gather::NoBuffers);
+                return Ok(if too_large {
+                    Gather::TooLarge
+                } else {
+                    Gather::NoBuffers
+                });
             }
             cap += self.cur.writable_len() as usize;
             self.heads.push((self.cur.head(), self.cur.writable_len()));

@@ -27,6 +27,8 @@ pub struct Chain {
     read_len: u32,
     write_len: u32,
     descriptors: u32,
+    /// A device-writable descriptor was seen (even a zero-length one, which adds no segment).
+    seen_write: bool,
 }
 
 impl Chain {
@@ -103,6 +105,7 @@ impl Chain {
         self.read_len = 0;
         self.write_len = 0;
         self.descriptors = 0;
+        self.seen_write = false;
     }
 }
 
@@ -289,7 +292,9 @@ fn push(
 ) -> Result<(), QueueError> {
     chain.descriptors += 1;
     let write = d.is_write_only();
-    if !write && chain.segs.len() > chain.n_readable {
+    if write {
+        chain.seen_write = true;
+    } else if chain.seen_write {
         return Err(QueueError::ReadableAfterWritable);
     }
     *total += d.len as u64;

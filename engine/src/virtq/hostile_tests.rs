@@ -213,6 +213,40 @@ fn readable_after_writable() {
 }
 
 #[test]
+fn readable_after_zero_length_writable() {
+    case(
+        &[d(DATA, 0, WRITE | NEXT, 1), d(DATA, 8, 0, 0)],
+        false,
+        ErrorKind::ReadableAfterWritable,
+    );
+}
+
+#[test]
+fn rx_frame_larger_than_the_whole_ring_is_dropped_not_stalled() {
+    // Two 16-byte buffers fill a 2-entry ring; a 100-byte frame can never fit.
+    let regions = [RegionSpec { gpa: 0, len: HOLE }];
+    let g = MockGuest::with_regions(&regions, &[2]).expect("guest");
+    for i in 0..2u16 {
+        g.write_desc(0, i, d(DATA + 64 * i as u64, 16, WRITE, 0))
+            .expect("desc");
+        g.write_avail_slot(0, i, i).expect("slot");
+    }
+    g.set_avail_idx(0, 2).expect("idx");
+    let f = features(false).with(bit::MRG_RXBUF, true);
+    let mut q = DeviceQueue::new(&g.mem, g.queues[0], f).expect("queue");
+    let mut rx = RxWriter::new(true);
+    let out = rx
+        .deliver(&mut q, &g.mem, &VirtioNetHdr::default(), &[1u8; 100])
+        .expect("ok");
+    assert_eq!(out, RxOutcome::TooLarge);
+    assert_eq!(q.next_avail(), 0, "buffers given back for the next frame");
+    let out = rx
+        .deliver(&mut q, &g.mem, &VirtioNetHdr::default(), &[1u8; 4])
+        .expect("ok");
+    assert_eq!(out, RxOutcome::Delivered { buffers: 1 });
+}
+
+#[test]
 fn avail_idx_jump() {
     let g = guest();
     g.set_avail_idx(0, SIZE + 1).expect("idx");

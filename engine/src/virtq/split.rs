@@ -24,7 +24,7 @@ use super::error::{ErrorKind, QueueError};
 /// out into the shared metrics.
 #[derive(Clone, Debug, Default)]
 pub struct QueueStats {
-    /// Chains popped.
+    /// Chains popped (a chain given back by `unpop` and popped again counts twice).
     pub chains: u64,
     /// Descriptors those chains used.
     pub descriptors: u64,
@@ -229,9 +229,9 @@ impl DeviceQueue {
 
     /// Gives back the last `n` popped chains (Linux `vhost_discard_vq_desc`), for example when
     /// a received frame did not fit in the buffers popped for it.
+    /// The counters keep counting pops: a chain given back and popped again counts twice.
     pub fn unpop(&mut self, n: u16) {
         self.next_avail = self.next_avail.wrapping_sub(n);
-        self.stats.chains = self.stats.chains.saturating_sub(n as u64);
     }
 
     /// Adds a used element for chain `head` with `len` bytes written. Not visible to the guest
