@@ -19,7 +19,13 @@ pub fn eventfd() -> io::Result<File> {
 /// Adds 1 to an eventfd (a kick or an interrupt).
 #[inline]
 pub fn signal(fd: &File) -> io::Result<()> {
-    (&*fd).write_all(&1u64.to_ne_bytes())
+    add(fd, 1)
+}
+
+/// Adds `n` to an eventfd.
+#[inline]
+pub fn add(fd: &File, n: u64) -> io::Result<()> {
+    (&*fd).write_all(&n.to_ne_bytes())
 }
 
 /// Blocks until an eventfd is non-zero, then resets it; returns the count.

@@ -195,12 +195,21 @@ struct Guest<'a> {
     rx_expect: u64,
     clock: Instant,
     frame_buf: Vec<u8>,
+    /// Give RX buffers back to the device after reaping them (off while draining).
+    repost: bool,
     r: TrafficReport,
 }
 
-/// Runs the workload until `cfg.duration` passes or `stop` is set, then drains in-flight
-/// frames (bounded by one second) so every frame sent is accounted.
-pub fn run(nic: &GuestNic, cfg: &TrafficConfig, stop: &AtomicBool) -> TrafficReport {
+/// Runs the workload until `cfg.duration` passes or `stop` is set, then drains so every frame
+/// is accounted: waits (bounded) for the device to return every TX buffer, stops reposting RX
+/// buffers and reaps until the device goes quiet, calls `quiesce` (which must stop the device),
+/// and reaps what the device completed before it stopped.
+pub fn run(
+    nic: &GuestNic,
+    cfg: &TrafficConfig,
+    stop: &AtomicBool,
+    quiesce: &mut dyn FnMut(),
+) -> TrafficReport {
     let mut r = TrafficReport {
         sent: 0,
         received: 0,
@@ -237,11 +246,19 @@ pub fn run(nic: &GuestNic, cfg: &TrafficConfig, stop: &AtomicBool) -> TrafficRep
         rx_expect: 0,
         clock: Instant::now(),
         frame_buf: vec![0u8; 65_536 + H],
+        repost: true,
         r,
     };
     if let Err(e) = g.main(stop) {
         g.r.error = Some(e.to_string());
     }
+    quiesce();
+    // The device is stopped: what it completed is final.
+    g.repost = false;
+    if let Err(e) = g.reap_tx().and_then(|_| g.reap_rx()) {
+        g.r.error.get_or_insert(e.to_string());
+    }
+    g.r.tx_unreturned = g.tx.in_flight() as u64;
     g.r
 }
 
@@ -399,6 +416,9 @@ impl Guest<'_> {
     }
 
     fn post_rx_slot(&mut self, slot: u32) -> Result<(), DriverError> {
+        if !self.repost {
+            return Ok(());
+        }
         let gpa = self.nic.bufs.rx[slot as usize];
         let head = self
             .rx
@@ -460,7 +480,7 @@ impl Guest<'_> {
             self.r.received += 1;
             frames += 1;
         }
-        if frames > 0 {
+        if frames > 0 && self.repost {
             self.kick(false)?;
         }
         Ok((frames, last_ts))
@@ -531,8 +551,9 @@ impl Guest<'_> {
         Ok(())
     }
 
-    /// After the run: wait (≤ 1 s) for the device to return every TX frame and deliver what
-    /// it has, so the counts add up.
+    /// After the run: wait (≤ 1 s) for the device to return every TX buffer; stop reposting RX
+    /// buffers and reap until the device has been quiet for 20 ms (it can fill at most the
+    /// buffers already posted).
     fn drain(&mut self) -> Result<(), DriverError> {
         let deadline = Instant::now() + Duration::from_secs(1);
         while self.tx.in_flight() > 0 && Instant::now() < deadline {
@@ -540,13 +561,14 @@ impl Guest<'_> {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        self.r.tx_unreturned = self.tx.in_flight() as u64;
         if self.cfg.workload != Workload::Tx {
-            // Whatever the device already completed.
-            let quiet = Instant::now() + Duration::from_millis(20);
-            while Instant::now() < quiet {
+            self.repost = false;
+            let mut quiet_since = Instant::now();
+            while quiet_since.elapsed() < Duration::from_millis(20) && Instant::now() < deadline {
                 if self.reap_rx()?.0 == 0 {
                     std::thread::sleep(Duration::from_micros(200));
+                } else {
+                    quiet_since = Instant::now();
                 }
             }
         }

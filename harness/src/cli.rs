@@ -1,0 +1,223 @@
+//! Command-line arguments. `vhostbench` with no subcommand runs `vhostbench run`; the `run`
+//! options are also accepted at the top level (`vhostbench --modes null`).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::results::Workload;
+
+/// vhostbench: a userspace vhost-net worker, measured against the alternatives side by side.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vhostbench",
+    version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("VHOSTBENCH_GIT_REVISION"), ")"),
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The subcommand to execute, with `run` standing in for none.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the benchmark matrix (modes × workloads × sizes) and write a results file.
+    Run(RunArgs),
+    /// Measure this machine's ceilings: ring hand-off, copies, wake-up round trips.
+    Limits(LimitsArgs),
+}
+
+/// Options of `vhostbench limits`.
+#[derive(Clone, Debug, Args, Serialize)]
+pub struct LimitsArgs {
+    /// How long each throughput measurement runs, per repeat (ms). Also caps each RTT repeat.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration_ms: u64,
+    /// Repeats of every limit; min / median / max are over these.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub repeat: u64,
+    /// Measure only these limits (comma separated names; default: all).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub only: Vec<String>,
+    /// Also write the results (schema v1, no records) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// A data path to measure (see DESIGN.md, "Modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every mode this host supports.
+    All,
+    /// `tap-vhost` when the host allows it, else `emulated`, saying why.
+    Auto,
+    /// The engine with no kernel I/O: its own floor.
+    Null,
+    /// QEMU-style userspace virtio-net on a tap.
+    Emulated,
+    /// The vhost worker on a tap.
+    TapVhost,
+    /// The vhost worker on a VF (packet socket / macvtap).
+    DirectVf,
+}
+
+/// Options of `vhostbench run`.
+#[derive(Clone, Debug, Args, Serialize)]
+pub struct RunArgs {
+    /// Modes to measure, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub modes: Vec<Mode>,
+    /// Workloads, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tx,rx,rr")]
+    pub workloads: Vec<Workload>,
+    /// Frame sizes in bytes (Ethernet header + payload), comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64,1500",
+        value_parser = clap::value_parser!(u32).range(14..=65_535)
+    )]
+    pub sizes: Vec<u32>,
+    /// Measured time per repeat (ms).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration_ms: u64,
+    /// Repeats per combination; summaries are min / median / max over these.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub repeat: u64,
+    /// Busy-poll window of the worker (µs); a comma list sweeps it. 0 = no busy polling.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub busy_poll_us: Vec<u64>,
+    /// Most descriptors handled before publishing / notifying (`VHOST_NET_BATCH`).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch: u32,
+    /// Results file [default: <workspace>/results/run-<timestamp>.json].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Guest memory size (MiB).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub guest_mem_mb: u64,
+    /// Virtqueue size: a power of two up to 32768.
+    #[arg(long, default_value_t = 256, value_parser = parse_queue_size)]
+    pub queue_size: u16,
+    /// Turn off VIRTIO_RING_F_EVENT_IDX (use the NO_NOTIFY / NO_INTERRUPT flags instead).
+    #[arg(long = "no-event-idx", action = ArgAction::SetFalse)]
+    pub event_idx: bool,
+    /// Use indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC) for TX chains.
+    #[arg(long)]
+    pub indirect: bool,
+    /// Turn off mergeable RX buffers (VIRTIO_NET_F_MRG_RXBUF).
+    #[arg(long = "no-mrg-rxbuf", action = ArgAction::SetFalse)]
+    pub mrg_rxbuf: bool,
+    /// Offered load, packets per second (default: as fast as possible).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate_pps: Option<u64>,
+    /// Print only the results JSON on stdout (no table).
+    #[arg(long)]
+    pub json_only: bool,
+}
+
+impl Default for RunArgs {
+    /// The defaults of `vhostbench run` with no options.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        match Only::try_parse_from(["vhostbench"]) {
+            Ok(o) => o.run,
+            // Only reachable if an attribute above is malformed; the unit test catches it.
+            Err(e) => panic!("RunArgs defaults do not parse: {e}"),
+        }
+    }
+}
+
+/// A virtqueue size: a power of two from 1 to 32768 (virtio 1.2 §2.7).
+fn parse_queue_size(s: &str) -> Result<u16, String> {
+    let n: u16 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a queue size: {e}"))?;
+    if n == 0 || !n.is_power_of_two() || n > 32_768 {
+        return Err(format!("{n} is not a power of two from 1 to 32768"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = RunArgs::default();
+        assert_eq!(a.modes, [Mode::All]);
+        assert_eq!(a.workloads, [Workload::Tx, Workload::Rx, Workload::Rr]);
+        assert_eq!(a.sizes, [64, 1500]);
+        assert_eq!((a.duration_ms, a.repeat, a.batch), (1000, 3, 64));
+        assert_eq!(a.busy_poll_us, [0]);
+        assert_eq!((a.guest_mem_mb, a.queue_size), (64, 256));
+        assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);
+        assert_eq!((a.out, a.rate_pps), (None, None));
+    }
+
+    #[test]
+    fn no_subcommand_is_run() {
+        let c = Cli::try_parse_from(["vhostbench"]).expect("parse");
+        assert!(matches!(c.into_command(), Command::Run(_)));
+        let c = Cli::try_parse_from([
+            "vhostbench",
+            "--modes",
+            "null,tap-vhost",
+            "--busy-poll-us",
+            "0,50",
+            "--no-event-idx",
+        ])
+        .expect("parse");
+        let Command::Run(a) = c.into_command() else {
+            panic!("expected run");
+        };
+        assert_eq!(a.modes, [Mode::Null, Mode::TapVhost]);
+        assert_eq!(a.busy_poll_us, [0, 50]);
+        assert!(!a.event_idx);
+    }
+
+    #[test]
+    fn subcommands_and_bad_input() {
+        let c = Cli::try_parse_from(["vhostbench", "limits", "--repeat", "5"]).expect("parse");
+        assert!(matches!(
+            c.into_command(),
+            Command::Limits(LimitsArgs { repeat: 5, .. })
+        ));
+        for bad in [
+            &["vhostbench", "run", "--queue-size", "300"][..],
+            &["vhostbench", "run", "--queue-size", "65536"],
+            &["vhostbench", "run", "--sizes", "64,x"],
+            &["vhostbench", "run", "--workloads", "tx,zz"],
+            &["vhostbench", "limits", "--repeat", "0"],
+            &["vhostbench", "--modes", "null", "limits"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! The results file (schema version 1; documented field by field in `results/SCHEMA.md`).
+//!
+//! One JSON document per invocation: what was run (`config`), where (`host`), from which
+//! source (`git_revision`), the machine's yardsticks measured in the same run (`calibration`,
+//! `limits`), and one [`Record`] per (mode, workload, size, busy-poll setting) with min /
+//! median / max over repeats and the raw per-repeat values.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, ensure, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::calibrate::Calibration;
+use crate::host::{self, HostInfo};
+use crate::limits::{LimitResult, UNIT_MPPS, UNIT_NS};
+use crate::stats::Summary;
+
+/// Version of the layout below; bump it on any incompatible change and update SCHEMA.md.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Value of the `tool` field.
+pub const TOOL: &str = "vhostbench";
+
+/// A whole results file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Always [`TOOL`].
+    pub tool: String,
+    /// The harness crate version (`CARGO_PKG_VERSION`).
+    pub tool_version: String,
+    /// [`host::git_revision`] of the build.
+    pub git_revision: String,
+    /// When the run started, RFC 3339 UTC (`2025-11-25T18:31:02Z`).
+    pub timestamp: String,
+    /// The machine.
+    pub host: HostInfo,
+    /// Cross-core cache-line round trip, measured in this run.
+    pub calibration: CalibrationRecord,
+    /// Machine ceilings measured in this run (may be empty).
+    pub limits: Vec<LimitResult>,
+    /// The full configuration of the run, as the command that produced the file saw it.
+    pub config: serde_json::Value,
+    /// Resident set size of the harness process when the file was assembled, bytes.
+    pub process_rss_bytes: Option<u64>,
+    /// One entry per measured combination.
+    pub records: Vec<Record>,
+}
+
+impl Results {
+    /// A results document stamped with this build and host, started at `started`, with no
+    /// records yet.
+    pub fn new(
+        started: &UtcTime,
+        calibration: CalibrationRecord,
+        limits: Vec<LimitResult>,
+        config: serde_json::Value,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            tool: TOOL.to_string(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_revision: host::git_revision().to_string(),
+            timestamp: started.rfc3339(),
+            host: HostInfo::probe(),
+            calibration,
+            limits,
+            config,
+            process_rss_bytes: host::process_rss_bytes(),
+            records: Vec::new(),
+        }
+    }
+}
+
+/// The cross-core round trip of a run, measured once per repeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    /// Median of `per_repeat_ns`.
+    pub pingpong_rtt_ns: f64,
+    /// Fastest batch of any repeat, ns per round trip.
+    pub pingpong_rtt_min_ns: f64,
+    /// Slowest batch of any repeat, ns per round trip.
+    pub pingpong_rtt_max_ns: f64,
+    /// Each repeat's median, ns, in order.
+    pub per_repeat_ns: Vec<f64>,
+}
+
+impl CalibrationRecord {
+    /// Combines per-repeat calibrations; `None` when there are none.
+    pub fn from_calibrations(c: &[Calibration]) -> Option<Self> {
+        let per_repeat_ns: Vec<f64> = c.iter().map(|c| c.pingpong_rtt_ns).collect();
+        let mins: Vec<f64> = c.iter().map(|c| c.pingpong_rtt_min_ns).collect();
+        let maxs: Vec<f64> = c.iter().map(|c| c.pingpong_rtt_max_ns).collect();
+        Some(Self {
+            pingpong_rtt_ns: Summary::from_values(&per_repeat_ns)?.median,
+            pingpong_rtt_min_ns: Summary::from_values(&mins)?.min,
+            pingpong_rtt_max_ns: Summary::from_values(&maxs)?.max,
+            per_repeat_ns,
+        })
+    }
+}
+
+/// Traffic pattern of a record.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Guest transmits: the guest fills buffers, the worker drains them to the backend.
+    Tx,
+    /// Guest receives: the backend produces packets, the worker fills guest buffers.
+    Rx,
+    /// Request/response: one packet out, one back, then the next.
+    Rr,
+}
+
+impl Workload {
+    /// `"tx"`, `"rx"` or `"rr"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Tx => "tx",
+            Workload::Rx => "rx",
+            Workload::Rr => "rr",
+        }
+    }
+}
+
+/// CPU time per packet of the two measured threads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuNsPerPacket {
+    /// The worker (or emulated event loop) thread, ns of thread CPU time per packet.
+    pub worker: Summary,
+    /// The guest's vCPU thread, ns of thread CPU time per packet.
+    pub vcpu: Summary,
+}
+
+/// A record's median throughput (or latency) relative to one of the run's limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PctOfCeiling {
+    /// Name of the limit in `limits` (e.g. `spsc_copy_64`).
+    pub ceiling: String,
+    /// 100 means "at the ceiling". Throughput: median Mpps / ceiling median Mpps × 100.
+    /// Latency (`ns` ceilings): ceiling median ns / median `rtt_p50_ns` × 100.
+    pub median_pct: f64,
+}
+
+/// The raw values of one repeat. All numbers must be finite.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RepeatValues {
+    /// Packets (rr: transactions) completed per second, millions.
+    pub throughput_mpps: f64,
+    /// Worker thread CPU ns per packet.
+    pub cpu_ns_per_packet_worker: f64,
+    /// vCPU thread CPU ns per packet.
+    pub cpu_ns_per_packet_vcpu: f64,
+    /// Guest→host notifications (kick eventfd writes) per packet.
+    pub kicks_per_packet: f64,
+    /// Host→guest notifications (call eventfd writes) per packet.
+    pub calls_per_packet: f64,
+    /// rr only: median request→response time, ns.
+    pub rtt_p50_ns: Option<f64>,
+    /// rr only: 99th percentile, ns.
+    pub rtt_p99_ns: Option<f64>,
+    /// rr only: 99.9th percentile, ns.
+    pub rtt_p999_ns: Option<f64>,
+    /// Packets the sending side handed over.
+    pub sent: u64,
+    /// Packets the receiving side got.
+    pub received: u64,
+    /// Cross-core round trip measured just before this repeat, ns.
+    pub calibration_rtt_ns: f64,
+    /// Measured wall time of the repeat, seconds.
+    pub duration_s: f64,
+}
+
+/// One measured combination, summarised over its repeats.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Data path (`null`, `emulated`, `tap-vhost`, `direct-vf`, ...).
+    pub mode: String,
+    /// Traffic pattern.
+    pub workload: Workload,
+    /// Frame size, bytes (Ethernet header + payload; no virtio-net header, no FCS).
+    pub size_bytes: u32,
+    /// Over repeats: `throughput_mpps`.
+    pub throughput_mpps: Summary,
+    /// Over repeats: `throughput_mpps × size_bytes × 8 / 1000`, Gbit/s.
+    pub throughput_gbps: Summary,
+    /// Over repeats: CPU ns per packet of each thread.
+    pub cpu_ns_per_packet: CpuNsPerPacket,
+    /// Over repeats: kicks per packet.
+    pub kicks_per_packet: Summary,
+    /// Over repeats: calls per packet.
+    pub calls_per_packet: Summary,
+    /// rr only: over repeats of the per-repeat median, ns.
+    pub rtt_p50_ns: Option<Summary>,
+    /// rr only: over repeats of the per-repeat p99, ns.
+    pub rtt_p99_ns: Option<Summary>,
+    /// rr only: over repeats of the per-repeat p99.9, ns.
+    pub rtt_p999_ns: Option<Summary>,
+    /// Relative to a limit of the same run, if the caller named one.
+    pub pct_of_ceiling: Option<PctOfCeiling>,
+    /// Packets sent, summed over repeats.
+    pub sent: u64,
+    /// Packets received, summed over repeats.
+    pub received: u64,
+    /// Packets dropped on purpose, by reason, summed over repeats.
+    pub dropped: BTreeMap<String, u64>,
+    /// Queue errors (a broken chain, a bad index, ...) by kind, summed over repeats.
+    pub queue_errors: BTreeMap<String, u64>,
+    /// `sent - received - Σ dropped` (0 when that is negative): packets unaccounted for.
+    pub lost: u64,
+    /// Each repeat's raw values, in order.
+    pub per_repeat: Vec<RepeatValues>,
+}
+
+impl Record {
+    /// Summarises `repeats` (at least one, all numbers finite). `dropped` and `queue_errors`
+    /// are already summed over the repeats.
+    pub fn from_repeats(
+        mode: &str,
+        workload: Workload,
+        size_bytes: u32,
+        repeats: &[RepeatValues],
+        dropped: BTreeMap<String, u64>,
+        queue_errors: BTreeMap<String, u64>,
+    ) -> anyhow::Result<Record> {
+        ensure!(
+            !repeats.is_empty(),
+            "{mode}/{}/{size_bytes}: no repeats",
+            workload.as_str()
+        );
+        for (i, r) in repeats.iter().enumerate() {
+            check_finite(i, r)?;
+        }
+        let summary = |field: &str, f: &dyn Fn(&RepeatValues) -> f64| {
+            let v: Vec<f64> = repeats.iter().map(f).collect();
+            Summary::from_values(&v).ok_or_else(|| anyhow!("{field}: no values"))
+        };
+        let optional = |f: &dyn Fn(&RepeatValues) -> Option<f64>| {
+            let v: Vec<f64> = repeats.iter().filter_map(f).collect();
+            Summary::from_values(&v)
+        };
+        let sent: u64 = repeats.iter().map(|r| r.sent).sum();
+        let received: u64 = repeats.iter().map(|r| r.received).sum();
+        let dropped_total: u64 = dropped.values().sum();
+        Ok(Record {
+            mode: mode.to_string(),
+            workload,
+            size_bytes,
+            throughput_mpps: summary("throughput_mpps", &|r| r.throughput_mpps)?,
+            throughput_gbps: summary("throughput_gbps", &|r| gbps(r.throughput_mpps, size_bytes))?,
+            cpu_ns_per_packet: CpuNsPerPacket {
+                worker: summary("cpu_ns_per_packet_worker", &|r| r.cpu_ns_per_packet_worker)?,
+                vcpu: summary("cpu_ns_per_packet_vcpu", &|r| r.cpu_ns_per_packet_vcpu)?,
+            },
+            kicks_per_packet: summary("kicks_per_packet", &|r| r.kicks_per_packet)?,
+            calls_per_packet: summary("calls_per_packet", &|r| r.calls_per_packet)?,
+            rtt_p50_ns: optional(&|r| r.rtt_p50_ns),
+            rtt_p99_ns: optional(&|r| r.rtt_p99_ns),
+            rtt_p999_ns: optional(&|r| r.rtt_p999_ns),
+            pct_of_ceiling: None,
+            sent,
+            received,
+            dropped,
+            queue_errors,
+            lost: sent.saturating_sub(received).saturating_sub(dropped_total),
+            per_repeat: repeats.to_vec(),
+        })
+    }
+
+    /// Sets `pct_of_ceiling` relative to `ceiling` (an `mpps` limit compares throughput, an
+    /// `ns` limit compares `rtt_p50_ns`). Left unset when the comparison is undefined.
+    pub fn with_ceiling(mut self, ceiling: &LimitResult) -> Self {
+        let pct = match ceiling.unit.as_str() {
+            UNIT_MPPS => Some(self.throughput_mpps.median / ceiling.median * 100.0),
+            UNIT_NS => self
+                .rtt_p50_ns
+                .map(|rtt| ceiling.median / rtt.median * 100.0),
+            _ => None,
+        };
+        self.pct_of_ceiling = pct
+            .filter(|p| p.is_finite())
+            .map(|median_pct| PctOfCeiling {
+                ceiling: ceiling.name.clone(),
+                median_pct,
+            });
+        self
+    }
+}
+
+/// Gbit/s of `mpps` packets of `size_bytes`.
+pub fn gbps(mpps: f64, size_bytes: u32) -> f64 {
+    mpps * f64::from(size_bytes) * 8.0 / 1000.0
+}
+
+fn check_finite(i: usize, r: &RepeatValues) -> anyhow::Result<()> {
+    let fields = [
+        ("throughput_mpps", Some(r.throughput_mpps)),
+        ("cpu_ns_per_packet_worker", Some(r.cpu_ns_per_packet_worker)),
+        ("cpu_ns_per_packet_vcpu", Some(r.cpu_ns_per_packet_vcpu)),
+        ("kicks_per_packet", Some(r.kicks_per_packet)),
+        ("calls_per_packet", Some(r.calls_per_packet)),
+        ("rtt_p50_ns", r.rtt_p50_ns),
+        ("rtt_p99_ns", r.rtt_p99_ns),
+        ("rtt_p999_ns", r.rtt_p999_ns),
+        ("calibration_rtt_ns", Some(r.calibration_rtt_ns)),
+        ("duration_s", Some(r.duration_s)),
+    ];
+    for (name, v) in fields {
+        if let Some(v) = v {
+            ensure!(
+                v.is_finite(),
+                "repeat {i}: {name} is {v}, not a finite number"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `results` as pretty JSON to `path`, creating parent directories. The text is
+/// parsed back first, so a value JSON cannot hold (NaN, infinity) is an error here rather
+/// than an unreadable file later. The file appears whole or not at all (write, then rename).
+pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(results).context("serializing results")?;
+    let back: Results = serde_json::from_str(&text)
+        .context("results do not survive a JSON round trip (a NaN or infinite number?)")?;
+    ensure!(
+        &back == results,
+        "results do not survive a JSON round trip (a NaN or infinite number?)"
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a results file, rejecting other schema versions.
+pub fn read_results(path: &Path) -> anyhow::Result<Results> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let version = v.get("schema_version").and_then(serde_json::Value::as_u64);
+    ensure!(
+        version == Some(u64::from(SCHEMA_VERSION)),
+        "{}: schema_version {version:?}, this build reads {SCHEMA_VERSION}",
+        path.display()
+    );
+    serde_json::from_value(v).with_context(|| format!("decoding {}", path.display()))
+}
+
+/// The workspace root: the nearest ancestor of the current directory whose `Cargo.toml` has a
+/// `[workspace]` table; the current directory if there is none.
+pub fn workspace_root() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|d| is_workspace_root(d))
+        .map_or_else(|| cwd.clone(), Path::to_path_buf)
+}
+
+fn is_workspace_root(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+}
+
+/// `<workspace root>/results/run-<YYYYMMDDTHHMMSSZ>.json`.
+pub fn default_results_path(started: &UtcTime) -> PathBuf {
+    workspace_root()
+        .join("results")
+        .join(format!("run-{}.json", started.compact()))
+}
+
+/// A UTC civil time with one-second resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UtcTime {
+    /// Year (proleptic Gregorian).
+    pub year: i64,
+    /// 1..=12.
+    pub month: u32,
+    /// 1..=31.
+    pub day: u32,
+    /// 0..=23.
+    pub hour: u32,
+    /// 0..=59.
+    pub minute: u32,
+    /// 0..=59.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// Converts a `SystemTime`, truncating to the second.
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let secs = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            // Before 1970: round down to the whole second at or before `t`.
+            Err(e) => {
+                let d = e.duration();
+                let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                -s - i64::from(d.subsec_nanos() > 0)
+            }
+        };
+        Self::from_unix_secs(secs)
+    }
+
+    /// Converts seconds since 1970-01-01T00:00:00Z.
+    pub fn from_unix_secs(secs: i64) -> Self {
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400) as u32;
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097); // [0, 146096]
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+        let mp = (5 * doy + 2) / 153; // [0, 11], March-based
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Self {
+            year,
+            month,
+            day,
+            hour: sod / 3600,
+            minute: sod / 60 % 60,
+            second: sod % 60,
+        }
+    }
+
+    /// RFC 3339: `2025-11-25T18:31:02Z`.
+    pub fn rfc3339(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+
+    /// ISO 8601 basic format, for file names: `20251125T183102Z`.
+    pub fn compact(&self) -> String {
+        format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repeat(mpps: f64, rtt: Option<f64>) -> RepeatValues {
+        RepeatValues {
+            throughput_mpps: mpps,
+            cpu_ns_per_packet_worker: 101.5,
+            cpu_ns_per_packet_vcpu: 88.25,
+            kicks_per_packet: 0.015625,
+            calls_per_packet: 0.1,
+            rtt_p50_ns: rtt,
+            rtt_p99_ns: rtt.map(|r| r * 3.0),
+            rtt_p999_ns: rtt.map(|r| r * 7.1),
+            sent: 1_000_003,
+            received: 1_000_000,
+            calibration_rtt_ns: 63.123456789,
+            duration_s: 1.0000021,
+        }
+    }
+
+    fn sample_results() -> Results {
+        let repeats = [
+            repeat(1.7, Some(41_000.0)),
+            repeat(1.6, Some(39_500.5)),
+            repeat(1.9, None),
+        ];
+        let dropped = BTreeMap::from([("no_buffer".to_string(), 2u64)]);
+        let rec = Record::from_repeats(
+            "tap-vhost",
+            Workload::Rr,
+            64,
+            &repeats,
+            dropped,
+            BTreeMap::new(),
+        )
+        .expect("record");
+        let limit = LimitResult::from_samples("busy_poll_wake_rtt", UNIT_NS, vec![900.0, 950.0])
+            .expect("limit");
+        let rec = rec.with_ceiling(&limit);
+        let cal = Calibration {
+            pingpong_rtt_ns: 63.2,
+            pingpong_rtt_min_ns: 60.1,
+            pingpong_rtt_max_ns: 370.0,
+            batches: 200,
+        };
+        let mut r = Results::new(
+            &UtcTime::from_unix_secs(1_764_095_462),
+            CalibrationRecord::from_calibrations(&[cal]).expect("calibration"),
+            vec![limit],
+            serde_json::json!({"modes": ["null"], "duration_ms": 1000, "event_idx": true}),
+        );
+        r.records.push(rec);
+        r
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let r = sample_results();
+        let text = serde_json::to_string(&r).expect("serialize");
+        let back: Results = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, r);
+        assert!(text.contains("\"workload\":\"rr\""), "{text}");
+        assert!(text.contains("\"schema_version\":1"), "{text}");
+    }
+
+    #[test]
+    fn record_summaries() {
+        let r = &sample_results().records[0];
+        assert_eq!(r.throughput_mpps.median, 1.7);
+        assert!((r.throughput_gbps.median - 1.7 * 64.0 * 8.0 / 1000.0).abs() < 1e-12);
+        assert_eq!(r.rtt_p50_ns.map(|s| s.median), Some(40_250.25));
+        assert_eq!((r.sent, r.received, r.lost), (3_000_009, 3_000_000, 7));
+        let pct = r.pct_of_ceiling.as_ref().expect("pct");
+        assert_eq!(pct.ceiling, "busy_poll_wake_rtt");
+        assert!((pct.median_pct - 925.0 / 40_250.25 * 100.0).abs() < 1e-9);
+        assert!(Record::from_repeats(
+            "null",
+            Workload::Tx,
+            64,
+            &[],
+            BTreeMap::new(),
+            BTreeMap::new()
+        )
+        .is_err());
+        let bad = [repeat(f64::NAN, None)];
+        assert!(Record::from_repeats(
+            "null",
+            Workload::Tx,
+            64,
+            &bad,
+            BTreeMap::new(),
+            BTreeMap::new()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn write_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("vhostbench-test-{}", std::process::id()));
+        let path = dir.join("nested/run.json");
+        let r = sample_results();
+        write_results(&path, &r).expect("write");
+        assert_eq!(read_results(&path).expect("read"), r);
+        let mut nan = r.clone();
+        nan.calibration.pingpong_rtt_ns = f64::NAN;
+        assert!(write_results(&dir.join("nan.json"), &nan).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn utc_dates() {
+        let t = UtcTime::from_unix_secs(0);
+        assert_eq!(t.rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            UtcTime::from_unix_secs(951_782_400).rfc3339(),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            UtcTime::from_unix_secs(1_764_095_462).rfc3339(),
+            "2025-11-25T18:31:02Z"
+        );
+        assert_eq!(
+            UtcTime::from_unix_secs(1_764_095_462).compact(),
+            "20251125T183102Z"
+        );
+        assert_eq!(
+            UtcTime::from_unix_secs(-1).rfc3339(),
+            "1969-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            UtcTime::from_unix_secs(4_102_444_800).rfc3339(),
+            "2100-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn default_path_is_under_results() {
+        let p = default_results_path(&UtcTime::from_unix_secs(0));
+        assert!(
+            p.ends_with("results/run-19700101T000000Z.json"),
+            "{}",
+            p.display()
+        );
+    }
+}
