@@ -102,9 +102,19 @@ pub struct RunArgs {
     /// Busy-poll window of the worker (µs); a comma list sweeps it. 0 = no busy polling.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub busy_poll_us: Vec<u64>,
-    /// Most descriptors handled before publishing / notifying (`VHOST_NET_BATCH`).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub batch: u32,
+    /// Chains per backend submission and RX frames per used-ring publish (`VHOST_NET_BATCH`,
+    /// at most 64); a comma list sweeps it.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64",
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub batch: Vec<u32>,
+    /// Make the guest poll its used rings instead of sleeping on interrupts. By default the
+    /// guest polls exactly when the worker busy-polls (`--busy-poll-us` > 0).
+    #[arg(long)]
+    pub guest_poll: bool,
     /// Results file [default: <workspace>/results/run-<timestamp>.json].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -174,7 +184,9 @@ mod tests {
         assert_eq!(a.modes, [Mode::All]);
         assert_eq!(a.workloads, [Workload::Tx, Workload::Rx, Workload::Rr]);
         assert_eq!(a.sizes, [64, 1500]);
-        assert_eq!((a.duration_ms, a.repeat, a.batch), (1000, 3, 64));
+        assert_eq!((a.duration_ms, a.repeat), (1000, 3));
+        assert_eq!(a.batch, [64]);
+        assert!(!a.guest_poll);
         assert_eq!(a.busy_poll_us, [0]);
         assert_eq!((a.guest_mem_mb, a.queue_size), (64, 256));
         assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);

@@ -74,6 +74,24 @@ pub fn process_rss_bytes() -> Option<u64> {
     kib_field(&status, "VmRSS:")
 }
 
+/// Resident memory of this process, split like `/proc/self/status` does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rss {
+    /// `VmRSS`, bytes.
+    pub total: u64,
+    /// `RssShmem`: resident shared-memory pages (guest memory lives in a memfd), bytes.
+    pub shmem: u64,
+}
+
+/// Resident memory of this process now.
+pub fn process_rss() -> Option<Rss> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    Some(Rss {
+        total: kib_field(&status, "VmRSS:")?,
+        shmem: kib_field(&status, "RssShmem:")?,
+    })
+}
+
 /// The git revision the binary was built from: `git rev-parse HEAD`, with `-dirty` appended
 /// when tracked files had uncommitted changes; `"unknown"` when git was unavailable. Embedded
 /// by `build.rs`.

@@ -18,6 +18,8 @@ use guest_sim::traffic::{self, GuestNic, NicBuffers, TrafficConfig, TrafficRepor
 use guest_sim::MockGuest;
 use vring::net::{bit, Features};
 
+use crate::host::{process_rss, Rss};
+
 /// Everything one run of one device needs.
 #[derive(Clone, Debug)]
 pub struct PairConfig {
@@ -78,9 +80,20 @@ pub struct RunOutcome {
     pub vcpu_cpu_ns: u64,
     /// Wall time of the whole run, drain included.
     pub wall: Duration,
+    /// Process memory before the device was built.
+    pub rss_before: Option<Rss>,
+    /// Process memory while the device ran (sampled just before it was stopped).
+    pub rss_running: Option<Rss>,
 }
 
 impl RunOutcome {
+    /// Resident memory the running device added beyond the guest memory it touched, bytes.
+    pub fn engine_overhead_bytes(&self) -> Option<u64> {
+        let (b, r) = (self.rss_before?, self.rss_running?);
+        let total = r.total.saturating_sub(b.total);
+        Some(total.saturating_sub(r.shmem.saturating_sub(b.shmem)))
+    }
+
     /// Frames the device dropped, all reasons.
     pub fn dropped(&self) -> u64 {
         self.metrics.total_drops()
@@ -133,6 +146,7 @@ pub fn run_null(cfg: &PairConfig) -> Result<RunOutcome> {
 
 /// Builds the device on `backend` and runs the workload once.
 pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
+    let rss_before = process_rss();
     let features = negotiate(DEFAULT_OFFER, cfg.features()).context("feature negotiation")?;
     // Queue 0 is RX, queue 1 TX (virtio-net's order).
     let mut guest = MockGuest::new(cfg.guest_mem_bytes, &[cfg.queue_size, cfg.queue_size])
@@ -191,7 +205,8 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
     let stop2 = stop.clone();
     let slot: Arc<Mutex<Option<Worker>>> = Arc::new(Mutex::new(None));
     let report: Arc<Mutex<Option<WorkerReport>>> = Arc::new(Mutex::new(None));
-    let (slot2, report2) = (slot.clone(), report.clone());
+    let rss: Arc<Mutex<Option<Rss>>> = Arc::new(Mutex::new(None));
+    let (slot2, report2, rss2) = (slot.clone(), report.clone(), rss.clone());
     let vcpu = std::thread::Builder::new()
         .name("vcpu-0".into())
         .spawn(move || {
@@ -202,6 +217,9 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
             let _ = ready_rx.recv();
             let t0 = sys::thread_cpu_ns();
             let mut quiesce = || {
+                if let Ok(mut r) = rss2.lock() {
+                    *r = process_rss();
+                }
                 let w = slot2.lock().ok().and_then(|mut s| s.take());
                 if let (Some(w), Ok(mut r)) = (w, report2.lock()) {
                     *r = Some(w.stop());
@@ -242,12 +260,15 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
             None => WorkerReport::default(),
         },
     };
+    let rss_running = *rss.lock().map_err(|_| anyhow!("rss slot poisoned"))?;
     Ok(RunOutcome {
         guest,
         worker,
         metrics,
         vcpu_cpu_ns,
         wall: started.elapsed(),
+        rss_before,
+        rss_running,
     })
 }
 

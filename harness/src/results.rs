@@ -195,6 +195,12 @@ pub struct Record {
     pub workload: Workload,
     /// Frame size, bytes (Ethernet header + payload; no virtio-net header, no FCS).
     pub size_bytes: u32,
+    /// Worker busy-poll window, µs (0: notifications only).
+    pub busy_poll_us: u64,
+    /// Chains per backend submission (`VHOST_NET_BATCH`).
+    pub batch: u32,
+    /// Whether the guest polled its used rings instead of sleeping on interrupts.
+    pub guest_poll: bool,
     /// Over repeats: `throughput_mpps`.
     pub throughput_mpps: Summary,
     /// Over repeats: `throughput_mpps × size_bytes × 8 / 1000`, Gbit/s.
@@ -225,6 +231,13 @@ pub struct Record {
     pub lost: u64,
     /// Each repeat's raw values, in order.
     pub per_repeat: Vec<RepeatValues>,
+    /// What went wrong, per repeat: broken queues, backend failures, lost packets, repeats
+    /// that moved nothing. Empty for a clean record.
+    pub errors: Vec<String>,
+    /// Largest over repeats of the process's resident memory growth while the device ran,
+    /// minus the guest memory it touched (shared-memory pages): what the engine itself costs
+    /// per device, bytes.
+    pub engine_overhead_bytes: Option<u64>,
 }
 
 impl Record {
@@ -261,6 +274,9 @@ impl Record {
             mode: mode.to_string(),
             workload,
             size_bytes,
+            busy_poll_us: 0,
+            batch: 0,
+            guest_poll: false,
             throughput_mpps: summary("throughput_mpps", &|r| r.throughput_mpps)?,
             throughput_gbps: summary("throughput_gbps", &|r| gbps(r.throughput_mpps, size_bytes))?,
             cpu_ns_per_packet: CpuNsPerPacket {
@@ -279,6 +295,8 @@ impl Record {
             queue_errors,
             lost: sent.saturating_sub(received).saturating_sub(dropped_total),
             per_repeat: repeats.to_vec(),
+            errors: Vec::new(),
+            engine_overhead_bytes: None,
         })
     }
 

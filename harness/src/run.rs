@@ -1,9 +1,437 @@
-//! `vhostbench run`: the benchmark matrix. Not built yet.
+//! `vhostbench run`: the comparison. Every (mode, workload, size, busy-poll, batch)
+//! combination is run `--repeat` times, repeats interleaved (A B C A B C …) with a fresh
+//! calibration before each round, so a change of vCPU placement hits every combination alike.
+//! The machine's ceilings are measured in the same invocation and each throughput is also
+//! shown as a percentage of its ceiling.
 
-use crate::cli::RunArgs;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-/// Runs the configured matrix and writes the results file.
-pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("run: not built yet")
+use anyhow::{anyhow, bail, Context, Result};
+use engine::metrics::get;
+use guest_sim::traffic::Workload as GuestWorkload;
+
+use crate::calibrate::{self, Calibration};
+use crate::cli::{Mode, RunArgs};
+use crate::host;
+use crate::limits::{self, LimitResult};
+use crate::pair::{self, PairConfig, RunOutcome};
+use crate::pin::{VCPU_CORE, WORKER_CORE};
+use crate::results::{self, CalibrationRecord, Record, RepeatValues, Results, UtcTime, Workload};
+use crate::stats::{fmt_num, Align, Summary, Table};
+
+/// Round trips per calibration.
+const CALIBRATION_ROUND_TRIPS: u64 = 200_000;
+/// How long each ceiling is measured, per repeat.
+const LIMIT_DURATION: Duration = Duration::from_millis(300);
+
+/// One cell of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Combo {
+    mode: Mode,
+    workload: Workload,
+    size: u32,
+    busy_poll_us: u64,
+    batch: u32,
+}
+
+/// The modes this build can run, and why the others are not run.
+fn resolve_modes(asked: &[Mode]) -> Result<(Vec<Mode>, Vec<String>)> {
+    let mut run = Vec::new();
+    let mut skipped = Vec::new();
+    for &m in asked {
+        match m {
+            Mode::All => {
+                run.push(Mode::Null);
+                for (name, why) in [
+                    (
+                        "emulated",
+                        "not built yet: the tap modes come with the tap-device work",
+                    ),
+                    (
+                        "tap-vhost",
+                        "not built yet: the tap modes come with the tap-device work",
+                    ),
+                    ("direct-vf", "not built yet: needs the VF pool topology"),
+                ] {
+                    skipped.push(format!("{name}: {why}"));
+                }
+            }
+            Mode::Null => run.push(Mode::Null),
+            Mode::Auto | Mode::Emulated | Mode::TapVhost | Mode::DirectVf => {
+                bail!(
+                    "mode {} is not built yet in this version; available: null",
+                    mode_name(m)
+                )
+            }
+        }
+    }
+    run.dedup();
+    Ok((run, skipped))
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::All => "all",
+        Mode::Auto => "auto",
+        Mode::Null => "null",
+        Mode::Emulated => "emulated",
+        Mode::TapVhost => "tap-vhost",
+        Mode::DirectVf => "direct-vf",
+    }
+}
+
+fn guest_workload(w: Workload) -> GuestWorkload {
+    match w {
+        Workload::Tx => GuestWorkload::Tx,
+        Workload::Rx => GuestWorkload::Rx,
+        Workload::Rr => GuestWorkload::Rr,
+    }
+}
+
+/// Whether the guest polls its used rings in this combination: forced by `--guest-poll`,
+/// otherwise exactly when the worker busy-polls (the low-latency set-up on both sides).
+fn guest_polls(args: &RunArgs, c: &Combo) -> bool {
+    args.guest_poll || c.busy_poll_us > 0
+}
+
+fn pair_config(args: &RunArgs, c: &Combo) -> PairConfig {
+    let duration = Duration::from_millis(args.duration_ms);
+    let warmup = (duration / 10).max(Duration::from_millis(20));
+    PairConfig {
+        workload: guest_workload(c.workload),
+        frame_len: c.size as usize,
+        queue_size: args.queue_size,
+        guest_mem_bytes: args.guest_mem_mb << 20,
+        event_idx: args.event_idx,
+        indirect: args.indirect,
+        mrg_rxbuf: args.mrg_rxbuf,
+        batch: c.batch as usize,
+        busy_poll_us: c.busy_poll_us,
+        guest_poll: guest_polls(args, c),
+        rate_pps: args.rate_pps,
+        duration: duration + warmup,
+        warmup,
+        verify_bytes: false,
+        vcpu_core: Some(VCPU_CORE),
+        worker_core: Some(WORKER_CORE),
+    }
+}
+
+/// Per-repeat numbers of one run.
+fn repeat_values(c: &Combo, o: &RunOutcome, calibration_rtt_ns: f64) -> Result<RepeatValues> {
+    let w = guest_workload(c.workload);
+    let window = o.guest.window.as_secs_f64();
+    if window <= 0.0 || o.guest.window_packets == 0 {
+        bail!(
+            "no packets in the measured window (sent {}, received {}, errors: {:?} {:?} {:?})",
+            o.sent(w),
+            o.received(w),
+            o.guest.error,
+            o.worker.tx_error,
+            o.worker.rx_error
+        );
+    }
+    // The unit everything is "per": a frame for tx and rx, a transaction for rr.
+    let units = match w {
+        GuestWorkload::Tx => o.guest.sent.saturating_sub(o.guest.tx_unreturned),
+        GuestWorkload::Rx | GuestWorkload::Rr => o.guest.received,
+    }
+    .max(1) as f64;
+    let calls = get(&o.metrics.tx.calls) + get(&o.metrics.rx.calls);
+    let q =
+        |p: f64| (c.workload == Workload::Rr).then(|| o.guest.rtt_ns.value_at_quantile(p) as f64);
+    Ok(RepeatValues {
+        throughput_mpps: o.guest.window_packets as f64 / window / 1e6,
+        cpu_ns_per_packet_worker: o.worker.cpu_ns as f64 / units,
+        cpu_ns_per_packet_vcpu: o.vcpu_cpu_ns as f64 / units,
+        kicks_per_packet: o.guest.kicks as f64 / units,
+        calls_per_packet: calls as f64 / units,
+        rtt_p50_ns: q(0.5),
+        rtt_p99_ns: q(0.99),
+        rtt_p999_ns: q(0.999),
+        sent: o.sent(w),
+        received: o.received(w),
+        calibration_rtt_ns,
+        duration_s: window,
+    })
+}
+
+/// The ceiling a combination is compared with: the ring + copy of the same frame size for
+/// throughput, the busy-poll wake round trip for rr latency.
+fn ceiling_name(c: &Combo) -> String {
+    match c.workload {
+        Workload::Rr => "busy_poll_wake_rtt".into(),
+        _ => format!("spsc_copy_{}", c.size),
+    }
+}
+
+fn measure_ceilings(combos: &[Combo], repeat: usize) -> Result<Vec<LimitResult>> {
+    let mut out: Vec<LimitResult> = Vec::new();
+    let mut sizes: Vec<u32> = combos.iter().map(|c| c.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for s in sizes {
+        out.push(limits::spsc_copy(s as usize, LIMIT_DURATION, repeat)?);
+    }
+    if combos.iter().any(|c| c.workload == Workload::Rr) {
+        out.extend(limits::busy_poll_wake_rtt(LIMIT_DURATION, repeat)?.into_results());
+    }
+    Ok(out)
+}
+
+/// Everything gathered for one combination over its repeats.
+#[derive(Default)]
+struct Acc {
+    repeats: Vec<RepeatValues>,
+    dropped: BTreeMap<String, u64>,
+    queue_errors: BTreeMap<String, u64>,
+    errors: Vec<String>,
+    engine_overhead_bytes: Vec<u64>,
+}
+
+/// Runs the matrix and prints and writes the results.
+pub fn main(args: RunArgs) -> Result<()> {
+    let started = UtcTime::now();
+    let (modes, skipped) = resolve_modes(&args.modes)?;
+    for s in &skipped {
+        println!("skipped {s}");
+    }
+    let repeat = usize::try_from(args.repeat).context("--repeat")?;
+    let mut combos = Vec::new();
+    for &mode in &modes {
+        for &workload in &args.workloads {
+            for &size in &args.sizes {
+                for &busy_poll_us in &args.busy_poll_us {
+                    for &batch in &args.batch {
+                        combos.push(Combo {
+                            mode,
+                            workload,
+                            size,
+                            busy_poll_us,
+                            batch,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if combos.is_empty() {
+        bail!("nothing to run");
+    }
+
+    let first = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
+    println!(
+        "calibration: cross-core cache-line round trip {} ns (min {}, max {})",
+        fmt_num(first.pingpong_rtt_ns),
+        fmt_num(first.pingpong_rtt_min_ns),
+        fmt_num(first.pingpong_rtt_max_ns)
+    );
+    let ceilings = measure_ceilings(&combos, repeat).context("measuring the ceilings")?;
+    for l in &ceilings {
+        println!(
+            "ceiling {}: {} {} (min {}, max {})",
+            l.name,
+            fmt_num(l.median),
+            l.unit,
+            fmt_num(l.min),
+            fmt_num(l.max)
+        );
+    }
+
+    let mut calibrations: Vec<Calibration> = Vec::new();
+    let mut acc: Vec<Acc> = combos.iter().map(|_| Acc::default()).collect();
+    for rep in 0..repeat {
+        let cal = if rep == 0 {
+            first
+        } else {
+            calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?
+        };
+        for (c, a) in combos.iter().zip(acc.iter_mut()) {
+            let cfg = pair_config(&args, c);
+            let o = pair::run_null(&cfg).with_context(|| label(c))?;
+            let w = guest_workload(c.workload);
+            for (reason, n) in o.metrics.drops_by_reason() {
+                *a.dropped.entry(reason.into()).or_default() += n;
+            }
+            for (kind, n) in o.metrics.queue_errors_by_kind() {
+                *a.queue_errors.entry(kind.into()).or_default() += n;
+            }
+            for e in [
+                &o.guest.error,
+                &o.worker.tx_error,
+                &o.worker.rx_error,
+                &o.worker.fatal,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                a.errors.push(format!("repeat {rep}: {e}"));
+            }
+            if o.lost(w) > 0 {
+                a.errors
+                    .push(format!("repeat {rep}: {} packets lost", o.lost(w)));
+            }
+            if let Some(b) = o.engine_overhead_bytes() {
+                a.engine_overhead_bytes.push(b);
+            }
+            match repeat_values(c, &o, cal.pingpong_rtt_ns) {
+                Ok(v) => a.repeats.push(v),
+                Err(e) => a.errors.push(format!("repeat {rep}: {e:#}")),
+            }
+        }
+        calibrations.push(cal);
+        eprintln!("repeat {}/{repeat} done", rep + 1);
+    }
+
+    let calibration = CalibrationRecord::from_calibrations(&calibrations)
+        .ok_or_else(|| anyhow!("no calibration"))?;
+    let config = serde_json::json!({
+        "command": "run",
+        "args": &args,
+        "modes_run": modes.iter().map(|m| mode_name(*m)).collect::<Vec<_>>(),
+        "modes_skipped": &skipped,
+        "warmup_ms": pair_config(&args, &combos[0]).warmup.as_millis() as u64,
+        "vcpu_core": VCPU_CORE,
+        "worker_core": WORKER_CORE,
+    });
+    let mut doc = Results::new(&started, calibration, ceilings.clone(), config);
+    for (c, a) in combos.iter().zip(acc) {
+        if a.repeats.is_empty() {
+            eprintln!(
+                "{}: no successful repeat: {}",
+                label(c),
+                a.errors.join("; ")
+            );
+            continue;
+        }
+        let mut r = Record::from_repeats(
+            mode_name(c.mode),
+            c.workload,
+            c.size,
+            &a.repeats,
+            a.dropped,
+            a.queue_errors,
+        )?;
+        r.busy_poll_us = c.busy_poll_us;
+        r.batch = c.batch;
+        r.guest_poll = guest_polls(&args, c);
+        r.errors = a.errors;
+        r.engine_overhead_bytes = a.engine_overhead_bytes.iter().copied().max();
+        if let Some(l) = ceilings.iter().find(|l| l.name == ceiling_name(c)) {
+            r = r.with_ceiling(l);
+        }
+        doc.records.push(r);
+    }
+    doc.process_rss_bytes = host::process_rss_bytes();
+    if !args.json_only {
+        print!("{}", render(&doc));
+    }
+    let path = args
+        .out
+        .clone()
+        .unwrap_or_else(|| results::default_results_path(&started));
+    results::write_results(&path, &doc)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn label(c: &Combo) -> String {
+    format!(
+        "{}/{}/{}B/busy-poll {}us/batch {}",
+        mode_name(c.mode),
+        c.workload.as_str(),
+        c.size,
+        c.busy_poll_us,
+        c.batch
+    )
+}
+
+fn range(s: &Summary) -> String {
+    format!(
+        "{} [{}-{}]",
+        fmt_num(s.median),
+        fmt_num(s.min),
+        fmt_num(s.max)
+    )
+}
+
+fn us(s: &Option<Summary>) -> String {
+    s.map(|s| fmt_num(s.median / 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The side-by-side table.
+pub fn render(doc: &Results) -> String {
+    let mut t = Table::new(&[
+        ("mode", Align::Left),
+        ("wl", Align::Left),
+        ("size", Align::Right),
+        ("poll us", Align::Right),
+        ("batch", Align::Right),
+        ("Mpps median [min-max]", Align::Right),
+        ("Gbit/s", Align::Right),
+        ("% ceiling", Align::Right),
+        ("worker ns/pkt", Align::Right),
+        ("vcpu ns/pkt", Align::Right),
+        ("kicks/pkt", Align::Right),
+        ("calls/pkt", Align::Right),
+        ("p50 us", Align::Right),
+        ("p99 us", Align::Right),
+        ("p99.9 us", Align::Right),
+        ("drops", Align::Right),
+        ("lost", Align::Right),
+    ]);
+    for r in &doc.records {
+        t.push_row(vec![
+            r.mode.clone(),
+            r.workload.as_str().into(),
+            r.size_bytes.to_string(),
+            format!("{}{}", r.busy_poll_us, if r.guest_poll { "+g" } else { "" }),
+            r.batch.to_string(),
+            range(&r.throughput_mpps),
+            fmt_num(r.throughput_gbps.median),
+            r.pct_of_ceiling
+                .as_ref()
+                .map(|p| format!("{:.0}%", p.median_pct))
+                .unwrap_or_else(|| "-".into()),
+            fmt_num(r.cpu_ns_per_packet.worker.median),
+            fmt_num(r.cpu_ns_per_packet.vcpu.median),
+            fmt_num(r.kicks_per_packet.median),
+            fmt_num(r.calls_per_packet.median),
+            us(&r.rtt_p50_ns),
+            us(&r.rtt_p99_ns),
+            us(&r.rtt_p999_ns),
+            r.dropped.values().sum::<u64>().to_string(),
+            r.lost.to_string(),
+        ]);
+    }
+    let mut out = t.render();
+    out.push_str(
+        "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
+         % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
+         rr vs the in-run busy-poll wake round trip (ceiling / p50). ns/pkt: thread CPU time\n\
+         per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
+         poll us: worker busy-poll window; +g: the guest polls its rings too.\n",
+    );
+    for r in &doc.records {
+        for e in &r.errors {
+            out.push_str(&format!(
+                "! {}/{}/{}: {e}\n",
+                r.mode,
+                r.workload.as_str(),
+                r.size_bytes
+            ));
+        }
+        if !r.queue_errors.is_empty() {
+            out.push_str(&format!(
+                "! {}/{}/{}: queue errors {:?}\n",
+                r.mode,
+                r.workload.as_str(),
+                r.size_bytes,
+                r.queue_errors
+            ));
+        }
+    }
+    out
 }

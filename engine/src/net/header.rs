@@ -26,8 +26,15 @@ pub fn parse_tx(mem: &GuestMemory, chain: &Chain) -> Result<TxFrame, QueueError>
         return Err(QueueError::HeaderTooShort { len: total });
     }
     let mut raw = [0u8; VirtioNetHdr::SIZE];
-    // Cannot come up short: the readable part is at least SIZE bytes.
-    chain.read_into(mem, 0, &mut raw);
+    match chain.readable().first() {
+        // The usual layout: the header at the start of the first buffer. A fixed-size copy
+        // compiles to a few moves instead of a memcpy call.
+        Some(s) if s.len >= VirtioNetHdr::SIZE && mem.read_at(s.off, &mut raw).is_ok() => {}
+        // Split across descriptors. Cannot come up short: the readable part is at least SIZE.
+        _ => {
+            chain.read_into(mem, 0, &mut raw);
+        }
+    }
     Ok(TxFrame {
         hdr: VirtioNetHdr::from_bytes(&raw),
         len: total - VirtioNetHdr::SIZE as u32,
