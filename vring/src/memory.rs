@@ -312,6 +312,11 @@ impl GuestMemory {
     #[inline]
     pub fn read_u32(&self, off: usize) -> Result<u32, MemError> {
         let p = self.check(off, 4)?;
+        if (p as usize).is_multiple_of(4) {
+            // SAFETY: four bytes at `p` are inside the mapping and `p` is 4-aligned. One aligned
+            // load (a volatile `[u8; 4]` read compiles to four byte loads).
+            return Ok(u32::from_le(unsafe { ptr::read_volatile(p as *const u32) }));
+        }
         // SAFETY: four bytes at `p` are inside the mapping; `[u8; 4]` has alignment 1.
         let b = unsafe { ptr::read_volatile(p as *const [u8; 4]) };
         Ok(u32::from_le_bytes(b))
@@ -321,6 +326,11 @@ impl GuestMemory {
     #[inline]
     pub fn read_u64(&self, off: usize) -> Result<u64, MemError> {
         let p = self.check(off, 8)?;
+        if (p as usize).is_multiple_of(8) {
+            // SAFETY: eight bytes at `p` are inside the mapping and `p` is 8-aligned. One aligned
+            // load (a volatile `[u8; 8]` read compiles to eight byte loads).
+            return Ok(u64::from_le(unsafe { ptr::read_volatile(p as *const u64) }));
+        }
         // SAFETY: eight bytes at `p` are inside the mapping; `[u8; 8]` has alignment 1.
         let b = unsafe { ptr::read_volatile(p as *const [u8; 8]) };
         Ok(u64::from_le_bytes(b))
@@ -354,6 +364,13 @@ impl GuestMemory {
     #[inline]
     pub fn write_u16(&self, off: usize, v: u16) -> Result<(), MemError> {
         let p = self.check(off, 2)?;
+        if (p as usize).is_multiple_of(2) {
+            // SAFETY: two bytes at `p` are inside the mapping and `p` is 2-aligned. One aligned
+            // store (a volatile `[u8; 2]` write compiles to two byte stores, each taking a
+            // store-buffer entry).
+            unsafe { ptr::write_volatile(p as *mut u16, v.to_le()) };
+            return Ok(());
+        }
         // SAFETY: two bytes at `p` are inside the mapping; `[u8; 2]` has alignment 1.
         unsafe { ptr::write_volatile(p as *mut [u8; 2], v.to_le_bytes()) };
         Ok(())
@@ -363,6 +380,13 @@ impl GuestMemory {
     #[inline]
     pub fn write_u32(&self, off: usize, v: u32) -> Result<(), MemError> {
         let p = self.check(off, 4)?;
+        if (p as usize).is_multiple_of(4) {
+            // SAFETY: four bytes at `p` are inside the mapping and `p` is 4-aligned. One aligned
+            // store (a volatile `[u8; 4]` write compiles to four byte stores, each taking a
+            // store-buffer entry).
+            unsafe { ptr::write_volatile(p as *mut u32, v.to_le()) };
+            return Ok(());
+        }
         // SAFETY: four bytes at `p` are inside the mapping; `[u8; 4]` has alignment 1.
         unsafe { ptr::write_volatile(p as *mut [u8; 4], v.to_le_bytes()) };
         Ok(())
@@ -372,6 +396,13 @@ impl GuestMemory {
     #[inline]
     pub fn write_u64(&self, off: usize, v: u64) -> Result<(), MemError> {
         let p = self.check(off, 8)?;
+        if (p as usize).is_multiple_of(8) {
+            // SAFETY: eight bytes at `p` are inside the mapping and `p` is 8-aligned. One aligned
+            // store (a volatile `[u8; 8]` write compiles to eight byte stores, each taking a
+            // store-buffer entry).
+            unsafe { ptr::write_volatile(p as *mut u64, v.to_le()) };
+            return Ok(());
+        }
         // SAFETY: eight bytes at `p` are inside the mapping; `[u8; 8]` has alignment 1.
         unsafe { ptr::write_volatile(p as *mut [u8; 8], v.to_le_bytes()) };
         Ok(())
