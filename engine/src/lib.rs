@@ -5,7 +5,10 @@
 //!   mergeable buffers.
 //! - [`worker`]: the vhost worker thread (`vhost-<dev>`): io_uring kick waits, TX/RX handlers,
 //!   batching, weights, busy polling, notification suppression.
-//! - [`backend`]: where frames go ([`backend::Backend`]); [`backend::null`] is the engine alone.
+//! - [`backend`]: where frames go ([`backend::Backend`]); [`backend::null`] is the engine alone,
+//!   [`backend::tap`] a tun/tap device through io_uring.
+//! - [`emulated`]: the QEMU-style userspace virtio-net event loop (epoll, a syscall per frame),
+//!   the baseline the worker is compared with.
 //! - [`metrics`]: per-device counters, drops by reason, queue errors.
 //! - [`sys`]: eventfds, thread CPU time, pinning.
 //!
@@ -14,6 +17,7 @@
 //! it.
 
 pub mod backend;
+pub mod emulated;
 pub mod metrics;
 pub mod net;
 pub mod sys;

@@ -2,7 +2,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use vring::{GuestMemory, Span};
 
 /// Creates a non-semaphore eventfd (the kick and call fds of a queue, `VHOST_SET_VRING_KICK` /
 /// `_CALL`).
@@ -33,6 +35,84 @@ pub fn wait(fd: &File) -> io::Result<u64> {
     let mut b = [0u8; 8];
     (&*fd).read_exact(&mut b)?;
     Ok(u64::from_ne_bytes(b))
+}
+
+/// Reusable scratch space for iovecs pointing into guest memory.
+#[derive(Debug, Default)]
+pub struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the iovecs are plain addresses into the guest-memory mapping, rebuilt from checked
+// spans before every use and never dereferenced by Rust code; moving the scratch space to
+// another thread (the worker's) moves no access to that memory.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// Scratch space for `cap` segments.
+    pub fn with_capacity(cap: usize) -> Self {
+        IoVecs(Vec::with_capacity(cap))
+    }
+
+    /// Refills with the host addresses of `spans`; false if one is outside guest memory.
+    pub fn fill(&mut self, mem: &GuestMemory, spans: impl IntoIterator<Item = Span>) -> bool {
+        self.0.clear();
+        for s in spans {
+            match mem.host_ptr(s) {
+                Ok(p) => self.0.push(libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: s.len,
+                }),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// The iovecs.
+    pub fn as_slice(&self) -> &[libc::iovec] {
+        &self.0
+    }
+}
+
+/// `writev(2)` of guest-memory segments to `fd` (the frame goes from guest memory to the
+/// kernel with no copy of ours). `iov` is scratch space, reused by the caller.
+pub fn writev_guest(
+    fd: BorrowedFd<'_>,
+    mem: &GuestMemory,
+    spans: &[Span],
+    iov: &mut IoVecs,
+) -> io::Result<usize> {
+    if !iov.fill(mem, spans.iter().copied()) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let v = iov.as_slice();
+    // SAFETY: every iovec points into the guest-memory mapping (checked by `host_ptr`), which
+    // `mem` keeps mapped for the duration of the call; the kernel only reads from them.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), v.as_ptr(), v.len() as i32) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `readv(2)` from `fd` straight into guest-memory segments.
+pub fn readv_guest(
+    fd: BorrowedFd<'_>,
+    mem: &GuestMemory,
+    spans: &[Span],
+    iov: &mut IoVecs,
+) -> io::Result<usize> {
+    if !iov.fill(mem, spans.iter().copied()) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let v = iov.as_slice();
+    // SAFETY: every iovec points into the guest-memory mapping (checked by `host_ptr`), which
+    // `mem` keeps mapped for the duration of the call; the kernel writes at most `iov_len`
+    // bytes to each, and nobody holds a reference to those bytes.
+    let n = unsafe { libc::readv(fd.as_raw_fd(), v.as_ptr(), v.len() as i32) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// CPU time this thread has used, in ns (`CLOCK_THREAD_CPUTIME_ID`).

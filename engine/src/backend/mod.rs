@@ -5,6 +5,7 @@
 //! have default bodies.
 
 pub mod null;
+pub mod tap;
 
 use std::os::fd::BorrowedFd;
 
@@ -71,6 +72,9 @@ pub trait Backend: Send {
 
     /// Discards the next frame (it cannot fit the guest's buffers).
     fn rx_discard(&mut self) {}
+
+    /// The worker saw [`Backend::rx_fd`] become readable: frames may be waiting again.
+    fn rx_wake(&mut self) {}
 
     /// The backend's own counters, by name (reported when the worker stops).
     fn stats(&self) -> Vec<(&'static str, u64)> {

@@ -143,7 +143,15 @@ impl Worker {
         let txq = DeviceQueue::new(&spec.mem, spec.tx, spec.features)?;
         let rxq = DeviceQueue::new(&spec.mem, spec.rx, spec.features)?;
         let stop_fd = sys::eventfd()?;
-        let ring = EventRing::new(vec![spec.tx_kick, spec.rx_kick, stop_fd.try_clone()?])?;
+        let polls = match backend.rx_fd() {
+            Some(fd) => vec![File::from(fd.try_clone_to_owned()?)],
+            None => Vec::new(),
+        };
+        let has_rx_poll = !polls.is_empty();
+        let ring = EventRing::with_polls(
+            vec![spec.tx_kick, spec.rx_kick, stop_fd.try_clone()?],
+            polls,
+        )?;
         let metrics = Arc::new(DeviceMetrics::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mrg = spec.features.has(bit::MRG_RXBUF);
@@ -154,6 +162,7 @@ impl Worker {
             tx_call: spec.tx_call,
             rx_call: spec.rx_call,
             ring,
+            has_rx_poll,
             backend,
             cfg: cfg.clone(),
             metrics: metrics.clone(),
@@ -183,6 +192,22 @@ impl Worker {
             stop_fd,
             metrics,
         })
+    }
+
+    /// Wraps a device thread started elsewhere (the emulated device's event loop) so it is
+    /// stopped and reported like a worker: `stop` is set and `stop_fd` signalled on stop.
+    pub(crate) fn from_parts(
+        thread: JoinHandle<WorkerReport>,
+        stop: Arc<AtomicBool>,
+        stop_fd: File,
+        metrics: Arc<DeviceMetrics>,
+    ) -> Worker {
+        Worker {
+            thread: Some(thread),
+            stop,
+            stop_fd,
+            metrics,
+        }
     }
 
     /// The device's live counters.
@@ -220,6 +245,8 @@ impl Drop for Worker {
 const TX_KICK: usize = 0;
 const RX_KICK: usize = 1;
 const STOP: usize = 2;
+/// The backend's RX fd, polled for readability on demand.
+const RX_POLL: usize = 3;
 
 /// How a handler run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +268,8 @@ struct Loop {
     tx_call: File,
     rx_call: File,
     ring: EventRing,
+    /// The backend has an RX fd registered with the ring at [`RX_POLL`].
+    has_rx_poll: bool,
     backend: Box<dyn Backend>,
     cfg: WorkerConfig,
     metrics: Arc<DeviceMetrics>,
@@ -256,6 +285,7 @@ impl Loop {
         let mut tx = Ran::Requeue;
         let mut rx = Ran::Requeue;
         let mut stopping = false;
+        let mut rx_woken = false;
         loop {
             let m = self.metrics.clone();
             let reaped = self.ring.reap(|i, _| match i {
@@ -272,11 +302,19 @@ impl Loop {
                     }
                 }
                 STOP => stopping = true,
+                RX_POLL => rx_woken = true,
                 _ => {}
             });
             if let Err(e) = reaped {
                 self.report.fatal = Some(format!("io_uring: {e}"));
                 return;
+            }
+            if rx_woken {
+                rx_woken = false;
+                self.backend.rx_wake();
+                if rx == Ran::NeedBackend {
+                    rx = Ran::Requeue;
+                }
             }
             if stopping || self.stop.load(Ordering::Acquire) {
                 return;
@@ -296,6 +334,13 @@ impl Loop {
             }
             if tx == Ran::Requeue || rx == Ran::Requeue {
                 continue;
+            }
+            // Waiting on the backend for RX: have io_uring watch its fd (a tap).
+            if rx == Ran::NeedBackend && self.has_rx_poll {
+                if let Err(e) = self.ring.arm_poll(RX_POLL) {
+                    self.report.fatal = Some(format!("io_uring poll: {e}"));
+                    return;
+                }
             }
             if self.cfg.busy_poll_us > 0 && self.busy_poll(&mut tx, &mut rx) {
                 continue;

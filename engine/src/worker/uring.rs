@@ -14,6 +14,8 @@ use io_uring::{opcode, types, IoUring};
 
 /// `user_data` of cancel requests (never an index).
 const CANCEL: u64 = u64::MAX;
+/// Tag bit in the `user_data` of poll requests.
+const POLL_TAG: u64 = 1 << 62;
 
 /// An io_uring with one armed read per eventfd.
 pub struct EventRing {
@@ -30,6 +32,15 @@ pub struct EventRing {
 impl EventRing {
     /// Registers `files` as fixed files and arms a read on each.
     pub fn new(files: Vec<File>) -> io::Result<Self> {
+        Self::with_polls(files, Vec::new())
+    }
+
+    /// Like [`EventRing::new`], plus `polls`: files (indices after the eventfds) that are
+    /// watched for readability only on request ([`EventRing::arm_poll`]), one shot at a time.
+    pub fn with_polls(reads: Vec<File>, polls: Vec<File>) -> io::Result<Self> {
+        let n_reads = reads.len();
+        let mut files = reads;
+        files.extend(polls);
         let n = files.len();
         let ring = IoUring::new((n as u32 * 2).next_power_of_two().max(8))?;
         let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
@@ -41,7 +52,7 @@ impl EventRing {
             armed: vec![false; n],
             enters: 0,
         };
-        for i in 0..n {
+        for i in 0..n_reads {
             r.arm(i)?;
         }
         r.ring.submit()?;
@@ -61,6 +72,26 @@ impl EventRing {
         let pushed = unsafe { self.ring.submission().push(&e) };
         if pushed.is_err() {
             // The queue holds 2 entries per file and at most one read per file is armed.
+            return Err(io::Error::other("submission queue full"));
+        }
+        self.armed[i] = true;
+        Ok(())
+    }
+
+    /// Arms a one-shot readability poll on file `i` (a poll file), unless one is armed. Its
+    /// completion is reported by [`EventRing::reap`] like a read, with the poll mask as count,
+    /// and is not re-armed.
+    pub fn arm_poll(&mut self, i: usize) -> io::Result<()> {
+        if self.armed.get(i).copied().unwrap_or(true) {
+            return Ok(());
+        }
+        let e = opcode::PollAdd::new(types::Fixed(i as u32), libc::POLLIN as u32)
+            .build()
+            .user_data(POLL_TAG | i as u64);
+        // SAFETY: a poll request carries no buffer; fixed file `i` is registered and owned by
+        // `self.files`.
+        let pushed = unsafe { self.ring.submission().push(&e) };
+        if pushed.is_err() {
             return Err(io::Error::other("submission queue full"));
         }
         self.armed[i] = true;
@@ -95,6 +126,14 @@ impl EventRing {
                 for cqe in &mut cq {
                     let i = cqe.user_data();
                     if i == CANCEL {
+                        continue;
+                    }
+                    if i & POLL_TAG != 0 {
+                        // A one-shot poll: report, do not re-arm.
+                        let i = (i & !POLL_TAG) as usize;
+                        self.armed[i] = false;
+                        f(i, cqe.result().max(0) as u64);
+                        total += 1;
                         continue;
                     }
                     let i = i as usize;
@@ -145,9 +184,12 @@ impl Drop for EventRing {
     fn drop(&mut self) {
         for i in 0..self.armed.len() {
             if self.armed[i] {
-                let e = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
-                // SAFETY: a cancel request carries no buffer.
-                let _ = unsafe { self.ring.submission().push(&e) };
+                // A read's user_data is its index; a poll's carries the tag. Cancel both forms.
+                for ud in [i as u64, POLL_TAG | i as u64] {
+                    let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL);
+                    // SAFETY: a cancel request carries no buffer.
+                    let _ = unsafe { self.ring.submission().push(&e) };
+                }
             }
         }
         // Reap until no read is outstanding, so the kernel no longer holds `bufs`. Bounded:
@@ -163,7 +205,11 @@ impl Drop for EventRing {
             let mut cq = self.ring.completion();
             cq.sync();
             for cqe in &mut cq {
-                if let Some(a) = self.armed.get_mut(cqe.user_data() as usize) {
+                let ud = cqe.user_data();
+                if ud == CANCEL {
+                    continue;
+                }
+                if let Some(a) = self.armed.get_mut((ud & !POLL_TAG) as usize) {
                     *a = false;
                 }
             }
