@@ -8,16 +8,19 @@
 //! - [`results`]: the results file (schema in `results/SCHEMA.md`); [`stats`]: summaries and
 //!   tables; [`host`]: host and build description.
 //! - [`pair`]: one device with both sides wired, and one timed run over it.
-//! - [`pin`]: pinned, named threads; [`padded`]: cache-line padding. The harness has no
-//!   `unsafe`: OS calls go through `engine::sys`.
+//! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
+//!   every exit path; its `sys` module holds the harness's only `unsafe` (ioctls, setns).
+//! - [`pin`]: pinned, named threads; [`padded`]: cache-line padding.
 
 pub mod calibrate;
 pub mod cli;
 pub mod host;
 pub mod limits;
+pub mod modes;
 pub mod padded;
 pub mod pair;
 pub mod pin;
 pub mod results;
 pub mod run;
 pub mod stats;
+pub mod topology;

@@ -1,7 +1,8 @@
 //! `vhostbench limits`: this machine's ceilings, measured the way the engine is measured.
 //!
-//! Every limit runs a producer (or requester) pinned to [`VCPU_CORE`] and a consumer (or
-//! responder) pinned to [`WORKER_CORE`], threads named `limit-*`:
+//! Every limit but the tap ones runs a producer (or requester) pinned to [`VCPU_CORE`] and a
+//! consumer (or responder) pinned to [`WORKER_CORE`], threads named `limit-*`; the tap limits
+//! run one thread, `limit-tap`, on [`WORKER_CORE`]:
 //!
 //! - `spsc_handoff` (Mpps): a shared-memory single-producer single-consumer ring of 256 `u64`
 //!   slots; both sides keep local copies of the indices and publish once per batch of up to
@@ -15,10 +16,21 @@
 //!   trips (hdrhistogram), up to 100 000 samples per repeat, capped by the duration.
 //! - `blocking_wake_rtt` / `_p99` (ns): the same with B blocked in `read` on an eventfd and A
 //!   blocked in `read` on a second one: the cost of waking a sleeping thread, twice.
+//! - `tap_write_64`, `tap_write_1500` (Mpps): one `write(2)` per frame of a 12-byte zero
+//!   virtio-net header plus a 64- or 1500-byte test frame ([`vring::frame`], EtherType 0x88b5,
+//!   not addressed to the namespace) into a tap in a fresh network namespace, whose stack
+//!   consumes (drops) it. One thread pinned to [`WORKER_CORE`]: the worker's side of
+//!   `tap-vhost`/`emulated` tx with nothing else to do.
+//! - `tap_uring_64`, `tap_uring_1500` (Mpps): the same frames written with io_uring, batches of
+//!   64 `WRITE` SQEs on a registered (fixed) file and one `submit_and_wait` per batch, every
+//!   completion checked to equal the frame length.
+//!
+//! The tap limits need root ([`topology::probe`]): [`measure_all`] skips them with the reason
+//! on stderr, [`measure_by_name`] fails with it. Each creates and deletes its own namespace.
 //!
 //! Every loop verifies what it transfers (sequence numbers, stamps in the packet bytes,
-//! eventfd counts); a mismatch is an error. The RTT samples include one `Instant::now()`
-//! pair (~20–40 ns with the TSC clocksource).
+//! eventfd counts, write lengths and the tap's receive counter); a mismatch is an error. The
+//! RTT samples include one `Instant::now()` pair (~20–40 ns with the TSC clocksource).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -33,8 +45,10 @@ use vring::{GuestMemory, RegionSpec};
 use crate::padded::CachePadded;
 use crate::pin::{spawn_pinned, VCPU_CORE, WORKER_CORE};
 use crate::stats::Summary;
+use crate::topology::{self, Netns, UringWriter};
 use engine::sys;
 use std::fs::File;
+use std::io::Write;
 
 /// Names of all limits, in the order [`measure_all`] reports them.
 pub const NAMES: &[&str] = &[
@@ -45,6 +59,18 @@ pub const NAMES: &[&str] = &[
     "busy_poll_wake_rtt_p99",
     "blocking_wake_rtt",
     "blocking_wake_rtt_p99",
+    "tap_write_64",
+    "tap_write_1500",
+    "tap_uring_64",
+    "tap_uring_1500",
+];
+
+/// The limits of [`NAMES`] that need a tap (root); skipped where [`topology::probe`] says no.
+pub const TAP_NAMES: &[&str] = &[
+    "tap_write_64",
+    "tap_write_1500",
+    "tap_uring_64",
+    "tap_uring_1500",
 ];
 
 /// Unit of throughput limits: millions of packets per second.
@@ -124,6 +150,20 @@ pub fn measure_all(duration: Duration, repeat: usize) -> anyhow::Result<Vec<Limi
     ];
     out.extend(busy_poll_wake_rtt(duration, repeat)?.into_results());
     out.extend(blocking_wake_rtt(duration, repeat)?.into_results());
+    let privileges = topology::probe();
+    if privileges.can_run {
+        report_stale_namespaces();
+        out.push(tap_write_64(duration, repeat)?);
+        out.push(tap_write_1500(duration, repeat)?);
+        out.push(tap_uring_64(duration, repeat)?);
+        out.push(tap_uring_1500(duration, repeat)?);
+    } else {
+        eprintln!(
+            "skipping {}: {}",
+            TAP_NAMES.join(", "),
+            privileges.summary()
+        );
+    }
     Ok(out)
 }
 
@@ -144,6 +184,10 @@ pub fn measure_by_name(
         "blocking_wake_rtt" | "blocking_wake_rtt_p99" => {
             blocking_wake_rtt(duration, repeat)?.into_results().into()
         }
+        "tap_write_64" => vec![tap_write_64(duration, repeat)?],
+        "tap_write_1500" => vec![tap_write_1500(duration, repeat)?],
+        "tap_uring_64" => vec![tap_uring_64(duration, repeat)?],
+        "tap_uring_1500" => vec![tap_uring_1500(duration, repeat)?],
         other => bail!("unknown limit {other:?} (known: {})", NAMES.join(", ")),
     })
 }
@@ -615,6 +659,175 @@ fn blocking_rtt_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
     Ok(hist)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Taps.
+
+/// Name of the tap the tap limits write to (inside their own namespace).
+const LIMIT_TAP: &str = "vhbtap0";
+
+/// Deletes namespaces left by killed runs, and says so.
+fn report_stale_namespaces() {
+    let stale = topology::cleanup_stale();
+    if !stale.is_empty() {
+        eprintln!(
+            "deleted network namespaces of processes that are gone: {}",
+            stale.join(", ")
+        );
+    }
+}
+
+/// An error naming `name` and why the tap limits cannot run here, if they cannot.
+fn require_tap(name: &str) -> anyhow::Result<()> {
+    let p = topology::probe();
+    ensure!(p.can_run, "limit {name} needs a tap: {}", p.summary());
+    Ok(())
+}
+
+/// `tap_write_64`: [`tap_write`] with 64-byte frames.
+pub fn tap_write_64(duration: Duration, repeat: usize) -> anyhow::Result<LimitResult> {
+    tap_write(64, duration, repeat)
+}
+
+/// `tap_write_1500`: [`tap_write`] with 1500-byte frames.
+pub fn tap_write_1500(duration: Duration, repeat: usize) -> anyhow::Result<LimitResult> {
+    tap_write(1500, duration, repeat)
+}
+
+/// `tap_uring_64`: [`tap_uring`] with 64-byte frames.
+pub fn tap_uring_64(duration: Duration, repeat: usize) -> anyhow::Result<LimitResult> {
+    tap_uring(64, duration, repeat)
+}
+
+/// `tap_uring_1500`: [`tap_uring`] with 1500-byte frames.
+pub fn tap_uring_1500(duration: Duration, repeat: usize) -> anyhow::Result<LimitResult> {
+    tap_uring(1500, duration, repeat)
+}
+
+/// `tap_write_<size>`: Mpps of one `write(2)` per frame (12-byte header + `size`-byte frame,
+/// `size` from 30 to 1514) into a tap whose namespace drops them.
+pub fn tap_write(size: usize, duration: Duration, repeat: usize) -> anyhow::Result<LimitResult> {
+    tap_limit(
+        &format!("tap_write_{size}"),
+        size,
+        duration,
+        repeat,
+        write_once,
+    )
+}
+
+/// `tap_uring_<size>`: Mpps of the same frames written with io_uring, 64 per submit.
+pub fn tap_uring(size: usize, duration: Duration, repeat: usize) -> anyhow::Result<LimitResult> {
+    tap_limit(
+        &format!("tap_uring_{size}"),
+        size,
+        duration,
+        repeat,
+        uring_once,
+    )
+}
+
+/// One tap repeat: writes frames of `size` to the tap fd for `duration` on the calling
+/// (pinned) thread; returns (frames written, seconds).
+type TapOnce = fn(File, usize, Duration) -> anyhow::Result<(u64, f64)>;
+
+fn tap_limit(
+    name: &str,
+    size: usize,
+    duration: Duration,
+    repeat: usize,
+    once: TapOnce,
+) -> anyhow::Result<LimitResult> {
+    ensure!(
+        (vring::frame::MIN_FRAME..=1514).contains(&size),
+        "{name}: frame size {size} outside {}..=1514",
+        vring::frame::MIN_FRAME
+    );
+    require_tap(name)?;
+    let ns = Netns::create().with_context(|| format!("{name}: namespace"))?;
+    let tap = topology::open_tap(&ns, LIMIT_TAP, 0).with_context(|| format!("{name}: tap"))?;
+    let mut samples = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let before = topology::link_stats(&ns, &tap.name)?;
+        let file = tap.file.try_clone().context("dup tap fd")?;
+        let h = spawn_pinned("limit-tap".into(), WORKER_CORE, move || {
+            once(file, size, duration)
+        })
+        .context("spawning limit-tap")?;
+        let (frames, secs) = join(h, "limit-tap")?;
+        let after = topology::link_stats(&ns, &tap.name)?;
+        // Every frame the writes accepted reached the tap's receive path (the kernel's count).
+        let counted = after.rx_packets - before.rx_packets;
+        ensure!(
+            counted == frames,
+            "{name}: wrote {frames} frames, the tap received {counted}"
+        );
+        ensure!(secs > 0.0, "{name}: zero elapsed time");
+        samples.push(frames as f64 / secs / 1e6);
+    }
+    drop(tap);
+    drop(ns);
+    LimitResult::from_samples(name, UNIT_MPPS, samples)
+}
+
+/// A 12-byte zero header followed by a test frame of `size` bytes, sequence 0.
+fn tap_frame(size: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; topology::TAP_VNET_HDR_LEN + size];
+    vring::frame::fill(&mut buf[topology::TAP_VNET_HDR_LEN..], 0, 0);
+    buf
+}
+
+fn write_once(file: File, size: usize, duration: Duration) -> anyhow::Result<(u64, f64)> {
+    let mut buf = tap_frame(size);
+    let mut file = file;
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    let mut seq = 0u64;
+    loop {
+        for _ in 0..BATCH {
+            vring::frame::stamp(&mut buf[topology::TAP_VNET_HDR_LEN..], seq, 0);
+            let n = file
+                .write(&buf)
+                .with_context(|| format!("write of frame {seq}"))?;
+            ensure!(
+                n == buf.len(),
+                "frame {seq}: wrote {n} of {} bytes",
+                buf.len()
+            );
+            seq += 1;
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    Ok((seq, t0.elapsed().as_secs_f64()))
+}
+
+fn uring_once(file: File, size: usize, duration: Duration) -> anyhow::Result<(u64, f64)> {
+    let frame = tap_frame(size);
+    let mut w = UringWriter::new(file, BATCH as usize, frame.len()).context("io_uring")?;
+    for i in 0..BATCH as usize {
+        w.buf_mut(i)
+            .context("io_uring buffer")?
+            .copy_from_slice(&frame);
+    }
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    let mut seq = 0u64;
+    loop {
+        for i in 0..BATCH as usize {
+            let buf = w.buf_mut(i).context("io_uring buffer")?;
+            vring::frame::stamp(&mut buf[topology::TAP_VNET_HDR_LEN..], seq, 0);
+            seq += 1;
+        }
+        w.write_all()
+            .with_context(|| format!("io_uring batch ending at frame {seq}"))?;
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    Ok((seq, t0.elapsed().as_secs_f64()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,7 +836,16 @@ mod tests {
     fn every_limit_measures_something() {
         let results = measure_all(Duration::from_millis(20), 1).expect("limits");
         let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, NAMES);
+        let expected: Vec<&str> = if topology::probe().can_run {
+            NAMES.to_vec()
+        } else {
+            NAMES
+                .iter()
+                .copied()
+                .filter(|n| !TAP_NAMES.contains(n))
+                .collect()
+        };
+        assert_eq!(names, expected);
         for r in &results {
             assert!(r.unit == UNIT_MPPS || r.unit == UNIT_NS, "{r:?}");
             assert_eq!(r.samples.len(), 1);
@@ -641,6 +863,30 @@ mod tests {
         assert_eq!(r[0].samples.len(), 2);
         assert!(measure_by_name("nope", d, 1).is_err());
         assert!(spsc_copy(8, d, 1).is_err());
+        assert!(tap_write(8, d, 1).is_err());
+        assert!(tap_uring(9000, d, 1).is_err());
+    }
+
+    #[test]
+    fn tap_limits_by_name_or_the_reason() {
+        let d = Duration::from_millis(5);
+        let p = topology::probe();
+        for name in TAP_NAMES {
+            assert!(NAMES.contains(name));
+            match measure_by_name(name, d, 2) {
+                Ok(r) => {
+                    assert!(p.can_run);
+                    assert_eq!(r.len(), 1);
+                    assert_eq!(r[0].name, *name);
+                    assert_eq!(r[0].samples.len(), 2);
+                    assert!(r[0].min > 0.0, "{r:?}");
+                }
+                Err(e) => {
+                    assert!(!p.can_run, "{name}: {e:#}");
+                    assert!(format!("{e:#}").contains(&p.summary()), "{e:#}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use engine::backend::null::{NullBackend, NullMode};
-use engine::backend::Backend;
 use engine::metrics::{get, DeviceMetrics};
 use engine::net::device::{negotiate, DEFAULT_OFFER};
 use engine::sys;
@@ -84,6 +83,12 @@ pub struct RunOutcome {
     pub rss_before: Option<Rss>,
     /// Process memory while the device ran (sampled just before it was stopped).
     pub rss_running: Option<Rss>,
+    /// Frames a source outside the device put in (the `rx` injector of the tap modes).
+    pub injected: Option<u64>,
+    /// Drops counted outside the device (the kernel's tap queue, frames left unread), by reason.
+    pub extra_drops: Vec<(String, u64)>,
+    /// Problems found around the device (for example in the far guest of a two-guest run).
+    pub notes: Vec<String>,
 }
 
 impl RunOutcome {
@@ -94,9 +99,21 @@ impl RunOutcome {
         Some(total.saturating_sub(r.shmem.saturating_sub(b.shmem)))
     }
 
-    /// Frames the device dropped, all reasons.
+    /// Frames dropped, all reasons, in the device and around it.
     pub fn dropped(&self) -> u64 {
-        self.metrics.total_drops()
+        self.metrics.total_drops() + self.extra_drops.iter().map(|(_, n)| n).sum::<u64>()
+    }
+
+    /// Drops by reason, device and surroundings together.
+    pub fn drops_by_reason(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .metrics
+            .drops_by_reason()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect();
+        v.extend(self.extra_drops.iter().cloned());
+        v
     }
 
     /// Frames that reached the far end: for `tx` what the backend took, otherwise what the
@@ -104,7 +121,7 @@ impl RunOutcome {
     pub fn received(&self, w: Workload) -> u64 {
         match w {
             Workload::Tx => get(&self.metrics.tx.packets),
-            Workload::Rx | Workload::Rr => self.guest.received,
+            Workload::Rx | Workload::Rr | Workload::Echo => self.guest.received,
         }
     }
 
@@ -112,8 +129,11 @@ impl RunOutcome {
     /// dropped, otherwise what the guest posted.
     pub fn sent(&self, w: Workload) -> u64 {
         match w {
-            Workload::Rx => get(&self.metrics.rx.packets) + self.dropped(),
-            Workload::Tx | Workload::Rr => self.guest.sent,
+            Workload::Rx => match self.injected {
+                Some(n) => n,
+                None => get(&self.metrics.rx.packets) + self.dropped(),
+            },
+            Workload::Tx | Workload::Rr | Workload::Echo => self.guest.sent,
         }
     }
 
@@ -130,22 +150,56 @@ fn eventfd_pair() -> Result<(File, File)> {
     Ok((a, b))
 }
 
-/// Builds the device with the null backend and runs the workload once.
-pub fn run_null(cfg: &PairConfig) -> Result<RunOutcome> {
+/// The null backend for a workload: sink for tx, source for rx, reflector for rr.
+pub fn null_backend(cfg: &PairConfig) -> NullBackend {
     let mode = match cfg.workload {
         Workload::Tx => NullMode::Sink,
         Workload::Rx => NullMode::Source {
             frame_len: cfg.frame_len,
         },
-        Workload::Rr => NullMode::Reflect {
+        Workload::Rr | Workload::Echo => NullMode::Reflect {
             capacity: cfg.queue_size as usize,
         },
     };
-    run(cfg, Box::new(NullBackend::new(mode, cfg.verify_bytes)))
+    NullBackend::new(mode, cfg.verify_bytes)
 }
 
-/// Builds the device on `backend` and runs the workload once.
-pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
+/// Builds the device with the null backend and runs the workload once.
+pub fn run_null(cfg: &PairConfig) -> Result<RunOutcome> {
+    let backend = null_backend(cfg);
+    run(cfg, move |spec, wcfg| {
+        Ok(Worker::spawn(spec, Box::new(backend), wcfg)?)
+    })
+}
+
+/// Builds the device with `start_device` (which gets the device's half of the wiring and the
+/// worker settings) and runs the workload once.
+pub fn run(
+    cfg: &PairConfig,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Worker>,
+) -> Result<RunOutcome> {
+    start(cfg, 0, start_device)?.join()
+}
+
+/// A device and its vCPU, running.
+#[derive(Debug)]
+pub struct Running {
+    vcpu: std::thread::JoinHandle<(TrafficReport, u64)>,
+    stop: Arc<AtomicBool>,
+    slot: Arc<Mutex<Option<Worker>>>,
+    report: Arc<Mutex<Option<WorkerReport>>>,
+    rss: Arc<Mutex<Option<Rss>>>,
+    rss_before: Option<Rss>,
+    metrics: Arc<DeviceMetrics>,
+    started: Instant,
+}
+
+/// Builds device number `n` (threads `vcpu-<n>` and the device's own) and starts its vCPU.
+pub fn start(
+    cfg: &PairConfig,
+    n: usize,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Worker>,
+) -> Result<Running> {
     let rss_before = process_rss();
     let features = negotiate(DEFAULT_OFFER, cfg.features()).context("feature negotiation")?;
     // Queue 0 is RX, queue 1 TX (virtio-net's order).
@@ -191,7 +245,7 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
         verify_bytes: cfg.verify_bytes,
     };
     let wcfg = WorkerConfig {
-        name: "0".into(),
+        name: n.to_string(),
         core: cfg.worker_core,
         batch: cfg.batch,
         busy_poll_us: cfg.busy_poll_us,
@@ -208,13 +262,13 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
     let rss: Arc<Mutex<Option<Rss>>> = Arc::new(Mutex::new(None));
     let (slot2, report2, rss2) = (slot.clone(), report.clone(), rss.clone());
     let vcpu = std::thread::Builder::new()
-        .name("vcpu-0".into())
+        .name(format!("vcpu-{n}"))
         .spawn(move || {
             if let Some(c) = vcpu_core {
                 sys::pin_to(c);
             }
-            // Wait for the worker to exist before generating traffic.
-            let _ = ready_rx.recv();
+            // Wait for the device to exist before generating traffic.
+            let go = ready_rx.recv().is_ok();
             let t0 = sys::thread_cpu_ns();
             let mut quiesce = || {
                 if let Ok(mut r) = rss2.lock() {
@@ -225,17 +279,19 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
                     *r = Some(w.stop());
                 }
             };
+            if !go {
+                stop2.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let r = traffic::run(&nic, &tcfg, &stop2, &mut quiesce);
             (r, sys::thread_cpu_ns() - t0)
         })
         .context("spawn vcpu thread")?;
-    let worker = match Worker::spawn(spec, backend, wcfg) {
+    let worker = match start_device(spec, wcfg) {
         Ok(w) => w,
         Err(e) => {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             drop(ready_tx);
             let _ = vcpu.join();
-            return Err(anyhow!(e).context("starting the worker"));
+            return Err(e.context("starting the device"));
         }
     };
     let metrics = worker.metrics().clone();
@@ -243,33 +299,62 @@ pub fn run(cfg: &PairConfig, backend: Box<dyn Backend>) -> Result<RunOutcome> {
     // reap sees everything the device completed.
     *slot.lock().map_err(|_| anyhow!("worker slot poisoned"))? = Some(worker);
     let _ = ready_tx.send(());
-    let (guest, vcpu_cpu_ns) = vcpu.join().map_err(|_| anyhow!("vcpu thread panicked"))?;
-    let worker = match report
-        .lock()
-        .map_err(|_| anyhow!("report slot poisoned"))?
-        .take()
-    {
-        Some(r) => r,
-        // The vCPU ended before it could stop the worker (it panicked or never started).
-        None => match slot
-            .lock()
-            .map_err(|_| anyhow!("worker slot poisoned"))?
-            .take()
-        {
-            Some(w) => w.stop(),
-            None => WorkerReport::default(),
-        },
-    };
-    let rss_running = *rss.lock().map_err(|_| anyhow!("rss slot poisoned"))?;
-    Ok(RunOutcome {
-        guest,
-        worker,
-        metrics,
-        vcpu_cpu_ns,
-        wall: started.elapsed(),
+    Ok(Running {
+        vcpu,
+        stop,
+        slot,
+        report,
+        rss,
         rss_before,
-        rss_running,
+        metrics,
+        started,
     })
+}
+
+impl Running {
+    /// Asks the vCPU to stop early (it then drains and stops the device).
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits for the vCPU to finish (its duration, or [`Running::stop`]) and collects.
+    pub fn join(self) -> Result<RunOutcome> {
+        let (guest, vcpu_cpu_ns) = self
+            .vcpu
+            .join()
+            .map_err(|_| anyhow!("vcpu thread panicked"))?;
+        let taken = self
+            .report
+            .lock()
+            .map_err(|_| anyhow!("report slot poisoned"))?
+            .take();
+        let worker = match taken {
+            Some(r) => r,
+            // The vCPU ended before it could stop the device.
+            None => match self
+                .slot
+                .lock()
+                .map_err(|_| anyhow!("worker slot poisoned"))?
+                .take()
+            {
+                Some(w) => w.stop(),
+                None => WorkerReport::default(),
+            },
+        };
+        let rss_running = *self.rss.lock().map_err(|_| anyhow!("rss slot poisoned"))?;
+        Ok(RunOutcome {
+            guest,
+            worker,
+            metrics: self.metrics,
+            vcpu_cpu_ns,
+            wall: self.started.elapsed(),
+            rss_before: self.rss_before,
+            rss_running,
+            injected: None,
+            extra_drops: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
 }
 
 #[cfg(test)]

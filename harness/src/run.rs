@@ -15,10 +15,12 @@ use crate::calibrate::{self, Calibration};
 use crate::cli::{Mode, RunArgs};
 use crate::host;
 use crate::limits::{self, LimitResult};
+use crate::modes::{self, TapDevice};
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::pin::{VCPU_CORE, WORKER_CORE};
 use crate::results::{self, CalibrationRecord, Record, RepeatValues, Results, UtcTime, Workload};
 use crate::stats::{fmt_num, Align, Summary, Table};
+use crate::topology;
 
 /// Round trips per calibration.
 const CALIBRATION_ROUND_TRIPS: u64 = 200_000;
@@ -35,38 +37,60 @@ struct Combo {
     batch: u32,
 }
 
-/// The modes this build can run, and why the others are not run.
-fn resolve_modes(asked: &[Mode]) -> Result<(Vec<Mode>, Vec<String>)> {
+/// The modes to run, and why the others are not run. `all` runs every mode this host can
+/// and lists the rest as skipped; `auto` picks `tap-vhost` when the host allows it, else
+/// `emulated`, saying why; a mode asked for by name that cannot run is an error naming what is
+/// missing.
+fn resolve_modes(asked: &[Mode], host: &topology::Privileges) -> Result<(Vec<Mode>, Vec<String>)> {
     let mut run = Vec::new();
     let mut skipped = Vec::new();
+    let why_not = |m: Mode| -> Option<String> {
+        match m {
+            Mode::DirectVf => Some("not built yet: it needs the VF-pool topology".into()),
+            Mode::TapVhost if !host.can_run => Some(host.summary()),
+            Mode::Emulated if !host.taps => Some(host.summary()),
+            _ => None,
+        }
+    };
     for &m in asked {
         match m {
             Mode::All => {
-                run.push(Mode::Null);
-                for (name, why) in [
-                    (
-                        "emulated",
-                        "not built yet: the tap modes come with the tap-device work",
-                    ),
-                    (
-                        "tap-vhost",
-                        "not built yet: the tap modes come with the tap-device work",
-                    ),
-                    ("direct-vf", "not built yet: needs the VF pool topology"),
-                ] {
-                    skipped.push(format!("{name}: {why}"));
+                for m in [Mode::Null, Mode::Emulated, Mode::TapVhost, Mode::DirectVf] {
+                    match why_not(m) {
+                        None => run.push(m),
+                        Some(why) => skipped.push(format!("{}: {why}", mode_name(m))),
+                    }
                 }
             }
-            Mode::Null => run.push(Mode::Null),
-            Mode::Auto | Mode::Emulated | Mode::TapVhost | Mode::DirectVf => {
-                bail!(
-                    "mode {} is not built yet in this version; available: null",
-                    mode_name(m)
-                )
+            Mode::Auto => {
+                if why_not(Mode::TapVhost).is_none() {
+                    println!("auto: tap-vhost (root, /dev/net/tun and io_uring are available)");
+                    run.push(Mode::TapVhost);
+                } else if why_not(Mode::Emulated).is_none() {
+                    println!(
+                        "auto: emulated, because tap-vhost cannot run: {}",
+                        host.summary()
+                    );
+                    run.push(Mode::Emulated);
+                } else {
+                    bail!(
+                        "auto: neither tap-vhost nor emulated can run here: {}",
+                        host.summary()
+                    );
+                }
             }
+            m => match why_not(m) {
+                None => run.push(m),
+                Some(why) => bail!("mode {} cannot run here: {why}", mode_name(m)),
+            },
         }
     }
-    run.dedup();
+    let mut seen = Vec::new();
+    run.retain(|m| {
+        let new = !seen.contains(m);
+        seen.push(*m);
+        new
+    });
     Ok((run, skipped))
 }
 
@@ -135,7 +159,7 @@ fn repeat_values(c: &Combo, o: &RunOutcome, calibration_rtt_ns: f64) -> Result<R
     // The unit everything is "per": a frame for tx and rx, a transaction for rr.
     let units = match w {
         GuestWorkload::Tx => o.guest.sent.saturating_sub(o.guest.tx_unreturned),
-        GuestWorkload::Rx | GuestWorkload::Rr => o.guest.received,
+        GuestWorkload::Rx | GuestWorkload::Rr | GuestWorkload::Echo => o.guest.received,
     }
     .max(1) as f64;
     let calls = get(&o.metrics.tx.calls) + get(&o.metrics.rx.calls);
@@ -160,8 +184,13 @@ fn repeat_values(c: &Combo, o: &RunOutcome, calibration_rtt_ns: f64) -> Result<R
 /// The ceiling a combination is compared with: the ring + copy of the same frame size for
 /// throughput, the busy-poll wake round trip for rr latency.
 fn ceiling_name(c: &Combo) -> String {
-    match c.workload {
-        Workload::Rr => "busy_poll_wake_rtt".into(),
+    match (c.mode, c.workload) {
+        (_, Workload::Rr) => "busy_poll_wake_rtt".into(),
+        // The tap modes against the tap's own ceilings: the same frames written one syscall
+        // each (what emulated does), or in io_uring batches on a fixed file (tap-vhost).
+        (Mode::Emulated, Workload::Tx) => format!("tap_write_{}", c.size),
+        (Mode::TapVhost, Workload::Tx) => format!("tap_uring_{}", c.size),
+        (Mode::Emulated | Mode::TapVhost, Workload::Rx) => format!("tap_write_{}", c.size),
         _ => format!("spsc_copy_{}", c.size),
     }
 }
@@ -171,13 +200,29 @@ fn measure_ceilings(combos: &[Combo], repeat: usize) -> Result<Vec<LimitResult>>
     let mut sizes: Vec<u32> = combos.iter().map(|c| c.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
+    let taps = combos
+        .iter()
+        .any(|c| matches!(c.mode, Mode::Emulated | Mode::TapVhost));
     for s in sizes {
         out.push(limits::spsc_copy(s as usize, LIMIT_DURATION, repeat)?);
+        if taps && (30..=1514).contains(&s) {
+            out.push(limits::tap_write(s as usize, LIMIT_DURATION, repeat)?);
+            out.push(limits::tap_uring(s as usize, LIMIT_DURATION, repeat)?);
+        }
     }
     if combos.iter().any(|c| c.workload == Workload::Rr) {
         out.extend(limits::busy_poll_wake_rtt(LIMIT_DURATION, repeat)?.into_results());
     }
     Ok(out)
+}
+
+/// One run of one combination.
+fn run_once(c: &Combo, cfg: &PairConfig) -> Result<RunOutcome> {
+    match c.mode {
+        Mode::TapVhost => modes::run_tap(TapDevice::Vhost, cfg),
+        Mode::Emulated => modes::run_tap(TapDevice::Emulated, cfg),
+        _ => pair::run_null(cfg),
+    }
 }
 
 /// Everything gathered for one combination over its repeats.
@@ -193,7 +238,11 @@ struct Acc {
 /// Runs the matrix and prints and writes the results.
 pub fn main(args: RunArgs) -> Result<()> {
     let started = UtcTime::now();
-    let (modes, skipped) = resolve_modes(&args.modes)?;
+    for stale in topology::cleanup_stale() {
+        println!("removed stale namespace {stale} (its vhostbench process is gone)");
+    }
+    let host_privileges = topology::probe();
+    let (modes, skipped) = resolve_modes(&args.modes, &host_privileges)?;
     for s in &skipped {
         println!("skipped {s}");
     }
@@ -249,10 +298,13 @@ pub fn main(args: RunArgs) -> Result<()> {
         };
         for (c, a) in combos.iter().zip(acc.iter_mut()) {
             let cfg = pair_config(&args, c);
-            let o = pair::run_null(&cfg).with_context(|| label(c))?;
+            let o = run_once(c, &cfg).with_context(|| label(c))?;
             let w = guest_workload(c.workload);
-            for (reason, n) in o.metrics.drops_by_reason() {
-                *a.dropped.entry(reason.into()).or_default() += n;
+            for (reason, n) in o.drops_by_reason() {
+                *a.dropped.entry(reason).or_default() += n;
+            }
+            for note in &o.notes {
+                a.errors.push(format!("repeat {rep}: {note}"));
             }
             for (kind, n) in o.metrics.queue_errors_by_kind() {
                 *a.queue_errors.entry(kind.into()).or_default() += n;
@@ -361,6 +413,30 @@ fn us(s: &Option<Summary>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// For a `tap-vhost` row: its median throughput ÷ that of the `emulated` row with the same
+/// workload, size, busy-poll window and batch.
+fn vs_emulated(doc: &Results, r: &Record) -> String {
+    if r.mode != "tap-vhost" {
+        return "-".into();
+    }
+    doc.records
+        .iter()
+        .find(|e| {
+            e.mode == "emulated"
+                && e.workload == r.workload
+                && e.size_bytes == r.size_bytes
+                && e.busy_poll_us == r.busy_poll_us
+                && e.batch == r.batch
+        })
+        .map(|e| {
+            format!(
+                "{:.2}x",
+                r.throughput_mpps.median / e.throughput_mpps.median
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
 /// The side-by-side table.
 pub fn render(doc: &Results) -> String {
     let mut t = Table::new(&[
@@ -372,6 +448,7 @@ pub fn render(doc: &Results) -> String {
         ("Mpps median [min-max]", Align::Right),
         ("Gbit/s", Align::Right),
         ("% ceiling", Align::Right),
+        ("x emulated", Align::Right),
         ("worker ns/pkt", Align::Right),
         ("vcpu ns/pkt", Align::Right),
         ("kicks/pkt", Align::Right),
@@ -395,6 +472,7 @@ pub fn render(doc: &Results) -> String {
                 .as_ref()
                 .map(|p| format!("{:.0}%", p.median_pct))
                 .unwrap_or_else(|| "-".into()),
+            vs_emulated(doc, r),
             fmt_num(r.cpu_ns_per_packet.worker.median),
             fmt_num(r.cpu_ns_per_packet.vcpu.median),
             fmt_num(r.kicks_per_packet.median),
@@ -410,7 +488,9 @@ pub fn render(doc: &Results) -> String {
     out.push_str(
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
          % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
-         rr vs the in-run busy-poll wake round trip (ceiling / p50). ns/pkt: thread CPU time\n\
+         rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
+         tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
+         x emulated: tap-vhost throughput / emulated throughput, same row otherwise. ns/pkt: thread CPU time\n\
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
          poll us: worker busy-poll window; +g: the guest polls its rings too.\n",
     );

@@ -86,11 +86,13 @@ pub fn timestamp(buf: &[u8]) -> Option<u64> {
 }
 
 /// Whether every byte of `buf` is what [`fill`] writes for its sequence number (any
-/// timestamp).
+/// timestamp, either direction of the MAC addresses).
 pub fn verify(buf: &[u8]) -> bool {
+    let macs_ok = (buf[0..6] == DST_MAC && buf[6..12] == SRC_MAC)
+        // Sent back by an echoing peer, addresses swapped.
+        || (buf[0..6] == SRC_MAC && buf[6..12] == DST_MAC);
     seq(buf).is_some()
-        && buf[0..6] == DST_MAC
-        && buf[6..12] == SRC_MAC
+        && macs_ok
         && buf[PAYLOAD..]
             .iter()
             .enumerate()

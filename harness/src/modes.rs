@@ -1,0 +1,445 @@
+//! The modes, as devices and topologies: what `run` builds for one run of one mode.
+//!
+//! | mode | device | backend / topology |
+//! |---|---|---|
+//! | `null` | vhost worker | null backend (no kernel I/O) |
+//! | `tap-vhost` | vhost worker (io_uring, batches, busy poll) | tap in a private namespace |
+//! | `emulated` | QEMU-style event loop (epoll, a syscall per frame) | the same tap topology |
+//!
+//! Tap topologies, built fresh in a namespace per run and deleted after it:
+//! - `tx`: one tap; the kernel consumes what the guest sends (not addressed to it: dropped).
+//! - `rx`: one tap; an injector thread sends numbered frames into it from a packet socket, so
+//!   they come out of the tap fd towards the guest.
+//! - `rr`: two taps on a bridge, a second guest on the far one echoing every frame back
+//!   (libvirt `type='bridge'`).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use engine::backend::tap::TapBackend;
+use engine::emulated::{self, EmulatedConfig};
+use engine::worker::{DeviceSpec, Worker, WorkerConfig};
+use guest_sim::traffic::Workload;
+use vring::frame;
+
+use crate::pair::{self, PairConfig, RunOutcome};
+use crate::topology::{self, Netns, Tap};
+
+/// A device on a tap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapDevice {
+    /// The vhost worker with the tap backend.
+    Vhost,
+    /// The emulated (QEMU-style) device.
+    Emulated,
+}
+
+impl TapDevice {
+    /// The mode's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TapDevice::Vhost => "tap-vhost",
+            TapDevice::Emulated => "emulated",
+        }
+    }
+
+    fn start(self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Worker> {
+        match self {
+            TapDevice::Vhost => {
+                let be =
+                    TapBackend::new(tap, &spec.mem, wcfg.batch, false).context("tap backend")?;
+                Ok(Worker::spawn(spec, Box::new(be), wcfg)?)
+            }
+            TapDevice::Emulated => {
+                let ecfg = EmulatedConfig {
+                    name: wcfg.name.clone(),
+                    core: wcfg.core,
+                    ..EmulatedConfig::default()
+                };
+                Ok(emulated::spawn(spec, tap, ecfg)?)
+            }
+        }
+    }
+}
+
+/// Test frames left in a tap's queue when the device stopped: read and counted, so they are
+/// accounted rather than lost. (The network's own frames, if any, are not ours to count.)
+fn drain_tap(tap: &File) -> u64 {
+    let mut buf = vec![0u8; 65_600];
+    let mut n = 0;
+    while let Ok(len) = (&*tap).read(&mut buf) {
+        let hdr = topology::TAP_VNET_HDR_LEN;
+        if len > hdr && frame::seq(&buf[hdr..len]).is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Sends numbered test frames into a tap from a packet socket until stopped.
+struct Injector {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: JoinHandle<Result<()>>,
+}
+
+impl Injector {
+    fn start(ns: &Netns, ifname: &str, frame_len: usize, rate_pps: Option<u64>) -> Result<Self> {
+        let sock = topology::packet_socket(ns, ifname, false)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let thread = std::thread::Builder::new()
+            .name("inject".into())
+            .spawn(move || {
+                let mut f = vec![0u8; frame_len.max(frame::MIN_FRAME)];
+                frame::fill(&mut f, 0, 0);
+                let t0 = Instant::now();
+                let mut seq = 0u64;
+                while !stop2.load(Ordering::Relaxed) {
+                    if let Some(pps) = rate_pps {
+                        let due = (t0.elapsed().as_nanos() * pps as u128 / 1_000_000_000) as u64;
+                        if seq >= due {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                    }
+                    frame::stamp(&mut f, seq, 0);
+                    match (&sock).write(&f) {
+                        Ok(_) => {
+                            seq += 1;
+                            sent2.store(seq, Ordering::Relaxed);
+                        }
+                        // The device's queue is full: the kernel pushes back; try again.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            std::thread::yield_now()
+                        }
+                        Err(e) => return Err(anyhow!(e).context("injecting into the tap")),
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(Injector { stop, sent, thread })
+    }
+
+    fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("injector panicked"))??;
+        Ok(self.sent.load(Ordering::Relaxed))
+    }
+}
+
+fn dup(t: &Tap) -> Result<File> {
+    t.file.try_clone().context("dup tap fd")
+}
+
+/// One run of `dev` on a fresh tap topology for `cfg.workload`.
+pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
+    let ns = Netns::create().context("network namespace")?;
+    let tap0 = topology::open_tap(&ns, "tap0", 0)?;
+    let keep0 = dup(&tap0)?;
+    let mut out = match cfg.workload {
+        Workload::Tx | Workload::Echo => pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w))?,
+        Workload::Rx => {
+            // The injector starts with the guest and stops when the guest stops generating.
+            let inj = Injector::start(&ns, "tap0", cfg.frame_len, cfg.rate_pps)?;
+            let running = pair::start(cfg, 0, |spec, w| dev.start(tap0.file, spec, w));
+            let running = match running {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = inj.stop();
+                    return Err(e);
+                }
+            };
+            std::thread::sleep(cfg.duration);
+            let injected = inj.stop()?;
+            let mut o = running.join()?;
+            o.injected = Some(injected);
+            o
+        }
+        Workload::Rr => {
+            let tap1 = topology::open_tap(&ns, "tap1", 0)?;
+            let keep1 = dup(&tap1)?;
+            topology::bridge(&ns, "br0", &["tap0", "tap1"])?;
+            let echo_cfg = PairConfig {
+                workload: Workload::Echo,
+                duration: cfg.duration + Duration::from_secs(5),
+                ..cfg.clone()
+            };
+            let echo = pair::start(&echo_cfg, 1, |spec, w| dev.start(tap1.file, spec, w))?;
+            let res = pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w));
+            echo.stop();
+            let e = echo.join()?;
+            let mut o = res?;
+            // The far guest's problems are this run's problems.
+            for (what, err) in [
+                ("echo guest", &e.guest.error),
+                ("echo device tx", &e.worker.tx_error),
+                ("echo device rx", &e.worker.rx_error),
+                ("echo device", &e.worker.fatal),
+            ] {
+                if let Some(err) = err {
+                    o.notes.push(format!("{what}: {err}"));
+                }
+            }
+            if e.guest.echo_dropped > 0 {
+                o.extra_drops
+                    .push(("echo_no_tx_buffer".into(), e.guest.echo_dropped));
+            }
+            let unread = drain_tap(&keep1);
+            if unread > 0 {
+                o.extra_drops.push(("left_in_far_tap".into(), unread));
+            }
+            o
+        }
+    };
+    // Frames the kernel could not queue to the tap (towards the guest), and frames still in
+    // the tap's queue when the device stopped.
+    let stats = topology::link_stats(&ns, "tap0")?;
+    if stats.tx_dropped > 0 {
+        out.extra_drops
+            .push(("tap_queue_full".into(), stats.tx_dropped));
+    }
+    let unread = drain_tap(&keep0);
+    if unread > 0 {
+        out.extra_drops.push(("left_in_tap".into(), unread));
+    }
+    drop(ns);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tap modes end to end, on real taps in a private namespace. They need root (or
+    //! CAP_NET_ADMIN + CAP_SYS_ADMIN) and /dev/net/tun; without them they skip, saying why.
+    use super::*;
+    use engine::net::device::{negotiate, DEFAULT_OFFER};
+    use engine::sys;
+    use guest_sim::{Buf, DriverQueue, MockGuest};
+    use vring::net::{bit, Features, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
+
+    use crate::topology::{packet_socket_with, wait_readable, PacketOptions};
+
+    fn can_run(test: &str) -> bool {
+        let p = topology::probe();
+        if !p.can_run {
+            eprintln!("skipping {test}: {}", p.summary());
+        }
+        p.can_run
+    }
+
+    fn cfg(workload: Workload) -> PairConfig {
+        PairConfig {
+            workload,
+            frame_len: 128,
+            queue_size: 256,
+            guest_mem_bytes: 16 << 20,
+            event_idx: true,
+            indirect: false,
+            mrg_rxbuf: true,
+            batch: 64,
+            busy_poll_us: 0,
+            guest_poll: false,
+            rate_pps: Some(3000),
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(20),
+            verify_bytes: true,
+            vcpu_core: None,
+            worker_core: None,
+        }
+    }
+
+    /// A UDP/IPv4 frame of 60 bytes whose checksum the guest asks the host to fill in.
+    fn udp_frame() -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(&frame::DST_MAC);
+        f[6..12].copy_from_slice(&frame::SRC_MAC);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45; // IPv4, 20-byte header
+        f[16..18].copy_from_slice(&46u16.to_be_bytes()); // total length
+        f[22] = 64; // TTL
+        f[23] = 17; // UDP
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&4000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&4001u16.to_be_bytes());
+        f[38..40].copy_from_slice(&26u16.to_be_bytes()); // UDP length
+        for (i, b) in f[42..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        f
+    }
+
+    #[test]
+    fn guest_frames_reach_the_tap_with_bytes_and_offload_metadata() {
+        if !can_run("guest_frames_reach_the_tap_with_bytes_and_offload_metadata") {
+            return;
+        }
+        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+            let ns = Netns::create().expect("netns");
+            let tap = topology::open_tap(&ns, "tap0", 0).expect("tap");
+            let opts = PacketOptions {
+                vnet_hdr: true,
+                nonblocking: true,
+            };
+            let sniff = packet_socket_with(&ns, "tap0", opts).expect("packet socket");
+            // A guest with one TX queue, driven by hand.
+            let features = Features::of(&[bit::VERSION_1, bit::RING_EVENT_IDX, bit::CSUM]);
+            let features = negotiate(DEFAULT_OFFER, features).expect("features");
+            let mut g = MockGuest::new(1 << 20, &[64, 64]).expect("guest");
+            let buf = g.alloc(128).expect("alloc");
+            let queues = g.queues.clone();
+            let mem = Arc::new(g.mem);
+            let efd = || {
+                let a = sys::eventfd().expect("eventfd");
+                let b = a.try_clone().expect("dup");
+                (a, b)
+            };
+            let ((tk, tk_g), (rk, _rk_g), (tc, _tc_g), (rc, _rc_g)) = (efd(), efd(), efd(), efd());
+            let spec = DeviceSpec {
+                mem: mem.clone(),
+                features,
+                rx: queues[0],
+                tx: queues[1],
+                tx_kick: tk,
+                rx_kick: rk,
+                tx_call: tc,
+                rx_call: rc,
+            };
+            let mut txq = DriverQueue::new(&mem, queues[1], true).expect("driver");
+            let w = dev
+                .start(tap.file, spec, WorkerConfig::default())
+                .expect("device");
+            let hdr = VirtioNetHdr {
+                flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                csum_start: 34,
+                csum_offset: 6,
+                ..Default::default()
+            };
+            let f = udp_frame();
+            mem.write_gpa(buf, &hdr.to_bytes()).expect("hdr");
+            mem.write_gpa(buf + 12, &f).expect("frame");
+            // Header and frame in separate descriptors, to exercise the scattered path too.
+            txq.add(
+                &mem,
+                &[Buf::read(buf, 12), Buf::read(buf + 12, f.len() as u32)],
+            )
+            .expect("add");
+            if txq.publish(&mem).expect("publish") {
+                sys::signal(&tk_g).expect("kick");
+            }
+            let mut got = None;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut b = vec![0u8; 2048];
+            while got.is_none() && Instant::now() < deadline {
+                if !wait_readable(&sniff, Duration::from_millis(100)).expect("poll") {
+                    continue;
+                }
+                while let Ok(n) = (&sniff).read(&mut b) {
+                    // The kernel's 10-byte virtio_net_hdr, then the frame.
+                    if n >= 10 + f.len() && b[10..10 + f.len()] == f[..] {
+                        got = Some(b[..n].to_vec());
+                    }
+                }
+            }
+            let m = w.metrics().clone();
+            let report = w.stop();
+            assert!(
+                report.tx_error.is_none() && report.fatal.is_none(),
+                "{report:?}"
+            );
+            let got = got.unwrap_or_else(|| panic!("{}: frame never reached the tap", dev.name()));
+            assert_eq!(
+                got[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                "{}: flags {:#x}",
+                dev.name(),
+                got[0]
+            );
+            let csum_start = u16::from_le_bytes([got[6], got[7]]);
+            let csum_offset = u16::from_le_bytes([got[8], got[9]]);
+            assert_eq!((csum_start, csum_offset), (34, 6), "{}", dev.name());
+            assert_eq!(engine::metrics::get(&m.tx.packets), 1);
+            assert_eq!(txq.pop_used(&mem).expect("reap").map(|u| u.len), Some(0));
+        }
+    }
+
+    #[test]
+    fn injected_frames_arrive_in_the_guest() {
+        if !can_run("injected_frames_arrive_in_the_guest") {
+            return;
+        }
+        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+            let c = cfg(Workload::Rx);
+            let o = run_tap(dev, &c).expect("run");
+            let w = Workload::Rx;
+            assert!(
+                o.guest.error.is_none() && o.worker.rx_error.is_none(),
+                "{o:?}"
+            );
+            assert!(
+                o.guest.received > 300,
+                "{}: received {}",
+                dev.name(),
+                o.guest.received
+            );
+            assert_eq!(o.guest.rx_corrupt, 0);
+            assert_eq!(o.guest.rx_out_of_order, 0, "{}", dev.name());
+            assert_eq!(o.dropped(), 0, "{}: {:?}", dev.name(), o.drops_by_reason());
+            assert_eq!(
+                o.lost(w),
+                0,
+                "{}: sent {} received {}",
+                dev.name(),
+                o.sent(w),
+                o.received(w)
+            );
+        }
+    }
+
+    #[test]
+    fn two_guests_on_a_bridge_exchange_without_loss() {
+        if !can_run("two_guests_on_a_bridge_exchange_without_loss") {
+            return;
+        }
+        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+            let mut c = cfg(Workload::Rr);
+            c.rate_pps = Some(1000);
+            let o = run_tap(dev, &c).expect("run");
+            let w = Workload::Rr;
+            assert!(o.notes.is_empty(), "{}: {:?}", dev.name(), o.notes);
+            assert!(o.guest.error.is_none(), "{o:?}");
+            assert!(
+                o.guest.received > 100,
+                "{}: received {}",
+                dev.name(),
+                o.guest.received
+            );
+            assert_eq!(o.guest.received, o.guest.sent, "{}", dev.name());
+            assert_eq!(o.guest.rx_corrupt, 0);
+            assert_eq!(o.lost(w), 0);
+            assert_eq!(o.dropped(), 0, "{}: {:?}", dev.name(), o.drops_by_reason());
+        }
+    }
+
+    #[test]
+    fn guest_stream_into_the_tap_is_fully_accounted() {
+        if !can_run("guest_stream_into_the_tap_is_fully_accounted") {
+            return;
+        }
+        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+            let o = run_tap(dev, &cfg(Workload::Tx)).expect("run");
+            let w = Workload::Tx;
+            assert!(o.guest.sent > 300);
+            assert_eq!(o.received(w), o.guest.sent, "{}", dev.name());
+            assert_eq!(o.lost(w), 0);
+        }
+    }
+}

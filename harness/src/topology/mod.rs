@@ -1,0 +1,35 @@
+//! The privileged topology of the tap modes: network namespaces, taps, a bridge, packet
+//! sockets. The harness builds it and hands the engine plain fds, as libvirt opens the tap and
+//! passes its fd to QEMU; the engine itself never needs privileges.
+//!
+//! Everything lives in a private namespace `vhb-<pid>-<n>` ([`Netns`]) that is deleted on
+//! every exit path (drop, panic, SIGINT/SIGTERM/SIGHUP; [`cleanup_stale`] after a SIGKILL), so
+//! no interface ever appears in the host's namespace.
+//!
+//! Topologies:
+//! - **one-way runs** (`tx`, `rx`): one tap whose frames the kernel consumes. `tx`: frames the
+//!   worker writes to the tap fd enter the namespace's stack, which drops them (they are not
+//!   addressed to it; the test EtherType has no handler). `rx`: frames injected from a
+//!   [`packet_socket`] bound to the tap leave through the tap and appear on the tap fd, where
+//!   the worker reads them.
+//! - **request/response and two-guest runs**: two taps on a [`bridge`] (`br0`, STP off,
+//!   forward delay 0): a frame written to one tap's fd is forwarded (flooded, then learned) to
+//!   the other's.
+//!
+//! [`probe`] says whether this host allows any of it. All `unsafe` of the layer (`setns`,
+//! `ioctl`, sockets, the io_uring writer of the tap limits) is in the private `sys` module.
+
+mod netns;
+mod probe;
+mod sys;
+mod tap;
+
+pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
+pub use probe::{probe, Privileges};
+pub use tap::{
+    bridge, check_ifname, link_stats, open_tap, packet_socket, packet_socket_with, wait_readable,
+    LinkStats, PacketOptions, Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM,
+    TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
+};
+
+pub(crate) use sys::UringWriter;

@@ -1,0 +1,422 @@
+//! The OS calls of the topology layer, each behind a safe function. **All of the harness's
+//! `unsafe` is here**: `setns`, the tun and interface `ioctl`s, `AF_PACKET` sockets, `poll`,
+//! `kill`, `sigaction`, and the io_uring writer of the tap limits.
+//!
+//! Every function takes descriptors by reference (`AsFd`) and returns owned ones (`File`), so
+//! no raw descriptor outlives its owner.
+
+use std::ffi::c_int;
+use std::fs::File;
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use io_uring::{opcode, types, IoUring};
+
+/// `PACKET_VNET_HDR` (linux/if_packet.h): frames on the socket carry a `struct virtio_net_hdr`.
+const PACKET_VNET_HDR: c_int = 15;
+
+fn cvt(r: c_int) -> io::Result<c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Moves the calling thread into the network namespace `ns` (an open `/run/netns/<name>`).
+/// Only this thread moves; fds it opens afterwards (sockets, taps) belong to the namespace.
+pub(crate) fn setns_net(ns: &impl AsFd) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor and a flag; `ns` is a live descriptor borrowed for the
+    // call. It changes only the calling thread's network namespace, no memory.
+    cvt(unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) })?;
+    Ok(())
+}
+
+/// An `ifreq` naming `name` (at most 15 bytes, checked by the callers) with a zeroed union.
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad interface name {name:?}"),
+        ));
+    }
+    // SAFETY: `ifreq` is plain old data (a byte array and a union of integers, sockaddrs and a
+    // pointer); all-zero is a valid value of every member.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, &s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = s as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ifreq_name(req: &libc::ifreq) -> String {
+    let bytes: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `TUNSETIFF`: attaches the tun fd to a new interface `name` with `flags` (`IFF_TAP` ...).
+/// Returns the name the kernel gave it.
+pub(crate) fn tun_set_iff(tun: &File, name: &str, flags: c_int) -> io::Result<String> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a valid, writable ifreq
+    // that outlives the call, and `tun` is a live descriptor.
+    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF as _, &mut req) })?;
+    Ok(ifreq_name(&req))
+}
+
+/// `TUNSETVNETHDRSZ`: the size of the virtio-net header before every frame on the fd.
+pub(crate) fn tun_set_vnet_hdr_sz(tun: &File, size: c_int) -> io::Result<()> {
+    // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `size` lives across the call.
+    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETVNETHDRSZ as _, &size) })?;
+    Ok(())
+}
+
+/// `TUNSETVNETLE`: the header's fields are little-endian (virtio 1.x), whatever the host is.
+pub(crate) fn tun_set_vnet_le(tun: &File) -> io::Result<()> {
+    let le: c_int = 1;
+    // SAFETY: TUNSETVNETLE reads one `int` through the pointer; `le` lives across the call.
+    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETVNETLE as _, &le) })?;
+    Ok(())
+}
+
+/// `TUNSETOFFLOAD`: which offloads (`TUN_F_*`) the reader of the fd accepts. The argument is
+/// the value itself, not a pointer.
+pub(crate) fn tun_set_offload(tun: &File, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long); no memory is
+    // passed.
+    cvt(unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETOFFLOAD as _,
+            flags as libc::c_ulong,
+        )
+    })?;
+    Ok(())
+}
+
+fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket has no memory preconditions; the result is checked before use.
+    let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A datagram socket in the calling thread's namespace, for interface `ioctl`s.
+pub(crate) fn control_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+}
+
+/// `SIOCGIFINDEX`: the index of interface `name` in `ctl`'s namespace.
+pub(crate) fn if_index(ctl: &OwnedFd, name: &str) -> io::Result<u32> {
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFINDEX reads and writes one `struct ifreq`; `req` is valid and writable
+    // for the call, and `ctl` is a live socket.
+    cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFINDEX as _, &mut req) })?;
+    // SAFETY: the kernel filled the union's `ifru_ifindex` member (an int; every bit pattern
+    // is valid).
+    let index = unsafe { req.ifr_ifru.ifru_ifindex };
+    u32::try_from(index).map_err(|_| io::Error::other(format!("ifindex {index}")))
+}
+
+/// Sets `IFF_UP` on interface `name` (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS`).
+pub(crate) fn if_set_up(ctl: &OwnedFd, name: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFFLAGS reads and writes one `struct ifreq`; `req` is valid and writable.
+    cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) })?;
+    // SAFETY: the kernel filled the union's `ifru_flags` member (a short; any bits are valid).
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads one `struct ifreq`; `req` is valid for the call.
+    cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) })?;
+    Ok(())
+}
+
+/// An `AF_PACKET`/`SOCK_RAW` socket bound to `ifindex` for every protocol (`ETH_P_ALL`), in
+/// the calling thread's namespace. With `vnet_hdr`, `PACKET_VNET_HDR` is set.
+pub(crate) fn packet_socket(ifindex: u32, vnet_hdr: bool, nonblocking: bool) -> io::Result<File> {
+    let ty = libc::SOCK_RAW | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // Protocol 0: the socket receives nothing until it is bound to the one interface below,
+    // so no frame of another interface can slip in between socket() and bind().
+    let fd = socket(libc::AF_PACKET, ty, 0)?;
+    if vnet_hdr {
+        let on: c_int = 1;
+        // SAFETY: setsockopt reads `optlen` bytes from `optval`: one `int` that lives across
+        // the call.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                (&on as *const c_int).cast(),
+                size_of::<c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    // SAFETY: `sockaddr_ll` is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = c_int::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex"))?;
+    // SAFETY: bind reads `addrlen` bytes from `addr`, a `sockaddr_ll` that lives across the
+    // call; `fd` is a live socket.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(File::from(fd))
+}
+
+/// Waits up to `timeout` for `fd` to become readable; `Ok(false)` on timeout. An interrupted
+/// wait counts as a timeout (the caller re-checks its deadline).
+pub(crate) fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+    // SAFETY: poll reads and writes one `pollfd`, valid and writable for the call; the
+    // descriptor in it is borrowed from `fd`.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    match r {
+        r if r > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The effective user id.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether `kill(pid, 0)` says the process is gone (`ESRCH`). `EPERM` means it exists.
+pub(crate) fn process_gone(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 delivers nothing; kill only checks that `pid` exists and may be
+    // signalled. No memory is involved.
+    let r = unsafe { libc::kill(pid, 0) };
+    r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Whether signal `sig`'s disposition is "ignore" (`SIG_IGN`), e.g. SIGHUP under `nohup`.
+pub(crate) fn signal_ignored(sig: c_int) -> bool {
+    // SAFETY: `sigaction` is plain old data; all-zero is a valid value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null `act`, sigaction only writes the current disposition into `old`,
+    // which is valid and writable for the call.
+    let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    r == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// Writes a fixed set of equal-length buffers to one file with io_uring: one `WRITE` SQE per
+/// buffer on registered (fixed) file 0, one `submit_and_wait` per batch. The tap limits'
+/// io_uring path.
+///
+/// The kernel reads the buffers while writes are in flight; they are owned here, handed out
+/// only while nothing is in flight ([`UringWriter::buf_mut`]), and `Drop` waits for every
+/// outstanding write before they are freed (or leaks them if it cannot).
+pub(crate) struct UringWriter {
+    ring: IoUring,
+    /// Boxed: their addresses are in the kernel's hands while writes are in flight.
+    bufs: Vec<Box<[u8]>>,
+    /// Writes submitted whose completions have not been reaped.
+    in_flight: usize,
+    /// The registered file (the ring holds its own reference too).
+    _file: File,
+}
+
+impl std::fmt::Debug for UringWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringWriter")
+            .field("bufs", &self.bufs.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl UringWriter {
+    /// A ring with room for `count` writes of `len`-byte buffers (zeroed) to `file`.
+    pub(crate) fn new(file: File, count: usize, len: usize) -> io::Result<Self> {
+        let entries = u32::try_from(count.max(1).next_power_of_two())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many buffers"))?;
+        let ring = IoUring::new(entries)?;
+        ring.submitter().register_files(&[file.as_raw_fd()])?;
+        Ok(Self {
+            ring,
+            bufs: (0..count)
+                .map(|_| vec![0u8; len].into_boxed_slice())
+                .collect(),
+            in_flight: 0,
+            _file: file,
+        })
+    }
+
+    /// Buffer `i`, or `None` if `i` is out of range or writes are in flight (after a failed
+    /// [`UringWriter::write_all`]).
+    pub(crate) fn buf_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if self.in_flight != 0 {
+            return None;
+        }
+        self.bufs.get_mut(i).map(|b| &mut b[..])
+    }
+
+    /// Writes every buffer once (in order of submission; completion order is the kernel's),
+    /// waits for all completions, and checks that each wrote the whole buffer.
+    pub(crate) fn write_all(&mut self) -> io::Result<()> {
+        if self.in_flight != 0 {
+            return Err(io::Error::other(
+                "writes from a failed batch still in flight",
+            ));
+        }
+        let n = self.bufs.len();
+        for (i, b) in self.bufs.iter().enumerate() {
+            let len = u32::try_from(b.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too long"))?;
+            // Offset -1: the file position, as write(2) does (a tap ignores it).
+            let e = opcode::Write::new(types::Fixed(0), b.as_ptr(), len)
+                .offset(u64::MAX)
+                .build()
+                .user_data(i as u64);
+            // SAFETY: the write reads `len` bytes at `b.as_ptr()`, a boxed slice owned by
+            // `self.bufs` that is neither moved, freed nor handed out (`buf_mut` refuses while
+            // `in_flight` != 0) until its completion is reaped below or in `Drop`. Fixed file
+            // 0 is registered in `new`.
+            if unsafe { self.ring.submission().push(&e) }.is_err() {
+                // Not reached: the queue has a power-of-two >= n entries and is empty here.
+                // The entries pushed so far are submitted and reaped below.
+                break;
+            }
+            self.in_flight += 1;
+        }
+        let mut first_err: Option<io::Error> = None;
+        let pushed = self.in_flight;
+        while self.in_flight > 0 {
+            match self.ring.submit_and_wait(self.in_flight) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            let mut cq = self.ring.completion();
+            cq.sync();
+            for cqe in &mut cq {
+                self.in_flight -= 1;
+                let want = self
+                    .bufs
+                    .get(cqe.user_data() as usize)
+                    .map_or(usize::MAX, |b| b.len());
+                let res = cqe.result();
+                if first_err.is_none() {
+                    if res < 0 {
+                        first_err = Some(io::Error::from_raw_os_error(-res));
+                    } else if res as usize != want {
+                        first_err = Some(io::Error::other(format!(
+                            "short write: {res} of {want} bytes"
+                        )));
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if pushed != n {
+            return Err(io::Error::other("submission queue full"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UringWriter {
+    fn drop(&mut self) {
+        // Reap what is still in flight so the kernel no longer reads `bufs`. Bounded: a tap
+        // write completes promptly; if it does not, leak the buffers rather than free memory
+        // the kernel may still read.
+        for _ in 0..100 {
+            if self.in_flight == 0 {
+                return;
+            }
+            if self.ring.submit_and_wait(self.in_flight).is_err() {
+                break;
+            }
+            let mut cq = self.ring.completion();
+            cq.sync();
+            for _ in &mut cq {
+                self.in_flight -= 1;
+            }
+        }
+        if self.in_flight != 0 {
+            std::mem::forget(std::mem::take(&mut self.bufs));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_interface_names() {
+        assert!(ifreq("").is_err());
+        assert!(ifreq("a-name-that-is-too-long").is_err());
+        assert!(ifreq("nul\0").is_err());
+        let r = ifreq("tap0").expect("ifreq");
+        assert_eq!(ifreq_name(&r), "tap0");
+    }
+
+    #[test]
+    fn uring_writer_writes_every_buffer() {
+        let dir = std::env::temp_dir().join(format!("vhb-uring-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&dir)
+            .expect("temp file");
+        let _ = std::fs::remove_file(&dir);
+        let check = file.try_clone().expect("dup");
+        let mut w = UringWriter::new(file, 4, 10).expect("ring");
+        for i in 0..4 {
+            w.buf_mut(i).expect("buffer").fill(b'a' + i as u8);
+        }
+        assert!(w.buf_mut(4).is_none());
+        w.write_all().expect("write");
+        w.write_all().expect("write");
+        drop(w);
+        // Writes without an offset append at the file position: 2 batches x 4 x 10 bytes.
+        assert_eq!(check.metadata().expect("stat").len(), 80);
+    }
+
+    #[test]
+    fn process_liveness() {
+        assert!(!process_gone(std::process::id()));
+        assert!(!process_gone(1));
+    }
+}
