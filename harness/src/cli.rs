@@ -111,6 +111,12 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..=64)
     )]
     pub batch: Vec<u32>,
+    /// Modeled VM-exit cost in ns: the guest's vCPU spins this long after each kick and each
+    /// interrupt it takes, standing in for the exits a real VM would pay (there is no VM here).
+    /// 0 (the default) models nothing; rows with a cost are marked "modeled" in the table and
+    /// carry `exit_cost_ns` in the results. See README, "What each mode models".
+    #[arg(long, default_value_t = 0)]
+    pub exit_cost_ns: u64,
     /// Make the guest poll its used rings instead of sleeping on interrupts. By default the
     /// guest polls exactly when the worker busy-polls (`--busy-poll-us` > 0).
     #[arg(long)]

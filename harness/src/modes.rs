@@ -251,6 +251,7 @@ mod tests {
             duration: Duration::from_millis(300),
             warmup: Duration::from_millis(20),
             verify_bytes: true,
+            exit_cost_ns: 0,
             vcpu_core: None,
             worker_core: None,
         }

@@ -50,6 +50,8 @@ pub struct PairConfig {
     pub warmup: Duration,
     /// Compare every byte on both ends.
     pub verify_bytes: bool,
+    /// Modeled VM-exit cost per kick and per interrupt taken, ns (0: none).
+    pub exit_cost_ns: u64,
     /// Core for the guest's vCPU thread.
     pub vcpu_core: Option<usize>,
     /// Core for the worker.
@@ -243,6 +245,7 @@ pub fn start(
         indirect: cfg.indirect,
         mrg_rxbuf: cfg.mrg_rxbuf,
         verify_bytes: cfg.verify_bytes,
+        exit_cost_ns: cfg.exit_cost_ns,
     };
     let wcfg = WorkerConfig {
         name: n.to_string(),
@@ -380,6 +383,7 @@ mod tests {
             duration: Duration::from_millis(150),
             warmup: Duration::from_millis(20),
             verify_bytes: true,
+            exit_cost_ns: 0,
             vcpu_core: None,
             worker_core: None,
         }

@@ -201,6 +201,9 @@ pub struct Record {
     pub batch: u32,
     /// Whether the guest polled its used rings instead of sleeping on interrupts.
     pub guest_poll: bool,
+    /// MODELED, not measured: the VM-exit cost the guest added per kick and per interrupt
+    /// taken, ns (`--exit-cost-ns`); 0 when the record is purely measured.
+    pub modeled_exit_cost_ns: u64,
     /// Over repeats: `throughput_mpps`.
     pub throughput_mpps: Summary,
     /// Over repeats: `throughput_mpps × size_bytes × 8 / 1000`, Gbit/s.
@@ -277,6 +280,7 @@ impl Record {
             busy_poll_us: 0,
             batch: 0,
             guest_poll: false,
+            modeled_exit_cost_ns: 0,
             throughput_mpps: summary("throughput_mpps", &|r| r.throughput_mpps)?,
             throughput_gbps: summary("throughput_gbps", &|r| gbps(r.throughput_mpps, size_bytes))?,
             cpu_ns_per_packet: CpuNsPerPacket {

@@ -137,6 +137,7 @@ fn pair_config(args: &RunArgs, c: &Combo) -> PairConfig {
         duration: duration + warmup,
         warmup,
         verify_bytes: false,
+        exit_cost_ns: args.exit_cost_ns,
         vcpu_core: Some(VCPU_CORE),
         worker_core: Some(WORKER_CORE),
     }
@@ -368,6 +369,7 @@ pub fn main(args: RunArgs) -> Result<()> {
         r.busy_poll_us = c.busy_poll_us;
         r.batch = c.batch;
         r.guest_poll = guest_polls(&args, c);
+        r.modeled_exit_cost_ns = args.exit_cost_ns;
         r.errors = a.errors;
         r.engine_overhead_bytes = a.engine_overhead_bytes.iter().copied().max();
         if let Some(l) = ceilings.iter().find(|l| l.name == ceiling_name(c)) {
@@ -461,7 +463,11 @@ pub fn render(doc: &Results) -> String {
     ]);
     for r in &doc.records {
         t.push_row(vec![
-            r.mode.clone(),
+            if r.modeled_exit_cost_ns > 0 {
+                format!("{}*", r.mode)
+            } else {
+                r.mode.clone()
+            },
             r.workload.as_str().into(),
             r.size_bytes.to_string(),
             format!("{}{}", r.busy_poll_us, if r.guest_poll { "+g" } else { "" }),
@@ -494,6 +500,13 @@ pub fn render(doc: &Results) -> String {
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
          poll us: worker busy-poll window; +g: the guest polls its rings too.\n",
     );
+    if let Some(r) = doc.records.iter().find(|r| r.modeled_exit_cost_ns > 0) {
+        out.push_str(&format!(
+            "* MODELED: these rows include a modeled VM-exit cost of {} ns per kick and per \
+             interrupt taken (--exit-cost-ns); it is not measured.\n",
+            r.modeled_exit_cost_ns
+        ));
+    }
     for r in &doc.records {
         for e in &r.errors {
             out.push_str(&format!(
