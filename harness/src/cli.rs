@@ -121,7 +121,7 @@ pub struct RunArgs {
     /// guest polls exactly when the worker busy-polls (`--busy-poll-us` > 0).
     #[arg(long)]
     pub guest_poll: bool,
-    /// Results file [default: <workspace>/results/run-<timestamp>.json].
+    /// Results file (default: `<workspace>/results/run-<timestamp>.json`).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Guest memory size (MiB).
