@@ -97,6 +97,9 @@ impl Injector {
         let thread = std::thread::Builder::new()
             .name("inject".into())
             .spawn(move || {
+                // Not pinned: on either core it would starve that core's thread (pinned to the
+                // vCPU's core the guest cannot repost buffers). On two cores the three threads
+                // share; `rx` numbers here measure that contention too (see README).
                 let mut f = vec![0u8; frame_len.max(frame::MIN_FRAME)];
                 frame::fill(&mut f, 0, 0);
                 let t0 = Instant::now();
