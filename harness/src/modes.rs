@@ -26,6 +26,7 @@ use engine::emulated::{self, EmulatedConfig};
 use engine::worker::{DeviceSpec, Worker, WorkerConfig};
 use guest_sim::traffic::Workload;
 use vring::frame;
+use vring::net::{bit, Features};
 
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::topology::{self, Netns, Tap};
@@ -51,8 +52,8 @@ impl TapDevice {
     fn start(self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Worker> {
         match self {
             TapDevice::Vhost => {
-                let be =
-                    TapBackend::new(tap, &spec.mem, wcfg.batch, false).context("tap backend")?;
+                let be = TapBackend::new(tap, &spec.mem, wcfg.batch, guest_gso(spec.features))
+                    .context("tap backend")?;
                 Ok(Worker::spawn(spec, Box::new(be), wcfg)?)
             }
             TapDevice::Emulated => {
@@ -65,6 +66,27 @@ impl TapDevice {
             }
         }
     }
+}
+
+/// `TUNSETOFFLOAD` flags for a negotiated feature set: the offloads the guest accepts on
+/// receive are the ones the tap may hand us (QEMU's `virtio_net_apply_guest_offloads`).
+pub fn tap_offloads(f: Features) -> u32 {
+    let mut o = 0;
+    if f.has(bit::GUEST_CSUM) {
+        o |= topology::TUN_F_CSUM;
+    }
+    if f.has(bit::GUEST_TSO4) {
+        o |= topology::TUN_F_TSO4;
+    }
+    if f.has(bit::GUEST_TSO6) {
+        o |= topology::TUN_F_TSO6;
+    }
+    o
+}
+
+/// Whether the tap may deliver GSO frames (up to 64 KiB) for this feature set.
+fn guest_gso(f: Features) -> bool {
+    f.has(bit::GUEST_TSO4) || f.has(bit::GUEST_TSO6)
 }
 
 /// Test frames left in a tap's queue when the device stopped: read and counted, so they are
@@ -146,7 +168,8 @@ fn dup(t: &Tap) -> Result<File> {
 /// One run of `dev` on a fresh tap topology for `cfg.workload`.
 pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
     let ns = Netns::create().context("network namespace")?;
-    let tap0 = topology::open_tap(&ns, "tap0", 0)?;
+    let offloads = tap_offloads(cfg.features());
+    let tap0 = topology::open_tap(&ns, "tap0", offloads)?;
     let keep0 = dup(&tap0)?;
     let mut out = match cfg.workload {
         Workload::Tx | Workload::Echo => pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w))?,
@@ -168,7 +191,7 @@ pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
             o
         }
         Workload::Rr => {
-            let tap1 = topology::open_tap(&ns, "tap1", 0)?;
+            let tap1 = topology::open_tap(&ns, "tap1", offloads)?;
             let keep1 = dup(&tap1)?;
             topology::bridge(&ns, "br0", &["tap0", "tap1"])?;
             let echo_cfg = PairConfig {
@@ -226,7 +249,7 @@ mod tests {
     use engine::net::device::{negotiate, DEFAULT_OFFER};
     use engine::sys;
     use guest_sim::{Buf, DriverQueue, MockGuest};
-    use vring::net::{bit, Features, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
+    use vring::net::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 
     use crate::topology::{packet_socket_with, wait_readable, PacketOptions};
 
@@ -279,6 +302,17 @@ mod tests {
             *b = i as u8;
         }
         f
+    }
+
+    #[test]
+    fn tap_offloads_follow_the_guest_features() {
+        let v1 = Features::of(&[bit::VERSION_1]);
+        assert_eq!(tap_offloads(v1), 0);
+        let f = v1.with(bit::GUEST_CSUM, true).with(bit::GUEST_TSO4, true);
+        assert_eq!(tap_offloads(f), topology::TUN_F_CSUM | topology::TUN_F_TSO4);
+        assert!(guest_gso(f) && !guest_gso(v1));
+        // Host-side offloads (the guest sending partial checksums) need no tap flag.
+        assert_eq!(tap_offloads(v1.with(bit::CSUM, true)), 0);
     }
 
     #[test]
