@@ -81,17 +81,7 @@ pub fn writev_guest(
     spans: &[Span],
     iov: &mut IoVecs,
 ) -> io::Result<usize> {
-    if !iov.fill(mem, spans.iter().copied()) {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    let v = iov.as_slice();
-    // SAFETY: every iovec points into the guest-memory mapping (checked by `host_ptr`), which
-    // `mem` keeps mapped for the duration of the call; the kernel only reads from them.
-    let n = unsafe { libc::writev(fd.as_raw_fd(), v.as_ptr(), v.len() as i32) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    vectored(fd, mem, spans, iov, false)
 }
 
 /// `readv(2)` from `fd` straight into guest-memory segments.
@@ -101,14 +91,31 @@ pub fn readv_guest(
     spans: &[Span],
     iov: &mut IoVecs,
 ) -> io::Result<usize> {
+    vectored(fd, mem, spans, iov, true)
+}
+
+fn vectored(
+    fd: BorrowedFd<'_>,
+    mem: &GuestMemory,
+    spans: &[Span],
+    iov: &mut IoVecs,
+    read: bool,
+) -> io::Result<usize> {
     if !iov.fill(mem, spans.iter().copied()) {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
     let v = iov.as_slice();
-    // SAFETY: every iovec points into the guest-memory mapping (checked by `host_ptr`), which
-    // `mem` keeps mapped for the duration of the call; the kernel writes at most `iov_len`
-    // bytes to each, and nobody holds a reference to those bytes.
-    let n = unsafe { libc::readv(fd.as_raw_fd(), v.as_ptr(), v.len() as i32) };
+    // SAFETY: every iovec points into the guest-memory mapping (checked by `host_ptr` in
+    // `fill`), which `mem` keeps mapped for the duration of the call. `writev` only reads
+    // them; `readv` writes at most `iov_len` bytes to each, and nobody holds a reference to
+    // those bytes.
+    let n = unsafe {
+        if read {
+            libc::readv(fd.as_raw_fd(), v.as_ptr(), v.len() as i32)
+        } else {
+            libc::writev(fd.as_raw_fd(), v.as_ptr(), v.len() as i32)
+        }
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

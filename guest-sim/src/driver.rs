@@ -39,6 +39,24 @@ impl Buf {
             write: true,
         }
     }
+
+    /// Its descriptor, linked to `next` when `more` follow.
+    fn descriptor(&self, more: bool, next: u16) -> Descriptor {
+        let mut flags = if self.write {
+            layout::VIRTQ_DESC_F_WRITE
+        } else {
+            0
+        };
+        if more {
+            flags |= layout::VIRTQ_DESC_F_NEXT;
+        }
+        Descriptor {
+            addr: self.gpa,
+            len: self.len,
+            flags,
+            next,
+        }
+    }
 }
 
 /// Driver-side failures.
@@ -184,26 +202,8 @@ impl DriverQueue {
         let mut i = head;
         for (k, b) in bufs.iter().enumerate() {
             let more = k + 1 < bufs.len();
-            let mut flags = if b.write {
-                layout::VIRTQ_DESC_F_WRITE
-            } else {
-                0
-            };
-            if more {
-                flags |= layout::VIRTQ_DESC_F_NEXT;
-            }
             let next = if more { self.next[i as usize] } else { 0 };
-            self.write_desc(
-                mem,
-                self.desc_off,
-                i,
-                Descriptor {
-                    addr: b.gpa,
-                    len: b.len,
-                    flags,
-                    next,
-                },
-            )?;
+            self.write_desc(mem, self.desc_off, i, b.descriptor(more, next))?;
             i = next;
         }
         self.push_avail(mem, head)
@@ -224,20 +224,7 @@ impl DriverQueue {
         let table = mem.translate(table_gpa, bytes)?;
         for (k, b) in bufs.iter().enumerate() {
             let more = k + 1 < bufs.len();
-            let mut flags = if b.write {
-                layout::VIRTQ_DESC_F_WRITE
-            } else {
-                0
-            };
-            if more {
-                flags |= layout::VIRTQ_DESC_F_NEXT;
-            }
-            let d = Descriptor {
-                addr: b.gpa,
-                len: b.len,
-                flags,
-                next: if more { k as u16 + 1 } else { 0 },
-            };
+            let d = b.descriptor(more, if more { k as u16 + 1 } else { 0 });
             self.write_desc(mem, table.off, k as u16, d)?;
         }
         let head = self.alloc(1)?;

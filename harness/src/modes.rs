@@ -335,11 +335,7 @@ mod tests {
             let buf = g.alloc(128).expect("alloc");
             let queues = g.queues.clone();
             let mem = Arc::new(g.mem);
-            let efd = || {
-                let a = sys::eventfd().expect("eventfd");
-                let b = a.try_clone().expect("dup");
-                (a, b)
-            };
+            let efd = || pair::eventfd_pair().expect("eventfd");
             let ((tk, tk_g), (rk, _rk_g), (tc, _tc_g), (rc, _rc_g)) = (efd(), efd(), efd(), efd());
             let spec = DeviceSpec {
                 mem: mem.clone(),

@@ -146,7 +146,8 @@ impl RunOutcome {
     }
 }
 
-fn eventfd_pair() -> Result<(File, File)> {
+/// An eventfd and a second handle to it: one for the device, one for the guest.
+pub(crate) fn eventfd_pair() -> Result<(File, File)> {
     let a = sys::eventfd().context("eventfd")?;
     let b = a.try_clone().context("dup eventfd")?;
     Ok((a, b))
