@@ -35,6 +35,19 @@ use crate::worker::{DeviceSpec, Worker, WorkerError, WorkerReport};
 
 /// QEMU's default `tx_burst` (`TX_BURST`).
 pub const TX_BURST: usize = 256;
+/// Frames one RX pass reads before letting the loop run other work (QEMU's `tap_send` stops
+/// after 50).
+const RX_BUDGET: usize = 50;
+
+/// Why a receive pass stopped.
+enum RxStop {
+    /// The tap has nothing more.
+    TapEmpty,
+    /// The pass read its budget; more may be waiting.
+    Budget,
+    /// The guest has too few buffers: stop reading the tap until it posts.
+    NeedBuffers,
+}
 
 /// How the emulated device runs.
 #[derive(Clone, Debug)]
@@ -99,6 +112,7 @@ pub fn spawn(spec: DeviceSpec, tap: File, cfg: EmulatedConfig) -> Result<Worker,
         bounce: vec![0u8; VirtioNetHdr::SIZE + 65_550],
         tx_burst: cfg.tx_burst.max(1),
         held: None,
+        tap_watched: true,
         report: WorkerReport::default(),
     };
     let thread = std::thread::Builder::new()
@@ -137,6 +151,8 @@ struct EmuLoop {
     tx_burst: usize,
     /// Length of a frame in `bounce` still waiting for guest buffers.
     held: Option<usize>,
+    /// The tap is in the epoll set with `EPOLLIN`.
+    tap_watched: bool,
     report: WorkerReport,
 }
 
@@ -151,6 +167,28 @@ fn drain(fd: &File) -> u64 {
 
 impl EmuLoop {
     fn run(&mut self) {
+        self.event_loop();
+        // A frame read from the tap but never delivered is accounted, not lost.
+        if self.held.take().is_some() {
+            self.metrics.drop_packets(DropReason::Stopped, 1);
+        }
+    }
+
+    fn watch_tap(&mut self, on: bool) {
+        if self.tap_watched == on {
+            return;
+        }
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        if epoll::modify(&self.ep, &self.tap, epoll::EventData::new_u64(TAP), flags).is_ok() {
+            self.tap_watched = on;
+        }
+    }
+
+    fn event_loop(&mut self) {
         let mut tx_dead = false;
         let mut rx_dead = false;
         // Work that is scheduled without an event: a TX burst that ran out, RX the guest has
@@ -193,7 +231,7 @@ impl EmuLoop {
                     }
                     RX_KICK => {
                         add(&self.metrics.rx.kicks, drain(&self.rx_kick).min(1));
-                        rx_more = true;
+                        rx_more = !rx_dead;
                     }
                     STOP => {
                         drain(&self.stop_read);
@@ -214,11 +252,17 @@ impl EmuLoop {
                 tx_more = false;
             }
             if rx_more && !rx_dead {
+                rx_more = false;
                 match self.receive() {
-                    Ok(()) => rx_more = false,
+                    Ok(RxStop::TapEmpty) => self.watch_tap(true),
+                    // QEMU's tap_send reads a bounded number per wake-up, then lets TX run.
+                    Ok(RxStop::Budget) => rx_more = true,
+                    // virtio_net_can_receive false: stop reading the tap (tap_read_poll off)
+                    // until the guest posts buffers, or epoll would report it readable forever.
+                    Ok(RxStop::NeedBuffers) => self.watch_tap(false),
                     Err(()) => {
                         rx_dead = true;
-                        rx_more = false;
+                        self.watch_tap(false);
                     }
                 }
             } else {
@@ -315,10 +359,10 @@ impl EmuLoop {
 
     /// `tap_send`: read frames while the guest has room, copy each into its buffers. A frame
     /// that finds too few buffers is held (QEMU queues it) until the guest posts more.
-    fn receive(&mut self) -> Result<(), ()> {
+    fn receive(&mut self) -> Result<RxStop, ()> {
         let mem = self.mem.clone();
         let m = self.metrics.clone();
-        loop {
+        for _ in 0..RX_BUDGET {
             let n = match self.held.take() {
                 Some(n) => n,
                 None => {
@@ -326,7 +370,7 @@ impl EmuLoop {
                     match self.rxq.pending(&mem) {
                         Ok(0) => match self.rearm_rx() {
                             Ok(true) => continue,
-                            Ok(false) => return Ok(()),
+                            Ok(false) => return Ok(RxStop::NeedBuffers),
                             Err(()) => return Err(()),
                         },
                         Ok(_) => {}
@@ -338,8 +382,13 @@ impl EmuLoop {
                     self.rxq.disable_notifications(&mem);
                     match (&self.tap).read(&mut self.bounce) {
                         Ok(n) if n >= VirtioNetHdr::SIZE => n,
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Ok(_) => {
+                            m.drop_packets(DropReason::BackendError, 1);
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(RxStop::TapEmpty)
+                        }
                         Err(e) => {
                             self.report.fatal = Some(format!("tap read: {e}"));
                             return Err(());
@@ -364,7 +413,7 @@ impl EmuLoop {
                     self.held = Some(n);
                     match self.rearm_rx() {
                         Ok(true) => continue,
-                        Ok(false) => return Ok(()),
+                        Ok(false) => return Ok(RxStop::NeedBuffers),
                         Err(()) => return Err(()),
                     }
                 }
@@ -376,6 +425,7 @@ impl EmuLoop {
                 }
             }
         }
+        Ok(RxStop::Budget)
     }
 
     /// Asks for RX kicks and re-checks; true if buffers arrived meanwhile.

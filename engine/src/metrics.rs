@@ -20,11 +20,13 @@ pub enum DropReason {
     QueueBroken,
     /// A transmitted frame failed the backend's content check (corrupted on the way).
     Corrupt,
+    /// A frame the device held (read, waiting for guest buffers) when it was stopped.
+    Stopped,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = DropReason::Corrupt as usize + 1;
+    pub const COUNT: usize = DropReason::Stopped as usize + 1;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::BackendFull,
@@ -32,6 +34,7 @@ impl DropReason {
         DropReason::RxTooLarge,
         DropReason::QueueBroken,
         DropReason::Corrupt,
+        DropReason::Stopped,
     ];
     /// A stable snake_case name.
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl DropReason {
             DropReason::RxTooLarge => "rx_too_large",
             DropReason::QueueBroken => "queue_broken",
             DropReason::Corrupt => "corrupt",
+            DropReason::Stopped => "held_at_stop",
         }
     }
 }

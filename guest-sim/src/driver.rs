@@ -255,10 +255,14 @@ impl DriverQueue {
         // fence, and read its request. One of us must see the other's store.
         fence(Ordering::SeqCst);
         Ok(if self.event_idx {
-            let ev = mem.read_u16(self.used_off + used::avail_event(self.addrs.size) as usize)?;
+            // Relaxed atomic, ordered by the fence above.
+            let ev = mem.load_u16(
+                self.used_off + used::avail_event(self.addrs.size) as usize,
+                Ordering::Relaxed,
+            )?;
             layout::need_event(ev, new, old)
         } else {
-            let flags = mem.read_u16(self.used_off + used::FLAGS as usize)?;
+            let flags = mem.load_u16(self.used_off + used::FLAGS as usize, Ordering::Relaxed)?;
             flags & layout::VRING_USED_F_NO_NOTIFY == 0
         })
     }
@@ -298,13 +302,16 @@ impl DriverQueue {
     /// Asks for interrupts again and says whether used entries are already waiting (then the
     /// caller must reap instead of sleeping). Linux `virtqueue_enable_cb`.
     pub fn enable_interrupts(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        // Relaxed atomic stores (the other side reads them concurrently); the SeqCst fence
+        // below orders them before the re-read.
         if self.event_idx {
-            mem.write_u16(
+            mem.store_u16(
                 self.avail_off + avail::used_event(self.addrs.size) as usize,
                 self.last_used,
+                Ordering::Relaxed,
             )?;
         } else {
-            mem.write_u16(self.avail_off + avail::FLAGS as usize, 0)?;
+            mem.store_u16(self.avail_off + avail::FLAGS as usize, 0, Ordering::Relaxed)?;
         }
         // SeqCst fence: closes the lost-interrupt race — the device stores `used.idx`, fences,
         // and reads `used_event`; we store `used_event`, fence, and re-read `used.idx`.
@@ -320,14 +327,16 @@ impl DriverQueue {
     pub fn disable_interrupts(&mut self, mem: &GuestMemory) -> Result<(), DriverError> {
         if self.event_idx {
             let ev = self.last_used.wrapping_add(0x8000);
-            mem.write_u16(
+            mem.store_u16(
                 self.avail_off + avail::used_event(self.addrs.size) as usize,
                 ev,
+                Ordering::Relaxed,
             )?;
         } else {
-            mem.write_u16(
+            mem.store_u16(
                 self.avail_off + avail::FLAGS as usize,
                 layout::VRING_AVAIL_F_NO_INTERRUPT,
+                Ordering::Relaxed,
             )?;
         }
         Ok(())

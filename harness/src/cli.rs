@@ -85,12 +85,13 @@ pub struct RunArgs {
     /// Workloads, comma separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tx,rx,rr")]
     pub workloads: Vec<Workload>,
-    /// Frame sizes in bytes (Ethernet header + payload), comma separated.
+    /// Frame sizes in bytes (Ethernet header + payload), comma separated; at least 30 (the
+    /// test frame's header, sequence number and timestamp).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "64,1500",
-        value_parser = clap::value_parser!(u32).range(14..=65_535)
+        value_parser = clap::value_parser!(u32).range(30..=65_535)
     )]
     pub sizes: Vec<u32>,
     /// Measured time per repeat (ms).

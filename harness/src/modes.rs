@@ -185,9 +185,11 @@ pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
                 }
             };
             std::thread::sleep(cfg.duration);
-            let injected = inj.stop()?;
+            // Join the guest and its device before reporting an injector failure, so nothing
+            // is left running when the namespace goes.
+            let injected = inj.stop();
             let mut o = running.join()?;
-            o.injected = Some(injected);
+            o.injected = Some(injected?);
             o
         }
         Workload::Rr => {
@@ -218,6 +220,15 @@ pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
             if e.guest.echo_dropped > 0 {
                 o.extra_drops
                     .push(("echo_no_tx_buffer".into(), e.guest.echo_dropped));
+            }
+            // The far side's own drops, and what its tap could not queue, are this run's too.
+            for (reason, n) in e.drops_by_reason() {
+                o.extra_drops.push((format!("echo_{reason}"), n));
+            }
+            let far = topology::link_stats(&ns, "tap1")?;
+            if far.tx_dropped > 0 {
+                o.extra_drops
+                    .push(("far_tap_queue_full".into(), far.tx_dropped));
             }
             let unread = drain_tap(&keep1);
             if unread > 0 {

@@ -490,6 +490,28 @@ mod tests {
         );
     }
 
+    /// Frames that can never fit the guest's buffers are dropped and counted, and the worker
+    /// still comes back to its loop (weights) and stops on time.
+    #[test]
+    fn frames_too_large_for_every_buffer_are_counted_and_the_worker_stops() {
+        let mut c = cfg(Workload::Rx);
+        c.mrg_rxbuf = false;
+        let started = Instant::now();
+        let o = run(&c, |spec, w| {
+            let source = NullBackend::new(NullMode::Source { frame_len: 4000 }, false);
+            Ok(Worker::spawn(spec, Box::new(source), w)?)
+        })
+        .expect("run");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(o.guest.received, 0);
+        let drops: std::collections::HashMap<_, _> = o.drops_by_reason().into_iter().collect();
+        assert!(
+            drops.get("rx_too_large").copied().unwrap_or(0) > 100,
+            "{drops:?}"
+        );
+        assert!(get(&o.metrics.rx.weight_exhausted) > 0);
+    }
+
     /// A guest that corrupts its TX ring mid-run: the TX queue stops with an error in the
     /// report, nothing panics or hangs, and the run ends on time.
     #[test]

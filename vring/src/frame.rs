@@ -88,11 +88,13 @@ pub fn timestamp(buf: &[u8]) -> Option<u64> {
 /// Whether every byte of `buf` is what [`fill`] writes for its sequence number (any
 /// timestamp, either direction of the MAC addresses).
 pub fn verify(buf: &[u8]) -> bool {
+    if seq(buf).is_none() {
+        return false;
+    }
     let macs_ok = (buf[0..6] == DST_MAC && buf[6..12] == SRC_MAC)
         // Sent back by an echoing peer, addresses swapped.
         || (buf[0..6] == SRC_MAC && buf[6..12] == DST_MAC);
-    seq(buf).is_some()
-        && macs_ok
+    macs_ok
         && buf[PAYLOAD..]
             .iter()
             .enumerate()
@@ -115,5 +117,6 @@ mod tests {
         b[50] ^= 1;
         assert!(!verify(&b));
         assert_eq!(seq(&b[..20]), None);
+        assert!(!verify(&b[..5]));
     }
 }

@@ -70,8 +70,11 @@ pub trait Backend: Send {
         Ok(0)
     }
 
-    /// Discards the next frame (it cannot fit the guest's buffers).
-    fn rx_discard(&mut self) {}
+    /// Discards the next frame (it cannot fit the guest's buffers). Returns whether a frame
+    /// was really there to discard (only those count as drops).
+    fn rx_discard(&mut self) -> bool {
+        false
+    }
 
     /// The worker saw [`Backend::rx_fd`] become readable: frames may be waiting again.
     fn rx_wake(&mut self) {}

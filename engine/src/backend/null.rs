@@ -203,15 +203,20 @@ impl Backend for NullBackend {
         ]
     }
 
-    fn rx_discard(&mut self) {
+    fn rx_discard(&mut self) -> bool {
         match self.mode {
-            NullMode::Source { .. } => self.next_seq += 1,
-            NullMode::Reflect { .. } => {
-                if let Some(f) = self.fifo.pop_front() {
-                    self.spare.push(f);
-                }
+            NullMode::Source { .. } => {
+                self.next_seq += 1;
+                true
             }
-            NullMode::Sink => {}
+            NullMode::Reflect { .. } => match self.fifo.pop_front() {
+                Some(f) => {
+                    self.spare.push(f);
+                    true
+                }
+                None => false,
+            },
+            NullMode::Sink => false,
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct TapBackend {
     rx_room: usize,
     /// The tap may have a frame (cleared on `EAGAIN`, set by [`Backend::rx_wake`]).
     rx_ready: bool,
+    /// Where discarded frames are read to (allocated on first use).
+    scratch: Vec<u8>,
+    /// A ring error left writes unaccounted: refuse further batches.
+    poisoned: bool,
     stats: TapStats,
 }
 
@@ -102,6 +106,8 @@ impl TapBackend {
             fixed_mem,
             rx_room: VirtioNetHdr::SIZE + if gso { MAX_FRAME_GSO } else { MAX_FRAME_NO_GSO },
             rx_ready: true,
+            scratch: Vec::new(),
+            poisoned: false,
             stats: TapStats::default(),
         })
     }
@@ -130,6 +136,11 @@ impl Backend for TapBackend {
         chains: &[Chain],
         frames: &[TxFrame],
     ) -> Result<TxResult, BackendError> {
+        if self.poisoned {
+            return Err(BackendError::Io(io::Error::other(
+                "tap io_uring failed earlier",
+            )));
+        }
         let mut out = TxResult::default();
         if chains.len() == 1 {
             // One frame: io_uring only adds its own overhead to a single writev (the request/
@@ -206,14 +217,22 @@ impl Backend for TapBackend {
             match self.ring.submit_and_wait(submitted - reaped) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(_) => {
+                    // The ring failed with writes unreaped: count them as failed (they may or
+                    // may not have reached the tap; the ring is not used again, so their iovecs
+                    // stay untouched), and refuse further batches.
+                    self.poisoned = true;
+                    for _ in reaped..submitted {
+                        out.drop_one(DropReason::BackendError);
+                    }
+                    return Ok(out);
+                }
             }
             for cqe in self.ring.completion() {
                 reaped += 1;
                 let i = cqe.user_data() as usize;
                 let res = cqe.result();
-                let want = chains[i].readable_len() as i32;
-                if res == want {
+                if res >= 0 && res as u32 == chains[i].readable_len() {
                     out.sent += 1;
                     out.bytes += frames[i].len as u64;
                 } else if res == -libc::EAGAIN || res == -libc::ENOBUFS || res == -libc::ENOMEM {
@@ -243,11 +262,18 @@ impl Backend for TapBackend {
         }
     }
 
-    fn rx_discard(&mut self) {
-        // A frame too large for the guest: read it into a scratch buffer and drop it.
-        let mut scratch = vec![0u8; self.rx_room];
-        if (&self.tap).read(&mut scratch).is_err() {
-            self.rx_ready = false;
+    fn rx_discard(&mut self) -> bool {
+        // A frame too large for the guest: read it into a scratch buffer and drop it. `rx_peek`
+        // only guessed there was a frame; EAGAIN means there was none, and nothing is counted.
+        if self.scratch.len() < self.rx_room {
+            self.scratch.resize(self.rx_room, 0);
+        }
+        match (&self.tap).read(&mut self.scratch) {
+            Ok(n) => n > 0,
+            Err(_) => {
+                self.rx_ready = false;
+                false
+            }
         }
     }
 

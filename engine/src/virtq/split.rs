@@ -197,6 +197,22 @@ impl DeviceQueue {
         Ok(self.avail_idx.wrapping_sub(self.next_avail))
     }
 
+    /// Whether the guest published entries since the device last read `avail.idx` (not merely
+    /// whether entries are waiting). Used while waiting for more RX buffers than are posted.
+    pub fn has_new_avail(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        let seen = self.avail_idx;
+        match self.read_avail_idx(mem) {
+            Ok(idx) => idx != seen,
+            Err(e) => {
+                self.fail(e);
+                true
+            }
+        }
+    }
+
     /// Pops the next available chain into `chain`. `Ok(false)`: nothing available.
     /// An error breaks the queue; every later call returns [`QueueError::Broken`].
     ///
@@ -237,8 +253,9 @@ impl DeviceQueue {
     /// Adds a used element for chain `head` with `len` bytes written. Not visible to the guest
     /// until [`DeviceQueue::publish_used`].
     #[inline]
+    /// Works on a broken queue too: chains popped before it broke are still returned to the
+    /// guest (the ring memory itself was validated at set-up).
     pub fn add_used(&mut self, mem: &GuestMemory, head: u16, len: u32) -> Result<(), QueueError> {
-        self.check_live()?;
         let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
         let elem = (head as u64) | ((len as u64) << 32);
         if let Err(e) = mem.write_u64(off, elem) {
@@ -292,7 +309,12 @@ impl DeviceQueue {
         fence(Ordering::SeqCst);
         let new = self.published_used;
         let notify = if self.event_idx {
-            let ev = mem.read_u16(self.avail_off + avail::used_event(self.size) as usize);
+            // Relaxed atomic: ordered by the SeqCst fence above; atomic so the race with the
+            // guest's store is defined.
+            let ev = mem.load_u16(
+                self.avail_off + avail::used_event(self.size) as usize,
+                Ordering::Relaxed,
+            );
             let old = self.signalled_used.replace(new);
             match (ev, old) {
                 (Ok(ev), Some(old)) => layout::need_event(ev, new, old),
@@ -300,7 +322,7 @@ impl DeviceQueue {
                 _ => true,
             }
         } else {
-            match mem.read_u16(self.avail_off + avail::FLAGS as usize) {
+            match mem.load_u16(self.avail_off + avail::FLAGS as usize, Ordering::Relaxed) {
                 Ok(flags) => flags & layout::VRING_AVAIL_F_NO_INTERRUPT == 0,
                 Err(_) => true,
             }
@@ -322,27 +344,34 @@ impl DeviceQueue {
         }
         self.kicks_disabled = true;
         if !self.event_idx {
-            let _ = mem.write_u16(
+            let _ = mem.store_u16(
                 self.used_off + used::FLAGS as usize,
                 layout::VRING_USED_F_NO_NOTIFY,
+                Ordering::Relaxed,
             );
         }
     }
 
     /// Asks the guest to kick again, then re-checks the ring (Linux `vhost_enable_notify`).
-    /// Returns `Ok(true)` if buffers arrived meanwhile: the caller must process them instead of
-    /// sleeping, or that kick is lost.
+    /// Returns `Ok(true)` if buffers were published since the device last looked: the caller
+    /// must process them instead of sleeping, or that kick is lost.
     pub fn enable_notifications(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
         self.check_live()?;
         self.kicks_disabled = false;
+        // What we had already seen: only entries published after it are news. (Entries seen but
+        // not consumed — RX buffers too few for the next frame — are no reason to look again;
+        // the `avail_event` written below asks for a kick for anything newer.)
+        let seen = self.avail_idx;
         let wrote = if self.event_idx {
             // Kick me once you publish past what I have already seen.
-            mem.write_u16(
+            // Relaxed atomic stores: the SeqCst fence below orders them before the re-read.
+            mem.store_u16(
                 self.used_off + used::avail_event(self.size) as usize,
                 self.avail_idx,
+                Ordering::Relaxed,
             )
         } else {
-            mem.write_u16(self.used_off + used::FLAGS as usize, 0)
+            mem.store_u16(self.used_off + used::FLAGS as usize, 0, Ordering::Relaxed)
         };
         if let Err(e) = wrote {
             return Err(self.fail(QueueError::BadRing {
@@ -357,9 +386,14 @@ impl DeviceQueue {
         // other's old value: the guest skips the kick and we go to sleep with work queued.
         fence(Ordering::SeqCst);
         match self.read_avail_idx(mem) {
-            Ok(idx) => Ok(idx != self.next_avail),
+            Ok(idx) => Ok(idx != seen),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// `avail.idx` as the device last read it.
+    pub fn seen_avail(&self) -> u16 {
+        self.avail_idx
     }
 
     /// Index of the next avail entry to consume (`last_avail_idx`).

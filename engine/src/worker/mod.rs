@@ -262,7 +262,6 @@ enum Ran {
 }
 
 struct Loop {
-    mem: Arc<GuestMemory>,
     txq: DeviceQueue,
     rxq: DeviceQueue,
     tx_call: File,
@@ -278,6 +277,9 @@ struct Loop {
     tx_frames: Vec<TxFrame>,
     rxw: RxWriter,
     report: WorkerReport,
+    /// Last, so it is dropped last: the backend (which may have guest memory registered with
+    /// its io_uring) and the ring go first.
+    mem: Arc<GuestMemory>,
 }
 
 impl Loop {
@@ -396,11 +398,21 @@ impl Loop {
             if self.ring.has_completions() || self.stop.load(Ordering::Relaxed) {
                 break true;
             }
-            if *tx == Ran::NeedGuest && self.txq.pending(&self.mem).unwrap_or(0) > 0 {
-                *tx = Ran::Requeue;
-                break true;
+            if *tx == Ran::NeedGuest {
+                match self.txq.pending(&self.mem) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        *tx = Ran::Requeue;
+                        break true;
+                    }
+                    Err(e) => {
+                        self.queue_failed(true, e);
+                        *tx = Ran::Dead;
+                    }
+                }
             }
-            if *rx == Ran::NeedGuest && self.rxq.pending(&self.mem).unwrap_or(0) > 0 {
+            // RX waits for *new* buffers (those already seen may be too few for the frame).
+            if *rx == Ran::NeedGuest && self.rxq.has_new_avail(&self.mem) {
                 *rx = Ran::Requeue;
                 break true;
             }
@@ -491,6 +503,8 @@ impl Loop {
                 bytes += self.tx_frames.iter().map(|f| f.len as u64).sum::<u64>();
             }
             if let Some(e) = failed {
+                // The malformed chain itself: popped, never sent, and not returnable.
+                m.drop_packets(DropReason::QueueBroken, 1);
                 self.queue_failed(true, e);
                 return Ran::Dead;
             }
@@ -524,8 +538,17 @@ impl Loop {
                 }
                 Ok(Gather::NoBuffers) => break Ran::NeedGuest,
                 Ok(Gather::TooLarge) => {
-                    self.backend.rx_discard();
-                    m.drop_packets(DropReason::RxTooLarge, 1);
+                    if self.backend.rx_discard() {
+                        m.drop_packets(DropReason::RxTooLarge, 1);
+                    }
+                    // A discard is work too: it counts against the weight (Linux's `continue`
+                    // lands on `vhost_exceeds_weight(++recv_pkts)`), or frames that never fit
+                    // would keep this loop from ever returning.
+                    pkts += 1;
+                    if pkts >= self.cfg.pkt_weight {
+                        add(&m.rx.weight_exhausted, 1);
+                        break Ran::Requeue;
+                    }
                     continue;
                 }
                 Ok(Gather::Ready) => {}
@@ -538,6 +561,7 @@ impl Loop {
                 Ok(n) => n,
                 Err(e) => {
                     self.rxw.abort(&mut self.rxq);
+                    m.drop_packets(DropReason::BackendError, 1);
                     self.report.fatal = Some(backend_error(e));
                     break Ran::Dead;
                 }
@@ -551,7 +575,7 @@ impl Loop {
                 }
             }
             pkts += 1;
-            bytes += (n - vring::net::VirtioNetHdr::SIZE) as u64;
+            bytes += n.saturating_sub(vring::net::VirtioNetHdr::SIZE) as u64;
             unpublished += 1;
             if unpublished == self.cfg.batch {
                 self.publish_rx(mem, &m);

@@ -25,6 +25,8 @@ pub struct EventRing {
     /// Read targets, one per file. Boxed: their addresses are in the kernel's hands.
     bufs: Box<[u64]>,
     armed: Vec<bool>,
+    /// Files `0..n_reads` carry reads; the rest are polled on demand.
+    n_reads: usize,
     /// `io_uring_enter` calls made.
     pub enters: u64,
 }
@@ -50,6 +52,7 @@ impl EventRing {
             files,
             bufs: vec![0u64; n].into_boxed_slice(),
             armed: vec![false; n],
+            n_reads,
             enters: 0,
         };
         for i in 0..n_reads {
@@ -116,46 +119,44 @@ impl EventRing {
     /// Hands each completed read to `f(index, count)`, re-arms it, and submits the re-arms.
     /// A failed read is reported with count 0.
     pub fn reap(&mut self, mut f: impl FnMut(usize, u64)) -> io::Result<usize> {
-        let mut done = [0usize; 16];
+        // One pass: a guest writing its kick eventfd in a loop completes the re-armed read at
+        // once, and looping here until the queue is quiet would never return to the rings.
+        let mut rearm = [0usize; 16];
         let mut n = 0;
         let mut total = 0;
-        loop {
-            {
-                let mut cq = self.ring.completion();
-                cq.sync();
-                for cqe in &mut cq {
-                    let i = cqe.user_data();
-                    if i == CANCEL {
-                        continue;
-                    }
-                    if i & POLL_TAG != 0 {
-                        // A one-shot poll: report, do not re-arm.
-                        let i = (i & !POLL_TAG) as usize;
-                        self.armed[i] = false;
-                        f(i, cqe.result().max(0) as u64);
-                        total += 1;
-                        continue;
-                    }
-                    let i = i as usize;
-                    self.armed[i] = false;
-                    f(i, if cqe.result() >= 0 { self.bufs[i] } else { 0 });
-                    done[n] = i;
+        {
+            let mut cq = self.ring.completion();
+            cq.sync();
+            for cqe in &mut cq {
+                let ud = cqe.user_data();
+                if ud == CANCEL {
+                    continue;
+                }
+                let i = (ud & !POLL_TAG) as usize;
+                let Some(armed) = self.armed.get_mut(i) else {
+                    continue;
+                };
+                *armed = false;
+                total += 1;
+                if ud & POLL_TAG != 0 {
+                    // A one-shot poll: report, do not re-arm.
+                    f(i, cqe.result().max(0) as u64);
+                    continue;
+                }
+                f(i, if cqe.result() >= 0 { self.bufs[i] } else { 0 });
+                // At most one read per file is outstanding, so this cannot overflow.
+                if n < rearm.len() {
+                    rearm[n] = i;
                     n += 1;
-                    total += 1;
-                    if n == done.len() {
-                        break;
-                    }
                 }
             }
-            if n == 0 {
-                break;
-            }
-            for &i in &done[..n] {
+        }
+        if n > 0 {
+            for &i in &rearm[..n] {
                 self.arm(i)?;
             }
             self.ring.submit()?;
             self.enters += 1;
-            n = 0;
         }
         Ok(total)
     }
@@ -182,25 +183,40 @@ impl std::fmt::Debug for EventRing {
 
 impl Drop for EventRing {
     fn drop(&mut self) {
+        // Flush what was pushed but not submitted (a poll armed just before stopping), so the
+        // submission queue has room for the cancels.
+        let _ = self.ring.submit();
         for i in 0..self.armed.len() {
-            if self.armed[i] {
-                // A read's user_data is its index; a poll's carries the tag. Cancel both forms.
-                for ud in [i as u64, POLL_TAG | i as u64] {
-                    let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL);
-                    // SAFETY: a cancel request carries no buffer.
-                    let _ = unsafe { self.ring.submission().push(&e) };
-                }
+            if !self.armed[i] {
+                continue;
+            }
+            let ud = if i >= self.n_reads {
+                POLL_TAG | i as u64
+            } else {
+                i as u64
+            };
+            let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL);
+            // SAFETY: a cancel request carries no buffer.
+            if unsafe { self.ring.submission().push(&e) }.is_err() {
+                let _ = self.ring.submit();
+                // SAFETY: as above.
+                let _ = unsafe { self.ring.submission().push(&e) };
             }
         }
-        // Reap until no read is outstanding, so the kernel no longer holds `bufs`. Bounded:
-        // a cancelled eventfd read completes promptly; give up (and leak the buffers rather
-        // than free memory the kernel may write) if it does not.
+        // Reap until no read is outstanding, so the kernel no longer holds `bufs`. Bounded in
+        // time (10 ms per wait): if a completion never comes, leak the buffers rather than
+        // free memory the kernel may still write.
+        let ts = types::Timespec::new().nsec(10_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
         for _ in 0..100 {
             if !self.armed.iter().any(|&a| a) {
                 return;
             }
-            if self.ring.submit_and_wait(1).is_err() {
-                break;
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
             let mut cq = self.ring.completion();
             cq.sync();
