@@ -90,7 +90,7 @@ pub struct DeviceMetrics {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Queue errors, by [`ErrorKind`] (TX and RX together).
     pub queue_errors: [AtomicU64; ErrorKind::COUNT],
-    /// The worker thread's CPU time so far, ns (updated when it sleeps and when it stops).
+    /// The worker thread's CPU time so far, ns (refreshed every 64 sleeps, and when it stops).
     pub worker_cpu_ns: AtomicU64,
 }
 

@@ -289,33 +289,26 @@ pub fn main(args: RunArgs) -> Result<()> {
         bail!("nothing to run");
     }
 
-    let first = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
-    println!(
-        "calibration: cross-core cache-line round trip {} ns (min {}, max {})",
-        fmt_num(first.pingpong_rtt_ns),
-        fmt_num(first.pingpong_rtt_min_ns),
-        fmt_num(first.pingpong_rtt_max_ns)
-    );
-    let ceilings = measure_ceilings(&combos, repeat).context("measuring the ceilings")?;
-    for l in &ceilings {
-        println!(
-            "ceiling {}: {} {} (min {}, max {})",
-            l.name,
-            fmt_num(l.median),
-            l.unit,
-            fmt_num(l.min),
-            fmt_num(l.max)
-        );
-    }
-
+    // The ceilings are measured in every round, next to the runs they are compared with, so a
+    // change of vCPU placement mid-invocation moves both alike; summaries are over the rounds.
+    let mut ceiling_samples: Vec<(String, String, Vec<f64>)> = Vec::new();
     let mut calibrations: Vec<Calibration> = Vec::new();
     let mut acc: Vec<Acc> = combos.iter().map(|_| Acc::default()).collect();
     for rep in 0..repeat {
-        let cal = if rep == 0 {
-            first
-        } else {
-            calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?
-        };
+        let cal = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
+        println!(
+            "round {}: calibration: cross-core cache-line round trip {} ns (min {}, max {})",
+            rep + 1,
+            fmt_num(cal.pingpong_rtt_ns),
+            fmt_num(cal.pingpong_rtt_min_ns),
+            fmt_num(cal.pingpong_rtt_max_ns)
+        );
+        for l in measure_ceilings(&combos, 1).context("measuring the ceilings")? {
+            match ceiling_samples.iter_mut().find(|(n, _, _)| *n == l.name) {
+                Some((_, _, v)) => v.extend(l.samples),
+                None => ceiling_samples.push((l.name, l.unit, l.samples)),
+            }
+        }
         for (c, a) in combos.iter().zip(acc.iter_mut()) {
             let cfg = pair_config(&args, c);
             let o = run_once(c, &cfg).with_context(|| label(c))?;
@@ -355,9 +348,35 @@ pub fn main(args: RunArgs) -> Result<()> {
         calibrations.push(cal);
         eprintln!("repeat {}/{repeat} done", rep + 1);
     }
+    let ceilings = ceiling_samples
+        .into_iter()
+        .map(|(name, unit, v)| LimitResult::from_samples(&name, &unit, v))
+        .collect::<Result<Vec<_>>>()?;
+    for l in &ceilings {
+        println!(
+            "ceiling {}: {} {} (min {}, max {}, over the rounds)",
+            l.name,
+            fmt_num(l.median),
+            l.unit,
+            fmt_num(l.min),
+            fmt_num(l.max)
+        );
+    }
 
     let calibration = CalibrationRecord::from_calibrations(&calibrations)
         .ok_or_else(|| anyhow!("no calibration"))?;
+    println!(
+        "calibration: cross-core cache-line round trip {} ns (min {}, max {}; per round: {})",
+        fmt_num(calibration.pingpong_rtt_ns),
+        fmt_num(calibration.pingpong_rtt_min_ns),
+        fmt_num(calibration.pingpong_rtt_max_ns),
+        calibration
+            .per_repeat_ns
+            .iter()
+            .map(|v| fmt_num(*v))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let config = serde_json::json!({
         "command": "run",
         "args": &args,
