@@ -272,25 +272,13 @@ mod tests {
         p.can_run
     }
 
+    /// Moderate, rate-limited traffic: no loss is acceptable at this rate.
     fn cfg(workload: Workload) -> PairConfig {
         PairConfig {
-            workload,
             frame_len: 128,
-            queue_size: 256,
-            guest_mem_bytes: 16 << 20,
-            event_idx: true,
-            indirect: false,
-            mrg_rxbuf: true,
-            batch: 64,
-            busy_poll_us: 0,
-            guest_poll: false,
             rate_pps: Some(3000),
             duration: Duration::from_millis(300),
-            warmup: Duration::from_millis(20),
-            verify_bytes: true,
-            exit_cost_ns: 0,
-            vcpu_core: None,
-            worker_core: None,
+            ..pair::test_config(workload)
         }
     }
 

@@ -361,6 +361,30 @@ impl Running {
     }
 }
 
+/// A small, fast, fully checked configuration for tests.
+#[cfg(test)]
+pub(crate) fn test_config(workload: Workload) -> PairConfig {
+    PairConfig {
+        workload,
+        frame_len: 64,
+        queue_size: 256,
+        guest_mem_bytes: 16 << 20,
+        event_idx: true,
+        indirect: false,
+        mrg_rxbuf: true,
+        batch: 64,
+        busy_poll_us: 0,
+        guest_poll: false,
+        rate_pps: None,
+        duration: Duration::from_millis(150),
+        warmup: Duration::from_millis(20),
+        verify_bytes: true,
+        exit_cost_ns: 0,
+        vcpu_core: None,
+        worker_core: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! End to end: guest-sim ↔ engine worker ↔ null backend. Every packet sent arrives exactly
@@ -369,25 +393,7 @@ mod tests {
     use engine::layout::{Descriptor, VIRTQ_DESC_F_NEXT};
 
     fn cfg(workload: Workload) -> PairConfig {
-        PairConfig {
-            workload,
-            frame_len: 64,
-            queue_size: 256,
-            guest_mem_bytes: 16 << 20,
-            event_idx: true,
-            indirect: false,
-            mrg_rxbuf: true,
-            batch: 64,
-            busy_poll_us: 0,
-            guest_poll: false,
-            rate_pps: None,
-            duration: Duration::from_millis(150),
-            warmup: Duration::from_millis(20),
-            verify_bytes: true,
-            exit_cost_ns: 0,
-            vcpu_core: None,
-            worker_core: None,
-        }
+        test_config(workload)
     }
 
     fn check_exact(c: &PairConfig) -> RunOutcome {
