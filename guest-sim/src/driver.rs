@@ -98,7 +98,11 @@ pub struct DriverQueue {
     /// Descriptors in the chain whose head is the index, 0 when not posted.
     chain_len: Vec<u16>,
     free_head: u16,
+    /// Last descriptor of the free list (freed chains are appended here).
+    free_tail: u16,
     num_free: u16,
+    /// What the driver last wrote to each main-table descriptor (the table starts zeroed).
+    shadow: Vec<[u8; 16]>,
     /// Next avail slot to fill.
     avail_idx: u16,
     /// `avail.idx` as last published.
@@ -132,7 +136,9 @@ impl DriverQueue {
             next: (1..=size).collect(),
             chain_len: vec![0; size as usize],
             free_head: 0,
+            free_tail: size - 1,
             num_free: size,
+            shadow: vec![[0u8; 16]; size as usize],
             avail_idx: 0,
             published: 0,
             last_used: 0,
@@ -177,13 +183,23 @@ impl DriverQueue {
     }
 
     fn write_desc(
-        &self,
+        &mut self,
         mem: &GuestMemory,
         table_off: usize,
         i: u16,
         d: Descriptor,
     ) -> Result<(), DriverError> {
-        Ok(mem.write_16(table_off + i as usize * Descriptor::SIZE, d.to_bytes())?)
+        let bytes = d.to_bytes();
+        if table_off == self.desc_off {
+            // The main table: skip a descriptor identical to what is already there. Only the
+            // driver writes descriptors, so its copy is the truth; not rewriting keeps the line
+            // shared with the device instead of stealing it back every time.
+            if self.shadow[i as usize] == bytes {
+                return Ok(());
+            }
+            self.shadow[i as usize] = bytes;
+        }
+        Ok(mem.write_16(table_off + i as usize * Descriptor::SIZE, bytes)?)
     }
 
     fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<u16, DriverError> {
@@ -286,13 +302,19 @@ impl DriverQueue {
             _ => return Err(DriverError::BadUsedId(id)),
         };
         let head = id as u16;
-        // Put the chain back on the free list.
+        // Put the chain at the *tail* of the free list: descriptors cycle in order, so a driver
+        // posting the same buffers again finds the same descriptors already written (see
+        // `write_desc`) — like DPDK's in-order TX rings, unlike Linux's LIFO free list.
         let mut last = head;
         for _ in 1..n {
             last = self.next[last as usize];
         }
-        self.next[last as usize] = self.free_head;
-        self.free_head = head;
+        if self.num_free == 0 {
+            self.free_head = head;
+        } else {
+            self.next[self.free_tail as usize] = head;
+        }
+        self.free_tail = last;
         self.num_free += n;
         self.chain_len[head as usize] = 0;
         self.last_used = self.last_used.wrapping_add(1);
