@@ -51,17 +51,6 @@ impl Workload {
             Workload::Echo => "echo",
         }
     }
-
-    /// Parses `tx`, `rx` or `rr`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "tx" => Some(Workload::Tx),
-            "rx" => Some(Workload::Rx),
-            "rr" => Some(Workload::Rr),
-            "echo" => Some(Workload::Echo),
-            _ => None,
-        }
-    }
 }
 
 /// How the guest runs.

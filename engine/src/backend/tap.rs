@@ -293,6 +293,10 @@ impl Backend for TapBackend {
             ("tap_vectored_writes", self.stats.vectored_writes),
             ("tap_rx_reads", self.stats.rx_reads),
             ("tap_rx_eagain", self.stats.rx_eagain),
+            (
+                "tap_guest_memory_fixed_buffer",
+                u64::from(self.has_fixed_buffers()),
+            ),
         ]
     }
 }

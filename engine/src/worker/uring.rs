@@ -101,16 +101,6 @@ impl EventRing {
         Ok(())
     }
 
-    /// Number of files.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// Whether there are no files.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Whether completions are waiting (no syscall).
     pub fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()
