@@ -334,18 +334,7 @@ mod tests {
             let buf = g.alloc(128).expect("alloc");
             let queues = g.queues.clone();
             let mem = Arc::new(g.mem);
-            let efd = || pair::eventfd_pair().expect("eventfd");
-            let ((tk, tk_g), (rk, _rk_g), (tc, _tc_g), (rc, _rc_g)) = (efd(), efd(), efd(), efd());
-            let spec = DeviceSpec {
-                mem: mem.clone(),
-                features,
-                rx: queues[0],
-                tx: queues[1],
-                tx_kick: tk,
-                rx_kick: rk,
-                tx_call: tc,
-                rx_call: rc,
-            };
+            let (spec, fds) = pair::wire(mem.clone(), features, &queues).expect("wire");
             let mut txq = DriverQueue::new(&mem, queues[1], true).expect("driver");
             let w = dev
                 .start(tap.file, spec, WorkerConfig::default())
@@ -366,7 +355,7 @@ mod tests {
             )
             .expect("add");
             if txq.publish(&mem).expect("publish") {
-                sys::signal(&tk_g).expect("kick");
+                sys::signal(&fds.tx_kick).expect("kick");
             }
             let mut got = None;
             let deadline = Instant::now() + Duration::from_secs(5);

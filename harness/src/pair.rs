@@ -15,6 +15,7 @@ use engine::sys;
 use engine::worker::{DeviceSpec, Worker, WorkerConfig, WorkerReport};
 use guest_sim::traffic::{self, GuestNic, NicBuffers, TrafficConfig, TrafficReport, Workload};
 use guest_sim::MockGuest;
+use vring::layout::QueueAddrs;
 use vring::net::{bit, Features};
 
 use crate::host::{process_rss, Rss};
@@ -146,8 +147,49 @@ impl RunOutcome {
     }
 }
 
+/// The guest's ends of a device's four eventfds.
+#[derive(Debug)]
+pub(crate) struct GuestFds {
+    pub tx_kick: File,
+    pub rx_kick: File,
+    pub tx_call: File,
+    pub rx_call: File,
+}
+
+/// Wires a device: its half of the set-up (`VHOST_SET_VRING_*`) with fresh kick and call
+/// eventfds, and the guest's ends of the same eventfds. Queue 0 is RX, queue 1 TX.
+pub(crate) fn wire(
+    mem: Arc<vring::GuestMemory>,
+    features: Features,
+    queues: &[QueueAddrs],
+) -> Result<(DeviceSpec, GuestFds)> {
+    let (tx_kick_dev, tx_kick) = eventfd_pair()?;
+    let (rx_kick_dev, rx_kick) = eventfd_pair()?;
+    let (tx_call_dev, tx_call) = eventfd_pair()?;
+    let (rx_call_dev, rx_call) = eventfd_pair()?;
+    let spec = DeviceSpec {
+        mem,
+        features,
+        rx: queues[0],
+        tx: queues[1],
+        tx_kick: tx_kick_dev,
+        rx_kick: rx_kick_dev,
+        tx_call: tx_call_dev,
+        rx_call: rx_call_dev,
+    };
+    Ok((
+        spec,
+        GuestFds {
+            tx_kick,
+            rx_kick,
+            tx_call,
+            rx_call,
+        },
+    ))
+}
+
 /// An eventfd and a second handle to it: one for the device, one for the guest.
-pub(crate) fn eventfd_pair() -> Result<(File, File)> {
+fn eventfd_pair() -> Result<(File, File)> {
     let a = sys::eventfd().context("eventfd")?;
     let b = a.try_clone().context("dup eventfd")?;
     Ok((a, b))
@@ -211,28 +253,15 @@ pub fn start(
     let bufs =
         NicBuffers::carve(&mut guest, cfg.frame_len, cfg.mrg_rxbuf).context("guest buffers")?;
     let mem = Arc::new(guest.mem);
-    let (tx_kick_dev, tx_kick) = eventfd_pair()?;
-    let (rx_kick_dev, rx_kick) = eventfd_pair()?;
-    let (tx_call_dev, tx_call) = eventfd_pair()?;
-    let (rx_call_dev, rx_call) = eventfd_pair()?;
-    let spec = DeviceSpec {
-        mem: mem.clone(),
-        features,
-        rx: guest.queues[0],
-        tx: guest.queues[1],
-        tx_kick: tx_kick_dev,
-        rx_kick: rx_kick_dev,
-        tx_call: tx_call_dev,
-        rx_call: rx_call_dev,
-    };
+    let (spec, fds) = wire(mem.clone(), features, &guest.queues)?;
     let nic = GuestNic {
         mem,
         rx: guest.queues[0],
         tx: guest.queues[1],
-        tx_kick,
-        rx_kick,
-        tx_call,
-        rx_call,
+        tx_kick: fds.tx_kick,
+        rx_kick: fds.rx_kick,
+        tx_call: fds.tx_call,
+        rx_call: fds.rx_call,
         bufs,
     };
     let tcfg = TrafficConfig {
@@ -541,30 +570,17 @@ mod tests {
         guest.write_avail_slot(1, 0, 0).expect("slot");
         guest.set_avail_idx(1, 1).expect("idx");
         let mem = Arc::new(guest.mem);
-        let (tk, tk_guest) = eventfd_pair().expect("fd");
-        let (rk, _rk_guest) = eventfd_pair().expect("fd");
-        let (tc, tc_guest) = eventfd_pair().expect("fd");
-        let (rc, _rc_guest) = eventfd_pair().expect("fd");
-        let spec = DeviceSpec {
-            mem,
-            features,
-            rx: guest.queues[0],
-            tx: guest.queues[1],
-            tx_kick: tk,
-            rx_kick: rk,
-            tx_call: tc,
-            rx_call: rc,
-        };
+        let (spec, fds) = wire(mem, features, &guest.queues).expect("wire");
         let w = Worker::spawn(
             spec,
             Box::new(NullBackend::new(NullMode::Sink, true)),
             WorkerConfig::default(),
         )
         .expect("worker");
-        sys::signal(&tk_guest).expect("kick");
+        sys::signal(&fds.tx_kick).expect("kick");
         // The worker tells the guest (an interrupt) when the queue breaks.
         let t0 = Instant::now();
-        assert_eq!(sys::wait(&tc_guest).expect("call"), 1);
+        assert_eq!(sys::wait(&fds.tx_call).expect("call"), 1);
         assert!(t0.elapsed() < Duration::from_secs(5));
         let m = w.metrics().clone();
         let report = w.stop();
