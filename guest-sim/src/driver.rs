@@ -101,8 +101,11 @@ pub struct DriverQueue {
     /// Last descriptor of the free list (freed chains are appended here).
     free_tail: u16,
     num_free: u16,
-    /// What the driver last wrote to each main-table descriptor (the table starts zeroed).
-    shadow: Vec<[u8; 16]>,
+    /// What the driver last wrote to each main-table descriptor, as its two words (the table
+    /// starts zeroed).
+    shadow: Vec<(u64, u64)>,
+    /// What the driver last wrote to each avail-ring slot (the ring starts zeroed).
+    avail_shadow: Vec<u16>,
     /// Next avail slot to fill.
     avail_idx: u16,
     /// `avail.idx` as last published.
@@ -111,6 +114,12 @@ pub struct DriverQueue {
     last_used: u16,
     /// Last `used.idx` read.
     used_idx: u16,
+    /// `VIRTIO_F_IN_ORDER` negotiated: descriptors are taken in ring order and the device may
+    /// return a batch with one used element.
+    in_order: bool,
+    /// In order: the used element of the batch being reaped (it names the batch's last
+    /// buffer), once read.
+    batch_last: Option<UsedElem>,
 }
 
 impl DriverQueue {
@@ -138,12 +147,24 @@ impl DriverQueue {
             free_head: 0,
             free_tail: size - 1,
             num_free: size,
-            shadow: vec![[0u8; 16]; size as usize],
+            shadow: vec![(0, 0); size as usize],
+            avail_shadow: vec![0; size as usize],
             avail_idx: 0,
             published: 0,
             last_used: 0,
             used_idx: 0,
+            in_order: false,
+            batch_last: None,
         })
+    }
+
+    /// Turns on `VIRTIO_F_IN_ORDER` handling (the feature was negotiated). The driver already
+    /// takes descriptors in ring order as long as the device returns them in order, which is
+    /// what the feature promises; reaping then follows the device's batches (see
+    /// [`DriverQueue::pop_used`]).
+    pub fn with_in_order(mut self, on: bool) -> Self {
+        self.in_order = on;
+        self
     }
 
     /// Where the rings are.
@@ -189,24 +210,28 @@ impl DriverQueue {
         i: u16,
         d: Descriptor,
     ) -> Result<(), DriverError> {
-        let bytes = d.to_bytes();
+        let (lo, hi) = d.to_words();
         if table_off == self.desc_off {
             // The main table: skip a descriptor identical to what is already there. Only the
             // driver writes descriptors, so its copy is the truth; not rewriting keeps the line
             // shared with the device instead of stealing it back every time.
-            if self.shadow[i as usize] == bytes {
+            if self.shadow[i as usize] == (lo, hi) {
                 return Ok(());
             }
-            self.shadow[i as usize] = bytes;
+            self.shadow[i as usize] = (lo, hi);
         }
-        Ok(mem.write_16(table_off + i as usize * Descriptor::SIZE, bytes)?)
+        Ok(mem.write_words(table_off + i as usize * Descriptor::SIZE, lo, hi)?)
     }
 
     fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<u16, DriverError> {
-        mem.write_u16(
-            self.avail_off + avail::ring(self.avail_idx & self.mask) as usize,
-            head,
-        )?;
+        let slot = self.avail_idx & self.mask;
+        // Like the descriptors: a driver recycling buffers in order puts the same head in the
+        // same slot every lap (DPDK's in-order rings fill the avail ring once, at set-up), so
+        // skip the store and leave the line shared with the device.
+        if self.avail_shadow[slot as usize] != head {
+            mem.write_u16(self.avail_off + avail::ring(slot) as usize, head)?;
+            self.avail_shadow[slot as usize] = head;
+        }
         self.avail_idx = self.avail_idx.wrapping_add(1);
         Ok(head)
     }
@@ -222,6 +247,21 @@ impl DriverQueue {
             self.write_desc(mem, self.desc_off, i, b.descriptor(more, next))?;
             i = next;
         }
+        self.push_avail(mem, head)
+    }
+
+    /// Posts a chain of one descriptor, the usual packet buffer: [`DriverQueue::add`] without
+    /// the chain loop. Returns its head.
+    #[inline]
+    pub fn add_one(&mut self, mem: &GuestMemory, buf: Buf) -> Result<u16, DriverError> {
+        if self.num_free == 0 {
+            return Err(DriverError::NoSpace { need: 1, free: 0 });
+        }
+        let head = self.free_head;
+        self.free_head = self.next[head as usize];
+        self.num_free -= 1;
+        self.chain_len[head as usize] = 1;
+        self.write_desc(mem, self.desc_off, head, buf.descriptor(false, 0))?;
         self.push_avail(mem, head)
     }
 
@@ -283,7 +323,27 @@ impl DriverQueue {
         })
     }
 
+    /// Takes every used element the device has published, freeing their descriptors, and
+    /// hands each to `f`. Reads `used.idx` once. Returns how many there were.
+    #[inline]
+    pub fn reap(
+        &mut self,
+        mem: &GuestMemory,
+        mut f: impl FnMut(UsedElem),
+    ) -> Result<u32, DriverError> {
+        // Acquire: pairs with the device's Release store of `used.idx`; the used elements are
+        // read after it.
+        self.used_idx = mem.load_u16(self.used_off + used::IDX as usize, Ordering::Acquire)?;
+        let mut n = 0;
+        while self.last_used != self.used_idx {
+            f(self.take_used(mem)?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Takes the next used element, freeing its descriptors. `Ok(None)`: nothing new.
+    #[inline]
     pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<UsedElem>, DriverError> {
         if self.last_used == self.used_idx {
             // Acquire: pairs with the device's Release store of `used.idx`; the used elements
@@ -293,9 +353,18 @@ impl DriverQueue {
                 return Ok(None);
             }
         }
-        let off = self.used_off + used::ring(self.last_used & self.mask) as usize;
-        let id = mem.read_u32(off)?;
-        let len = mem.read_u32(off + 4)?;
+        self.take_used(mem).map(Some)
+    }
+
+    /// Takes the used element at `last_used` (which `used.idx` has passed) and frees its chain.
+    #[inline]
+    fn take_used(&mut self, mem: &GuestMemory) -> Result<UsedElem, DriverError> {
+        let (id, len) = if self.in_order {
+            self.next_in_order(mem)?
+        } else {
+            let off = self.used_off + used::ring(self.last_used & self.mask) as usize;
+            (mem.read_u32(off)?, mem.read_u32(off + 4)?)
+        };
         let head = u16::try_from(id).ok().filter(|&h| h < self.addrs.size);
         let n = match head {
             Some(h) if self.chain_len[h as usize] > 0 => self.chain_len[h as usize],
@@ -318,7 +387,37 @@ impl DriverQueue {
         self.num_free += n;
         self.chain_len[head as usize] = 0;
         self.last_used = self.last_used.wrapping_add(1);
-        Ok(Some(UsedElem { id, len }))
+        Ok(UsedElem { id, len })
+    }
+
+    /// In order: the next used buffer is the next one posted (the avail slot `last_used`
+    /// names it). The device wrote one element for its batch, in the batch's first slot,
+    /// naming the batch's last buffer; buffers before that one carry no element of their own,
+    /// and their used length is 0 (what TX returns). Returns the buffer's id and length.
+    fn next_in_order(&mut self, mem: &GuestMemory) -> Result<(u32, u32), DriverError> {
+        let slot = self.last_used & self.mask;
+        let head = self.avail_shadow[slot as usize] as u32;
+        let last = match self.batch_last {
+            Some(e) => e,
+            None => {
+                let off = self.used_off + used::ring(slot) as usize;
+                UsedElem {
+                    id: mem.read_u32(off)?,
+                    len: mem.read_u32(off + 4)?,
+                }
+            }
+        };
+        if last.id == head {
+            self.batch_last = None;
+            return Ok((head, last.len));
+        }
+        if self.last_used.wrapping_add(1) == self.used_idx {
+            // The published entries end before the buffer the device named: a bad element.
+            self.batch_last = None;
+            return Err(DriverError::BadUsedId(last.id));
+        }
+        self.batch_last = Some(last);
+        Ok((head, 0))
     }
 
     /// Asks for interrupts again and says whether used entries are already waiting (then the

@@ -140,6 +140,9 @@ pub struct RunArgs {
     /// Turn off mergeable RX buffers (VIRTIO_NET_F_MRG_RXBUF).
     #[arg(long = "no-mrg-rxbuf", action = ArgAction::SetFalse)]
     pub mrg_rxbuf: bool,
+    /// Turn off VIRTIO_F_IN_ORDER (every used buffer then gets its own used-ring element).
+    #[arg(long = "no-in-order", action = ArgAction::SetFalse)]
+    pub in_order: bool,
     /// Offered load, packets per second (default: as fast as possible).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate_pps: Option<u64>,

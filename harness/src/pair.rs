@@ -37,6 +37,8 @@ pub struct PairConfig {
     pub indirect: bool,
     /// `MRG_RXBUF`.
     pub mrg_rxbuf: bool,
+    /// `VIRTIO_F_IN_ORDER`.
+    pub in_order: bool,
     /// Chains per backend submission.
     pub batch: usize,
     /// Worker busy-poll window, µs.
@@ -66,6 +68,7 @@ impl PairConfig {
             .with(bit::RING_EVENT_IDX, self.event_idx)
             .with(bit::RING_INDIRECT_DESC, self.indirect)
             .with(bit::MRG_RXBUF, self.mrg_rxbuf)
+            .with(bit::IN_ORDER, self.in_order)
     }
 }
 
@@ -274,6 +277,7 @@ pub fn start(
         event_idx: cfg.event_idx,
         indirect: cfg.indirect,
         mrg_rxbuf: cfg.mrg_rxbuf,
+        in_order: cfg.in_order,
         verify_bytes: cfg.verify_bytes,
         exit_cost_ns: cfg.exit_cost_ns,
     };
@@ -401,6 +405,7 @@ pub(crate) fn test_config(workload: Workload) -> PairConfig {
         event_idx: true,
         indirect: false,
         mrg_rxbuf: true,
+        in_order: true,
         batch: 64,
         busy_poll_us: 0,
         guest_poll: false,

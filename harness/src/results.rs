@@ -184,6 +184,10 @@ pub struct RepeatValues {
     pub calibration_rtt_ns: f64,
     /// Measured wall time of the repeat, seconds.
     pub duration_s: f64,
+    /// Chains the device moved per used-ring publish (TX and RX together): how full its
+    /// batches were. Absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chains_per_batch: Option<f64>,
 }
 
 /// One measured combination, summarised over its repeats.
@@ -214,6 +218,9 @@ pub struct Record {
     pub kicks_per_packet: Summary,
     /// Over repeats: calls per packet.
     pub calls_per_packet: Summary,
+    /// Over repeats: chains the device moved per used-ring publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chains_per_batch: Option<Summary>,
     /// rr only: over repeats of the per-repeat median, ns.
     pub rtt_p50_ns: Option<Summary>,
     /// rr only: over repeats of the per-repeat p99, ns.
@@ -292,6 +299,7 @@ impl Record {
             rtt_p50_ns: optional(&|r| r.rtt_p50_ns),
             rtt_p99_ns: optional(&|r| r.rtt_p99_ns),
             rtt_p999_ns: optional(&|r| r.rtt_p999_ns),
+            chains_per_batch: optional(&|r| r.chains_per_batch),
             pct_of_ceiling: None,
             sent,
             received,
@@ -341,6 +349,7 @@ fn check_finite(i: usize, r: &RepeatValues) -> anyhow::Result<()> {
         ("rtt_p999_ns", r.rtt_p999_ns),
         ("calibration_rtt_ns", Some(r.calibration_rtt_ns)),
         ("duration_s", Some(r.duration_s)),
+        ("chains_per_batch", r.chains_per_batch),
     ];
     for (name, v) in fields {
         if let Some(v) = v {
@@ -506,6 +515,7 @@ mod tests {
             received: 1_000_000,
             calibration_rtt_ns: 63.123456789,
             duration_s: 1.0000021,
+            chains_per_batch: Some(40.5),
         }
     }
 

@@ -130,6 +130,7 @@ fn pair_config(args: &RunArgs, c: &Combo) -> PairConfig {
         event_idx: args.event_idx,
         indirect: args.indirect,
         mrg_rxbuf: args.mrg_rxbuf,
+        in_order: args.in_order,
         batch: c.batch as usize,
         busy_poll_us: c.busy_poll_us,
         guest_poll: guest_polls(args, c),
@@ -179,6 +180,11 @@ fn repeat_values(c: &Combo, o: &RunOutcome, calibration_rtt_ns: f64) -> Result<R
         received: o.received(w),
         calibration_rtt_ns,
         duration_s: window,
+        chains_per_batch: {
+            let batches = get(&o.metrics.tx.batches) + get(&o.metrics.rx.batches);
+            let chains = get(&o.metrics.tx.chains) + get(&o.metrics.rx.chains);
+            (batches > 0).then(|| chains as f64 / batches as f64)
+        },
     })
 }
 
@@ -493,6 +499,7 @@ pub fn render(doc: &Results) -> String {
         ("vcpu ns/pkt", Align::Right),
         ("kicks/pkt", Align::Right),
         ("calls/pkt", Align::Right),
+        ("chains/batch", Align::Right),
         ("p50 us", Align::Right),
         ("p99 us", Align::Right),
         ("p99.9 us", Align::Right),
@@ -521,6 +528,10 @@ pub fn render(doc: &Results) -> String {
             fmt_num(r.cpu_ns_per_packet.vcpu.median),
             fmt_num(r.kicks_per_packet.median),
             fmt_num(r.calls_per_packet.median),
+            r.chains_per_batch
+                .as_ref()
+                .map(|s| format!("{:.1}", s.median))
+                .unwrap_or_else(|| "-".into()),
             us(&r.rtt_p50_ns),
             us(&r.rtt_p99_ns),
             us(&r.rtt_p999_ns),
@@ -536,6 +547,7 @@ pub fn render(doc: &Results) -> String {
          tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
          x emulated: tap-vhost throughput / emulated throughput, same row otherwise. ns/pkt: thread CPU time\n\
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
+         chains/batch: chains the worker moved per used-ring publish (how full its batches were).\n\
          poll us: worker busy-poll window; +g: the guest polls its rings too.\n",
     );
     if let Some(r) = doc.records.iter().find(|r| r.modeled_exit_cost_ns > 0) {

@@ -55,6 +55,27 @@ impl Descriptor {
         }
     }
 
+    /// Decodes a descriptor from its two little-endian 64-bit words (`addr`, then
+    /// `len | flags << 32 | next << 48`), as [`crate::GuestMemory::read_words`] returns them.
+    #[inline]
+    pub fn from_words(lo: u64, hi: u64) -> Self {
+        Descriptor {
+            addr: lo,
+            len: hi as u32,
+            flags: (hi >> 32) as u16,
+            next: (hi >> 48) as u16,
+        }
+    }
+
+    /// The descriptor's two little-endian 64-bit words (see [`Descriptor::from_words`]).
+    #[inline]
+    pub fn to_words(self) -> (u64, u64) {
+        (
+            self.addr,
+            self.len as u64 | (self.flags as u64) << 32 | (self.next as u64) << 48,
+        )
+    }
+
     /// Encodes the descriptor as 16 little-endian bytes.
     #[inline]
     pub fn to_bytes(self) -> [u8; 16] {
@@ -263,6 +284,10 @@ mod tests {
         assert_eq!(b[0], 0x88);
         assert_eq!(b[8], 0xcc);
         assert_eq!(Descriptor::from_bytes(b), d);
+        let (lo, hi) = d.to_words();
+        assert_eq!(Descriptor::from_words(lo, hi), d);
+        assert_eq!(lo.to_le_bytes(), b[..8]);
+        assert_eq!(hi.to_le_bytes(), b[8..]);
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub mod bit {
     pub const RING_EVENT_IDX: u32 = 29;
     /// Compliance with virtio 1.x (little-endian, 12-byte net header).
     pub const VERSION_1: u32 = 32;
+    /// Buffers are used in the order they were made available (§2.7.9 for split rings): the
+    /// driver takes descriptors in ring order, and the device may return a whole batch with
+    /// one used-ring entry naming the batch's last buffer.
+    pub const IN_ORDER: u32 = 35;
 }
 
 /// A set of feature bits.
@@ -42,7 +46,8 @@ impl Features {
             | 1 << bit::MRG_RXBUF
             | 1 << bit::RING_INDIRECT_DESC
             | 1 << bit::RING_EVENT_IDX
-            | 1 << bit::VERSION_1,
+            | 1 << bit::VERSION_1
+            | 1 << bit::IN_ORDER,
     );
 
     /// The empty set.
@@ -135,6 +140,7 @@ pub fn name(b: u32) -> &'static str {
         bit::RING_INDIRECT_DESC => "RING_INDIRECT_DESC",
         bit::RING_EVENT_IDX => "RING_EVENT_IDX",
         bit::VERSION_1 => "VERSION_1",
+        bit::IN_ORDER => "IN_ORDER",
         _ => "UNKNOWN",
     }
 }

@@ -12,7 +12,6 @@ use std::os::fd::BorrowedFd;
 use vring::{GuestMemory, Span};
 
 use crate::metrics::DropReason;
-use crate::net::header::TxFrame;
 use crate::virtq::Chain;
 
 /// Backend failures that stop the device (not per-frame drops, which are counted).
@@ -45,19 +44,25 @@ impl TxResult {
     }
 }
 
+/// Frame bytes of a checked TX chain: its readable part minus the virtio-net header.
+#[inline]
+pub fn tx_frame_len(chain: &Chain) -> u32 {
+    chain
+        .readable_len()
+        .saturating_sub(vring::net::VirtioNetHdr::SIZE as u32)
+}
+
 /// A vhost-net backend.
 pub trait Backend: Send {
     /// Short name, for reports.
     fn name(&self) -> &'static str;
 
-    /// Transmits a batch. `chains[i]` holds the 12-byte virtio-net header and then the frame
-    /// described by `frames[i]`. Every frame must come back as sent or as a counted drop.
-    fn send(
-        &mut self,
-        mem: &GuestMemory,
-        chains: &[Chain],
-        frames: &[TxFrame],
-    ) -> Result<TxResult, BackendError>;
+    /// Transmits a batch. Each chain's readable part is the 12-byte virtio-net header and then
+    /// the frame (checked by [`crate::net::header::check_tx`]: no writable part, at least a
+    /// header; [`tx_frame_len`] is the frame's length). Parsing the header is the backend's
+    /// business, as in Linux, where vhost-net hands the chain to tun and tun reads the header.
+    /// Every frame must come back as sent or as a counted drop.
+    fn send(&mut self, mem: &GuestMemory, chains: &[Chain]) -> Result<TxResult, BackendError>;
 
     /// Length in bytes, virtio-net header included, of the next frame for the guest, if one is
     /// ready now (Linux `peek_head_len`).

@@ -24,9 +24,9 @@ use io_uring::{opcode, types, IoUring};
 use vring::net::VirtioNetHdr;
 use vring::{GuestMemory, Span};
 
-use super::{Backend, BackendError, TxResult};
+use super::{tx_frame_len, Backend, BackendError, TxResult};
 use crate::metrics::DropReason;
-use crate::net::header::TxFrame;
+
 use crate::sys;
 use crate::virtq::chain::MAX_SEGMENTS;
 use crate::virtq::Chain;
@@ -130,12 +130,7 @@ impl Backend for TapBackend {
         "tap"
     }
 
-    fn send(
-        &mut self,
-        mem: &GuestMemory,
-        chains: &[Chain],
-        frames: &[TxFrame],
-    ) -> Result<TxResult, BackendError> {
+    fn send(&mut self, mem: &GuestMemory, chains: &[Chain]) -> Result<TxResult, BackendError> {
         if self.poisoned {
             return Err(BackendError::Io(io::Error::other(
                 "tap io_uring failed earlier",
@@ -150,7 +145,7 @@ impl Backend for TapBackend {
             match sys::writev_guest(self.tap.as_fd(), mem, c.readable(), &mut self.iovs[0]) {
                 Ok(w) if w == c.readable_len() as usize => {
                     out.sent += 1;
-                    out.bytes += frames[0].len as u64;
+                    out.bytes += tx_frame_len(c) as u64;
                 }
                 Err(e)
                     if matches!(
@@ -234,7 +229,7 @@ impl Backend for TapBackend {
                 let res = cqe.result();
                 if res >= 0 && res as u32 == chains[i].readable_len() {
                     out.sent += 1;
-                    out.bytes += frames[i].len as u64;
+                    out.bytes += tx_frame_len(&chains[i]) as u64;
                 } else if res == -libc::EAGAIN || res == -libc::ENOBUFS || res == -libc::ENOMEM {
                     out.drop_one(DropReason::BackendFull);
                 } else {

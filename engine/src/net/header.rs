@@ -16,9 +16,10 @@ pub struct TxFrame {
     pub len: u32,
 }
 
-/// Reads and checks the header of a TX chain: no device-writable parts, room for the header.
+/// Checks the shape of a TX chain without reading its bytes: no device-writable parts, room
+/// for the header. Returns the frame length (header excluded).
 #[inline(always)]
-pub fn parse_tx(mem: &GuestMemory, chain: &Chain) -> Result<TxFrame, QueueError> {
+pub fn check_tx(chain: &Chain) -> Result<u32, QueueError> {
     if !chain.writable().is_empty() {
         return Err(QueueError::UnexpectedWritable);
     }
@@ -26,12 +27,18 @@ pub fn parse_tx(mem: &GuestMemory, chain: &Chain) -> Result<TxFrame, QueueError>
     if (total as usize) < VirtioNetHdr::SIZE {
         return Err(QueueError::HeaderTooShort { len: total });
     }
+    Ok(total - VirtioNetHdr::SIZE as u32)
+}
+
+/// Reads the header of a chain that passed [`check_tx`].
+#[inline(always)]
+pub fn read_tx_header(mem: &GuestMemory, chain: &Chain) -> VirtioNetHdr {
     let whole = chain
         .readable()
         .first()
         .filter(|s| s.len >= VirtioNetHdr::SIZE)
         .map(|s| (mem.read_u64(s.off), mem.read_u32(s.off + 8)));
-    let hdr = match whole {
+    match whole {
         // The usual layout: the header at the start of the first buffer, read as two words
         // straight into registers (a 12-byte copy to the stack followed by field loads made the
         // loads wait for the copy's stores: a store-forwarding stall on every frame).
@@ -42,10 +49,16 @@ pub fn parse_tx(mem: &GuestMemory, chain: &Chain) -> Result<TxFrame, QueueError>
             chain.read_into(mem, 0, &mut raw);
             VirtioNetHdr::from_bytes(&raw)
         }
-    };
+    }
+}
+
+/// Reads and checks the header of a TX chain: no device-writable parts, room for the header.
+#[inline(always)]
+pub fn parse_tx(mem: &GuestMemory, chain: &Chain) -> Result<TxFrame, QueueError> {
+    let len = check_tx(chain)?;
     Ok(TxFrame {
-        hdr,
-        len: total - VirtioNetHdr::SIZE as u32,
+        hdr: read_tx_header(mem, chain),
+        len,
     })
 }
 

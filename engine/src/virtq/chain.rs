@@ -6,7 +6,7 @@
 //! table size) so a loop ends in [`QueueError::ChainLoop`]; lengths are summed in 64 bits and
 //! checked against 2^32 - 1; every address is translated with overflow checks.
 
-use vring::layout::Descriptor;
+use vring::layout::{Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use vring::{GuestMemory, Span};
 
 use super::error::QueueError;
@@ -78,7 +78,16 @@ impl Chain {
 
     /// Copies readable bytes, starting `skip` bytes into the readable part, into `dst`.
     /// Returns how many bytes were copied (less than `dst.len()` if the chain is shorter).
+    #[inline]
     pub fn read_into(&self, mem: &GuestMemory, skip: usize, dst: &mut [u8]) -> usize {
+        if let [s] = self.readable() {
+            // One readable segment, the usual TX chain: no segment walk.
+            let n = s.len.saturating_sub(skip).min(dst.len());
+            return match n > 0 && mem.read_at(s.off + skip, &mut dst[..n]).is_ok() {
+                true => n,
+                false => 0,
+            };
+        }
         read_iov(mem, self.readable(), skip, dst)
     }
 
@@ -178,19 +187,28 @@ pub(crate) fn walk(
             size: table.size,
         });
     }
+    let d = read_desc(mem, table.off, head)?;
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) == 0 {
+        // The common case, one direct descriptor: the same checks as in the loop, without it.
+        return push(mem, d, chain, &mut 0);
+    }
+    walk_linked(mem, table, d, chain)
+}
+
+/// The rest of [`walk`]: a chain whose head descriptor `first` links on or is indirect.
+fn walk_linked(
+    mem: &GuestMemory,
+    table: Table,
+    first: Descriptor,
+    chain: &mut Chain,
+) -> Result<(), QueueError> {
+    let head = chain.head;
     let mut total: u64 = 0;
-    let mut idx = head;
+    let mut d = first;
     // TTL: a chain in the main table has at most `size` descriptors (Linux: "Loop detected").
-    let mut ttl = table.size as u32;
+    // The head is the first of them.
+    let mut ttl = table.size as u32 - 1;
     loop {
-        if ttl == 0 {
-            return Err(QueueError::ChainLoop {
-                head,
-                max: table.size as u32,
-            });
-        }
-        ttl -= 1;
-        let d = read_desc(mem, table.off, idx)?;
         if d.is_indirect() {
             if !table.indirect {
                 return Err(QueueError::IndirectNotNegotiated);
@@ -198,12 +216,11 @@ pub(crate) fn walk(
             if d.has_next() {
                 return Err(QueueError::IndirectWithNext);
             }
-            walk_indirect(mem, d, chain, &mut total)?;
-            break;
+            return walk_indirect(mem, d, chain, &mut total);
         }
         push(mem, d, chain, &mut total)?;
         if !d.has_next() {
-            break;
+            return Ok(());
         }
         if d.next >= table.size {
             return Err(QueueError::NextOutOfRange {
@@ -211,9 +228,15 @@ pub(crate) fn walk(
                 size: table.size as u32,
             });
         }
-        idx = d.next;
+        if ttl == 0 {
+            return Err(QueueError::ChainLoop {
+                head,
+                max: table.size as u32,
+            });
+        }
+        ttl -= 1;
+        d = read_desc(mem, table.off, d.next)?;
     }
-    Ok(())
 }
 
 #[cold]
@@ -274,8 +297,8 @@ fn read_desc(mem: &GuestMemory, table_off: usize, idx: u16) -> Result<Descriptor
     // The table was translated as a whole, so this offset is inside it; the accessor checks
     // the mapping bounds again regardless.
     let off = table_off + idx as usize * Descriptor::SIZE;
-    mem.read_16(off)
-        .map(Descriptor::from_bytes)
+    mem.read_words(off)
+        .map(|(lo, hi)| Descriptor::from_words(lo, hi))
         .map_err(|source| QueueError::BadRing {
             part: "desc",
             gpa: 0,

@@ -51,6 +51,8 @@ pub struct DeviceQueue {
     avail_off: usize,
     used_off: usize,
     event_idx: bool,
+    /// `VIRTIO_F_IN_ORDER`: a batch may be returned with one used element.
+    in_order: bool,
     /// Next avail-ring slot to consume (`last_avail_idx`).
     next_avail: u16,
     /// Last `avail.idx` read from the guest.
@@ -117,6 +119,7 @@ impl DeviceQueue {
             avail_off,
             used_off,
             event_idx: features.has(bit::RING_EVENT_IDX),
+            in_order: features.has(bit::IN_ORDER),
             next_avail: 0,
             avail_idx: 0,
             next_used: 0,
@@ -131,6 +134,11 @@ impl DeviceQueue {
     /// Queue size.
     pub fn size(&self) -> u16 {
         self.size
+    }
+
+    /// Whether `VIRTIO_F_IN_ORDER` is in use.
+    pub fn in_order(&self) -> bool {
+        self.in_order
     }
 
     /// Whether `RING_EVENT_IDX` is in use.
@@ -187,6 +195,7 @@ impl DeviceQueue {
 
     /// Chains available but not yet popped, as of the last read of `avail.idx`
     /// (re-read if that showed none).
+    #[inline]
     pub fn pending(&mut self, mem: &GuestMemory) -> Result<u16, QueueError> {
         self.check_live()?;
         if self.avail_idx == self.next_avail {
@@ -241,6 +250,104 @@ impl DeviceQueue {
             }
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// Pops up to `chains.len()` chains into `chains`, in ring order, handing each to `check`
+    /// (for example the TX header parse) before it counts as popped. `avail.idx` is read at
+    /// most once.
+    ///
+    /// Returns how many chains were popped and, if a chain was malformed or `check` refused
+    /// it, the error: the queue is then broken (counted here), the bad chain is not popped, and
+    /// the chains before it are good ones the caller must still complete.
+    #[inline(always)]
+    pub fn pop_batch<F>(
+        &mut self,
+        mem: &GuestMemory,
+        chains: &mut [Chain],
+        mut check: F,
+    ) -> (usize, Option<QueueError>)
+    where
+        F: FnMut(&Chain) -> Result<(), QueueError>,
+    {
+        let want = match self.pending(mem) {
+            Ok(p) => (p as usize).min(chains.len()),
+            Err(e) => return (0, Some(e)),
+        };
+        let mut descriptors = 0u64;
+        let mut done = 0;
+        let mut failed = None;
+        for chain in &mut chains[..want] {
+            let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
+            let walked = match mem.read_u16(slot) {
+                Ok(head) => chain::walk(mem, self.table, head, chain),
+                Err(e) => Err(QueueError::BadRing {
+                    part: "avail",
+                    gpa: 0,
+                    source: Some(e),
+                }),
+            };
+            if let Err(e) = walked.and_then(|()| check(chain)) {
+                failed = Some(self.fail(e));
+                break;
+            }
+            self.next_avail = self.next_avail.wrapping_add(1);
+            descriptors += chain.descriptors() as u64;
+            done += 1;
+        }
+        self.stats.chains += done as u64;
+        self.stats.descriptors += descriptors;
+        (done, failed)
+    }
+
+    /// Returns the chains `heads`, popped in this order, all with used length `len` (TX: 0).
+    /// Not visible until [`DeviceQueue::publish_used`].
+    ///
+    /// With `VIRTIO_F_IN_ORDER` the batch takes one used element, written in the batch's first
+    /// slot and naming its last chain, and `used.idx` moves by the batch size (§2.7.9: "the
+    /// device then skips forward in the ring according to the size of the batch"); the driver
+    /// knows the order the buffers went in. Otherwise each chain gets its element, as
+    /// [`DeviceQueue::add_used`] would write it.
+    #[inline]
+    pub fn add_used_batch(
+        &mut self,
+        mem: &GuestMemory,
+        heads: impl Iterator<Item = u16>,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        let mut res = Ok(());
+        let mut n: u16 = 0;
+        if self.in_order {
+            let mut last = None;
+            for head in heads {
+                last = Some(head);
+                n = n.wrapping_add(1);
+            }
+            if let Some(head) = last {
+                let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
+                res = mem.write_u64(off, head as u64 | (len as u64) << 32);
+                if res.is_ok() {
+                    self.next_used = self.next_used.wrapping_add(n);
+                }
+            }
+        } else {
+            for head in heads {
+                let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
+                res = mem.write_u64(off, head as u64 | (len as u64) << 32);
+                if res.is_err() {
+                    break;
+                }
+                self.next_used = self.next_used.wrapping_add(1);
+                n = n.wrapping_add(1);
+            }
+        }
+        self.stats.used += n as u64;
+        res.map_err(|e| {
+            self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            })
+        })
     }
 
     /// Gives back the last `n` popped chains (Linux `vhost_discard_vq_desc`), for example when

@@ -27,10 +27,10 @@ use vring::GuestMemory;
 
 use crate::backend::{Backend, BackendError};
 use crate::metrics::{add, get, DeviceMetrics, DropReason, QueueMetrics};
-use crate::net::header::{pop_tx, TxFrame};
 use crate::net::rx::{Gather, RxWriter};
+use crate::net::tx::TxBatch;
 use crate::sys;
-use crate::virtq::{Chain, DeviceQueue, QueueError};
+use crate::virtq::{DeviceQueue, QueueError};
 use uring::EventRing;
 
 /// `VHOST_NET_BATCH`: chains per backend submission, and RX frames per used-ring publish.
@@ -167,8 +167,7 @@ impl Worker {
             cfg: cfg.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
-            tx_chains: (0..cfg.batch).map(|_| Chain::with_capacity(8)).collect(),
-            tx_frames: Vec::with_capacity(cfg.batch),
+            tx: TxBatch::new(cfg.batch),
             rxw: RxWriter::new(mrg),
             report: WorkerReport::default(),
         };
@@ -273,8 +272,7 @@ struct Loop {
     cfg: WorkerConfig,
     metrics: Arc<DeviceMetrics>,
     stop: Arc<AtomicBool>,
-    tx_chains: Vec<Chain>,
-    tx_frames: Vec<TxFrame>,
+    tx: TxBatch,
     rxw: RxWriter,
     report: WorkerReport,
     /// Last, so it is dropped last: the backend (which may have guest memory registered with
@@ -472,23 +470,10 @@ impl Loop {
         self.txq.disable_notifications(mem);
         let (mut pkts, mut bytes) = (0u64, 0u64);
         loop {
-            self.tx_frames.clear();
-            let mut failed = None;
-            while self.tx_frames.len() < self.cfg.batch {
-                let n = self.tx_frames.len();
-                match pop_tx(&mut self.txq, mem, &mut self.tx_chains[n]) {
-                    Ok(Some(f)) => self.tx_frames.push(f),
-                    Ok(None) => break,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            let n = self.tx_frames.len();
+            let failed = self.tx.pop(&mut self.txq, mem, self.cfg.batch);
+            let n = self.tx.len();
             if n > 0 {
-                let chains = &self.tx_chains[..n];
-                match self.backend.send(mem, chains, &self.tx_frames) {
+                match self.backend.send(mem, self.tx.chains()) {
                     Ok(r) => {
                         add(&m.tx.packets, r.sent);
                         add(&m.tx.bytes, r.bytes);
@@ -501,16 +486,14 @@ impl Loop {
                         self.report.fatal = Some(backend_error(e));
                     }
                 }
-                for c in chains {
-                    // TX buffers are device-readable: nothing written, used length 0.
-                    let _ = self.txq.add_used(mem, c.head(), 0);
-                }
-                let _ = self.txq.publish_used(mem);
+                // Only a used-ring write can fail here, and the ring was validated at set-up;
+                // should it fail anyway the queue is broken and counted by `fail`.
+                let _ = self.tx.complete(&mut self.txq, mem);
                 Self::signal_if_asked(&mut self.txq, mem, &self.tx_call, &m.tx);
                 add(&m.tx.chains, n as u64);
                 add(&m.tx.batches, 1);
                 pkts += n as u64;
-                bytes += self.tx_frames.iter().map(|f| f.len as u64).sum::<u64>();
+                bytes += self.tx.bytes();
             }
             if let Some(e) = failed {
                 // The malformed chain itself: popped, never sent, and not returnable.
