@@ -94,11 +94,16 @@ pub struct DeviceMetrics {
     pub worker_cpu_ns: AtomicU64,
 }
 
-/// Adds `n` to a counter (Relaxed: counters are independent totals).
+/// Adds `n` to a counter. Each counter has a single writer, the device's own thread (worker or
+/// emulated loop); others only read. So this is a plain load and store, not a `fetch_add`: on
+/// x86 a locked add is a full barrier that waits for every store before it — guest-memory
+/// stores included — to reach the other core, which put a cross-core round trip in the middle
+/// of each RX delivery.
 #[inline]
 pub fn add(c: &AtomicU64, n: u64) {
     if n != 0 {
-        c.fetch_add(n, Ordering::Relaxed);
+        // Relaxed: counters are independent totals, read for reporting only.
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 }
 
