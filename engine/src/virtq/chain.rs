@@ -196,6 +196,7 @@ pub(crate) fn walk(
 }
 
 /// The rest of [`walk`]: a chain whose head descriptor `first` links on or is indirect.
+#[inline(always)]
 fn walk_linked(
     mem: &GuestMemory,
     table: Table,
