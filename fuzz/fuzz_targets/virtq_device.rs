@@ -2,13 +2,14 @@
 //! The device side of a split virtqueue against a hostile guest.
 //!
 //! Guest memory is two regions with a hole between them (a `MockGuest`). The input picks a
-//! queue size (1, 2, 16 or 256), the negotiated features (event index, indirect, mergeable RX),
-//! where the three ring parts go (the mock's packed layout, or anywhere: overlapping, in the
-//! second region, misaligned, unmapped), the initial descriptor table, a list of raw and
-//! structured guest writes (descriptors, avail slots and index, raw bytes over any ring part,
-//! indirect tables and payload in the buffer area, and whole chains posted the way a driver
-//! would, direct or indirect, up to indirect tables longer than `MAX_SEGMENTS`), and then a
-//! sequence of device operations interleaved with more guest writes.
+//! queue size (1, 2, 16 or 256), the negotiated features (event index, indirect, mergeable RX,
+//! in-order), where the three ring parts go (the mock's packed layout, or anywhere:
+//! overlapping, in the second region, misaligned, unmapped), the initial descriptor table, a
+//! list of raw and structured guest writes (descriptors, avail slots and index, raw bytes over
+//! any ring part, indirect tables and payload in the buffer area, and whole chains posted the
+//! way a driver would, direct or indirect, up to indirect tables longer than `MAX_SEGMENTS`),
+//! and then a sequence of device operations (single and batched pops and completions)
+//! interleaved with more guest writes.
 //!
 //! Descriptor addresses are drawn mostly as small offsets into the regions (so chains are often
 //! valid), mixed with region edges, the hole and raw 64-bit values.
@@ -20,11 +21,16 @@
 //! - index bookkeeping: `next_avail`/`next_used` move exactly as the operation says, an empty
 //!   pop means `avail.idx` in memory equals `next_avail`, published `used.idx` is in memory,
 //!   RX used elements add up to header + frame;
+//! - batches (`pop_batch`, `add_used_batch` on popped heads): a batch pop takes at most what
+//!   was asked, every chain it returns passes the chain checks (and the TX check when it was
+//!   the check); a used batch with `IN_ORDER` writes one element, in the batch's first slot,
+//!   naming its last head, leaves the batch's other slots alone and moves `next_used` by the
+//!   batch size; without it, one element per head;
 //! - errors: the first error marks the queue broken with that error and counts it; before it,
 //!   nothing is broken and every counter is zero; after it, every pop, TX pop, RX delivery,
 //!   `pending` and `enable_notifications` returns `QueueError::Broken`, and
-//!   `needs_notification` says true. (`add_used` still completes chains popped before the
-//!   break.)
+//!   `needs_notification` says true. (`add_used` and `add_used_batch` still complete chains
+//!   popped before the break.)
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -32,7 +38,7 @@ use std::sync::atomic::Ordering;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-use engine::net::header::pop_tx;
+use engine::net::header::{check_tx, pop_tx};
 use engine::net::rx::{RxOutcome, RxWriter};
 use engine::virtq::{Chain, DeviceQueue, ErrorKind, QueueError, MAX_SEGMENTS};
 use guest_sim::MockGuest;
@@ -64,6 +70,8 @@ const SIZES: [u16; 4] = [1, 2, 16, 256];
 const MAX_OPS: usize = 256;
 /// Largest readable part whose bytes are compared against `read_into`.
 const MAX_COMPARE: u64 = 16 * 1024;
+/// Most chains one `pop_batch` takes (the engine's TX batch is 64).
+const MAX_BATCH: usize = 64;
 
 thread_local! {
     /// One mock guest per queue size, created once and zeroed for every input: a memfd and a
@@ -250,6 +258,15 @@ enum UsedHead {
     Raw(u16),
 }
 
+/// Which heads an `add_used_batch` returns.
+#[derive(Arbitrary, Debug, Clone)]
+enum BatchHeads {
+    /// The oldest `n` popped and not yet returned by a batch (at most the queue size).
+    Popped(u8),
+    /// Any heads (at most the queue size of them): the device writes what it is told.
+    Raw(Vec<u16>),
+}
+
 #[derive(Arbitrary, Debug, Clone)]
 enum Op {
     /// `DeviceQueue::pop`, then the chain's copy helpers from byte `skip`.
@@ -265,6 +282,17 @@ enum Op {
     },
     AddUsed {
         head: UsedHead,
+        len: u32,
+    },
+    /// `DeviceQueue::pop_batch` of up to `max % (MAX_BATCH + 1)` chains, with `check_tx` as the
+    /// check when `tx` (what `TxBatch::pop` does) and no check otherwise.
+    PopBatch {
+        max: u8,
+        tx: bool,
+    },
+    /// `DeviceQueue::add_used_batch` (what `TxBatch::complete` does).
+    AddUsedBatch {
+        heads: BatchHeads,
         len: u32,
     },
     Publish,
@@ -283,6 +311,8 @@ struct Input {
     event_idx: bool,
     indirect: bool,
     mrg_rxbuf: bool,
+    /// `VIRTIO_F_IN_ORDER`.
+    in_order: bool,
     placement: Placement,
     /// Initial descriptor table, entry by entry.
     table: Vec<DescInit>,
@@ -706,9 +736,15 @@ struct Harness<'a> {
     g: Guest<'a>,
     q: DeviceQueue,
     chain: Chain,
+    /// Room for `pop_batch`.
+    batch: Vec<Chain>,
     rx: RxWriter,
     mrg_rxbuf: bool,
     event_idx: bool,
+    in_order: bool,
+    /// Heads popped by `pop`/`pop_tx`/`pop_batch` in pop order and not yet returned by an
+    /// `add_used_batch` (`unpop` takes them off the end).
+    popped: Vec<u16>,
     /// The first error any operation returned.
     first_err: Option<ErrorKind>,
     /// Chains popped since the last completion, which `unpop` may give back.
@@ -813,6 +849,7 @@ impl Harness<'_> {
                     check_chain(self.g.mem, &self.chain, size, *skip as usize, true);
                     self.unpoppable = self.unpoppable.saturating_add(1);
                     self.last_head = self.chain.head();
+                    self.popped.push(self.chain.head());
                 }
                 Ok(false) => {
                     self.ok_live("pop");
@@ -841,6 +878,7 @@ impl Harness<'_> {
                     assert_eq!(f.hdr, VirtioNetHdr::from_bytes(&raw));
                     self.unpoppable = self.unpoppable.saturating_add(1);
                     self.last_head = self.chain.head();
+                    self.popped.push(self.chain.head());
                 }
                 Ok(None) => {
                     self.ok_live("pop_tx");
@@ -973,10 +1011,23 @@ impl Harness<'_> {
                 }
                 self.kicks_disabled = true;
             }
+            Op::PopBatch { max, tx } => self.pop_batch(*max as usize % (MAX_BATCH + 1), *tx),
+            Op::AddUsedBatch { heads, len } => {
+                let heads: Vec<u16> = match heads {
+                    BatchHeads::Popped(n) => {
+                        let n = (*n as usize).min(self.popped.len()).min(size as usize);
+                        self.popped.drain(..n).collect()
+                    }
+                    BatchHeads::Raw(h) => h.iter().copied().take(size as usize).collect(),
+                };
+                self.add_used_batch(&heads, *len);
+            }
             Op::Unpop(n) => {
                 let n = (*n as u16).min(self.unpoppable);
                 self.q.unpop(n);
                 self.unpoppable -= n;
+                let keep = self.popped.len().saturating_sub(n as usize);
+                self.popped.truncate(keep);
                 assert_eq!(self.q.next_avail(), na.wrapping_sub(n));
             }
             Op::Pending => match self.q.pending(self.g.mem) {
@@ -995,12 +1046,127 @@ impl Harness<'_> {
         }
         self.check_state();
     }
+
+    fn pop_batch(&mut self, max: usize, tx: bool) {
+        let size = self.q.size();
+        let na = self.q.next_avail();
+        let nu = self.q.next_used();
+        let chains_before = self.q.stats.chains;
+        let mut checked = 0usize;
+        let (n, err) = self.q.pop_batch(self.g.mem, &mut self.batch[..max], |c| {
+            checked += 1;
+            if tx {
+                check_tx(c).map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        assert!(n <= max, "pop_batch({max}) popped {n}");
+        assert_eq!(
+            self.q.next_avail(),
+            na.wrapping_add(n as u16),
+            "next_avail after pop_batch"
+        );
+        assert_eq!(self.q.next_used(), nu, "pop_batch moved next_used");
+        assert_eq!(
+            self.q.stats.chains,
+            chains_before + n as u64,
+            "chains counted"
+        );
+        // The check saw every popped chain, plus the refused one if it refused one.
+        assert!(
+            checked == n || checked == n + 1,
+            "{checked} checks for {n} chains"
+        );
+        for c in &self.batch[..n] {
+            check_chain(self.g.mem, c, size, 0, !tx);
+            if tx {
+                assert!(c.writable().is_empty(), "TX batch chain with writable part");
+                assert!(c.readable_len() as usize >= VirtioNetHdr::SIZE);
+            }
+            self.popped.push(c.head());
+        }
+        self.unpoppable = self.unpoppable.saturating_add(n as u16);
+        if let Some(c) = self.batch[..n].last() {
+            self.last_head = c.head();
+        }
+        match err {
+            None => {
+                self.ok_live("pop_batch");
+                if n == 0 && max > 0 {
+                    assert_eq!(
+                        self.g.avail_idx(),
+                        na,
+                        "empty pop_batch with entries in the ring"
+                    );
+                }
+            }
+            Some(e) => {
+                match e {
+                    QueueError::UnexpectedWritable => {
+                        assert!(tx, "UnexpectedWritable without the TX check");
+                        assert_eq!(checked, n + 1);
+                    }
+                    QueueError::HeaderTooShort { len } => {
+                        assert!(tx, "HeaderTooShort without the TX check");
+                        assert!((len as usize) < VirtioNetHdr::SIZE);
+                    }
+                    _ => self.check_err_detail(&e),
+                }
+                self.on_err(&e, "pop_batch");
+            }
+        }
+    }
+
+    fn add_used_batch(&mut self, heads: &[u16], len: u32) {
+        let size = self.q.size();
+        let nu = self.q.next_used();
+        let used_before = self.q.stats.used;
+        let k = heads.len() as u16;
+        // The slots the batch spans (all distinct: at most `size` of them).
+        let before: Vec<(u32, u32)> = (0..k)
+            .map(|i| self.g.used_elem(nu.wrapping_add(i)))
+            .collect();
+        match self
+            .q
+            .add_used_batch(self.g.mem, heads.iter().copied(), len)
+        {
+            Ok(()) => {
+                assert_eq!(
+                    self.q.next_used(),
+                    nu.wrapping_add(k),
+                    "next_used after a batch of {k}"
+                );
+                assert_eq!(self.q.stats.used, used_before + k as u64, "used counted");
+                for i in 0..k {
+                    let got = self.g.used_elem(nu.wrapping_add(i));
+                    let want = if !self.in_order {
+                        (heads[i as usize] as u32, len)
+                    } else if i == 0 {
+                        // One element in the first slot, naming the last head.
+                        (heads[k as usize - 1] as u32, len)
+                    } else {
+                        before[i as usize]
+                    };
+                    assert_eq!(
+                        got, want,
+                        "used slot {i} of a batch of {k} (in_order {}, size {size})",
+                        self.in_order
+                    );
+                }
+                if k > 0 {
+                    self.unpoppable = 0;
+                }
+            }
+            Err(e) => self.on_err(&e, "add_used_batch"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 
 fn part_ok(mem: &GuestMemory, gpa: u64, len: u64, align: u64) -> bool {
-    gpa % align == 0 && mem.translate(gpa, len).is_ok()
+    gpa.is_multiple_of(align) && mem.translate(gpa, len).is_ok()
 }
 
 fn run(guest: &MockGuest, input: &Input) {
@@ -1025,7 +1191,8 @@ fn run(guest: &MockGuest, input: &Input) {
     let features = Features::of(&[bit::VERSION_1])
         .with(bit::RING_EVENT_IDX, input.event_idx)
         .with(bit::RING_INDIRECT_DESC, input.indirect)
-        .with(bit::MRG_RXBUF, input.mrg_rxbuf);
+        .with(bit::MRG_RXBUF, input.mrg_rxbuf)
+        .with(bit::IN_ORDER, input.in_order);
 
     let expect_ok = part_ok(
         mem,
@@ -1050,6 +1217,7 @@ fn run(guest: &MockGuest, input: &Input) {
     };
     assert_eq!(q.size(), size);
     assert_eq!(q.event_idx(), input.event_idx);
+    assert_eq!(q.in_order(), input.in_order);
 
     let cx = Ctx {
         size,
@@ -1073,9 +1241,12 @@ fn run(guest: &MockGuest, input: &Input) {
         g,
         q,
         chain: Chain::with_capacity(16),
+        batch: (0..MAX_BATCH).map(|_| Chain::with_capacity(4)).collect(),
         rx: RxWriter::new(input.mrg_rxbuf),
         mrg_rxbuf: input.mrg_rxbuf,
         event_idx: input.event_idx,
+        in_order: input.in_order,
+        popped: Vec::new(),
         first_err: None,
         unpoppable: 0,
         last_head: 0,

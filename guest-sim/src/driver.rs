@@ -59,6 +59,13 @@ impl Buf {
     }
 }
 
+/// Device-writable bytes of a chain (saturating: a chain's total is at most 2^32 - 1 anyway).
+fn writable_len(bufs: &[Buf]) -> u32 {
+    bufs.iter()
+        .filter(|b| b.write)
+        .fold(0u32, |a, b| a.saturating_add(b.len))
+}
+
 /// Driver-side failures.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum DriverError {
@@ -82,6 +89,14 @@ pub enum DriverError {
     /// The device returned a head we did not post, or did not expect back.
     #[error("device returned unknown head {0}")]
     BadUsedId(u32),
+    /// The device moved `used.idx` past the buffers published to it.
+    #[error("device published used.idx {used_idx} with only {in_flight} buffers in flight")]
+    UsedIdxJump {
+        /// What it published.
+        used_idx: u16,
+        /// Buffers the driver had given it (counted from the last one reaped).
+        in_flight: u16,
+    },
 }
 
 /// The driver side of one split virtqueue.
@@ -97,6 +112,9 @@ pub struct DriverQueue {
     next: Vec<u16>,
     /// Descriptors in the chain whose head is the index, 0 when not posted.
     chain_len: Vec<u16>,
+    /// Device-writable bytes of the chain whose head is the index: its used length when an
+    /// in-order device returns it inside a batch without an element of its own.
+    chain_wlen: Vec<u32>,
     free_head: u16,
     /// Last descriptor of the free list (freed chains are appended here).
     free_tail: u16,
@@ -118,8 +136,11 @@ pub struct DriverQueue {
     /// return a batch with one used element.
     in_order: bool,
     /// In order: the used element of the batch being reaped (it names the batch's last
-    /// buffer), once read.
+    /// buffer), once read and checked.
     batch_last: Option<UsedElem>,
+    /// A device error seen while reaping: the queue is unusable from then on (a real driver
+    /// would reset the device), and every later reap returns it again.
+    broken: Option<DriverError>,
 }
 
 impl DriverQueue {
@@ -144,6 +165,7 @@ impl DriverQueue {
             event_idx,
             next: (1..=size).collect(),
             chain_len: vec![0; size as usize],
+            chain_wlen: vec![0; size as usize],
             free_head: 0,
             free_tail: size - 1,
             num_free: size,
@@ -155,6 +177,7 @@ impl DriverQueue {
             used_idx: 0,
             in_order: false,
             batch_last: None,
+            broken: None,
         })
     }
 
@@ -203,6 +226,7 @@ impl DriverQueue {
         Ok(head)
     }
 
+    #[inline]
     fn write_desc(
         &mut self,
         mem: &GuestMemory,
@@ -223,6 +247,7 @@ impl DriverQueue {
         Ok(mem.write_words(table_off + i as usize * Descriptor::SIZE, lo, hi)?)
     }
 
+    #[inline]
     fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<u16, DriverError> {
         let slot = self.avail_idx & self.mask;
         // Like the descriptors: a driver recycling buffers in order puts the same head in the
@@ -240,6 +265,7 @@ impl DriverQueue {
     /// Returns its head.
     pub fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> Result<u16, DriverError> {
         let head = self.alloc(bufs.len())?;
+        self.chain_wlen[head as usize] = writable_len(bufs);
         let mut i = head;
         for (k, b) in bufs.iter().enumerate() {
             let more = k + 1 < bufs.len();
@@ -261,6 +287,7 @@ impl DriverQueue {
         self.free_head = self.next[head as usize];
         self.num_free -= 1;
         self.chain_len[head as usize] = 1;
+        self.chain_wlen[head as usize] = writable_len(std::slice::from_ref(&buf));
         self.write_desc(mem, self.desc_off, head, buf.descriptor(false, 0))?;
         self.push_avail(mem, head)
     }
@@ -284,6 +311,7 @@ impl DriverQueue {
             self.write_desc(mem, table.off, k as u16, d)?;
         }
         let head = self.alloc(1)?;
+        self.chain_wlen[head as usize] = writable_len(bufs);
         let d = Descriptor {
             addr: table_gpa,
             len: bytes as u32,
@@ -331,9 +359,7 @@ impl DriverQueue {
         mem: &GuestMemory,
         mut f: impl FnMut(UsedElem),
     ) -> Result<u32, DriverError> {
-        // Acquire: pairs with the device's Release store of `used.idx`; the used elements are
-        // read after it.
-        self.used_idx = mem.load_u16(self.used_off + used::IDX as usize, Ordering::Acquire)?;
+        self.load_used_idx(mem)?;
         let mut n = 0;
         while self.last_used != self.used_idx {
             f(self.take_used(mem)?);
@@ -346,14 +372,41 @@ impl DriverQueue {
     #[inline]
     pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<UsedElem>, DriverError> {
         if self.last_used == self.used_idx {
-            // Acquire: pairs with the device's Release store of `used.idx`; the used elements
-            // are read after it.
-            self.used_idx = mem.load_u16(self.used_off + used::IDX as usize, Ordering::Acquire)?;
+            self.load_used_idx(mem)?;
             if self.last_used == self.used_idx {
                 return Ok(None);
             }
         }
         self.take_used(mem).map(Some)
+    }
+
+    /// Reads `used.idx` and checks the device did not publish more than is in flight. After a
+    /// device error every call returns that error again.
+    #[inline]
+    fn load_used_idx(&mut self, mem: &GuestMemory) -> Result<(), DriverError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        // Acquire: pairs with the device's Release store of `used.idx`; the used elements are
+        // read after it.
+        let idx = mem.load_u16(self.used_off + used::IDX as usize, Ordering::Acquire)?;
+        // Only published buffers can have been used.
+        let in_flight = self.published.wrapping_sub(self.last_used);
+        if idx.wrapping_sub(self.last_used) > in_flight {
+            return Err(self.fail(DriverError::UsedIdxJump {
+                used_idx: idx,
+                in_flight,
+            }));
+        }
+        self.used_idx = idx;
+        Ok(())
+    }
+
+    /// Records a device error: the queue is broken from now on (a real driver would reset the
+    /// device).
+    fn fail(&mut self, e: DriverError) -> DriverError {
+        self.broken.get_or_insert_with(|| e.clone());
+        e
     }
 
     /// Takes the used element at `last_used` (which `used.idx` has passed) and frees its chain.
@@ -368,7 +421,7 @@ impl DriverQueue {
         let head = u16::try_from(id).ok().filter(|&h| h < self.addrs.size);
         let n = match head {
             Some(h) if self.chain_len[h as usize] > 0 => self.chain_len[h as usize],
-            _ => return Err(DriverError::BadUsedId(id)),
+            _ => return Err(self.fail(DriverError::BadUsedId(id))),
         };
         let head = id as u16;
         // Put the chain at the *tail* of the free list: descriptors cycle in order, so a driver
@@ -392,32 +445,40 @@ impl DriverQueue {
 
     /// In order: the next used buffer is the next one posted (the avail slot `last_used`
     /// names it). The device wrote one element for its batch, in the batch's first slot,
-    /// naming the batch's last buffer; buffers before that one carry no element of their own,
-    /// and their used length is 0 (what TX returns). Returns the buffer's id and length.
+    /// naming the batch's last buffer; that element is checked when first read — it must name
+    /// a buffer inside what `used.idx` published — before any buffer of the batch is handed
+    /// back. Buffers before the named one carry no element of their own and count as used
+    /// completely (§2.7.9): their used length is what the chain offered the device to write
+    /// (0 for TX). Returns the buffer's id and used length.
+    #[inline]
     fn next_in_order(&mut self, mem: &GuestMemory) -> Result<(u32, u32), DriverError> {
         let slot = self.last_used & self.mask;
-        let head = self.avail_shadow[slot as usize] as u32;
+        let head = self.avail_shadow[slot as usize];
         let last = match self.batch_last {
             Some(e) => e,
             None => {
                 let off = self.used_off + used::ring(slot) as usize;
-                UsedElem {
+                let e = UsedElem {
                     id: mem.read_u32(off)?,
                     len: mem.read_u32(off + 4)?,
+                };
+                let published = self.used_idx.wrapping_sub(self.last_used);
+                let named = (0..published).any(|k| {
+                    let s = self.last_used.wrapping_add(k) & self.mask;
+                    self.avail_shadow[s as usize] as u32 == e.id
+                });
+                if !named {
+                    return Err(self.fail(DriverError::BadUsedId(e.id)));
                 }
+                e
             }
         };
-        if last.id == head {
+        if last.id == head as u32 {
             self.batch_last = None;
-            return Ok((head, last.len));
-        }
-        if self.last_used.wrapping_add(1) == self.used_idx {
-            // The published entries end before the buffer the device named: a bad element.
-            self.batch_last = None;
-            return Err(DriverError::BadUsedId(last.id));
+            return Ok((last.id, last.len));
         }
         self.batch_last = Some(last);
-        Ok((head, 0))
+        Ok((head as u32, self.chain_wlen[head as usize]))
     }
 
     /// Asks for interrupts again and says whether used entries are already waiting (then the

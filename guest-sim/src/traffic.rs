@@ -197,7 +197,7 @@ struct Guest<'a> {
     /// TX buffer index by head.
     tx_slot: Vec<u32>,
     /// Free TX buffers, FIFO so buffers cycle in address order (prefetch-friendly).
-    tx_free: std::collections::VecDeque<u32>,
+    tx_free: SlotFifo,
     /// Host offset of each TX buffer's per-frame fields (translated once).
     tx_stamp_off: Vec<usize>,
     /// RX buffer index by head.
@@ -255,7 +255,7 @@ pub fn run(
         nic,
         cfg,
         tx_slot: vec![u32::MAX; nic.tx.size as usize],
-        tx_free: (0..nic.bufs.tx.len() as u32).collect(),
+        tx_free: SlotFifo::full(nic.bufs.tx.len() as u32),
         tx_stamp_off: Vec::new(),
         rx_slot: vec![u32::MAX; nic.rx.size as usize],
         tx,
@@ -683,6 +683,68 @@ impl Guest<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Free buffer slots, first in first out: a fixed ring of indices (the app's buffer pool).
+#[derive(Debug)]
+struct SlotFifo {
+    slots: Vec<u32>,
+    mask: u32,
+    head: u32,
+    tail: u32,
+}
+
+impl SlotFifo {
+    /// Holding `0..n`.
+    fn full(n: u32) -> Self {
+        let cap = n.next_power_of_two().max(1);
+        let mut slots = vec![0; cap as usize];
+        for (i, s) in slots.iter_mut().enumerate().take(n as usize) {
+            *s = i as u32;
+        }
+        SlotFifo {
+            slots,
+            mask: cap - 1,
+            head: 0,
+            tail: n,
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.tail.wrapping_sub(self.head) as usize
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.head == self.tail
+    }
+
+    #[inline]
+    fn front(&self) -> Option<&u32> {
+        if self.is_empty() {
+            return None;
+        }
+        self.slots.get((self.head & self.mask) as usize)
+    }
+
+    #[inline]
+    fn pop_front(&mut self) {
+        if !self.is_empty() {
+            self.head = self.head.wrapping_add(1);
+        }
+    }
+
+    /// Adds a slot; ignored if full (a slot is only ever freed once, so it never is).
+    #[inline]
+    fn push_back(&mut self, slot: u32) {
+        if self.len() <= self.mask as usize {
+            if let Some(s) = self.slots.get_mut((self.tail & self.mask) as usize) {
+                *s = slot;
+                self.tail = self.tail.wrapping_add(1);
+            }
+        }
     }
 }
 

@@ -28,7 +28,8 @@ pub struct QueueStats {
     pub chains: u64,
     /// Descriptors those chains used.
     pub descriptors: u64,
-    /// Used elements added.
+    /// Chains returned through the used ring (with `VIRTIO_F_IN_ORDER` a batch of them takes
+    /// one element).
     pub used: u64,
     /// Times `used.idx` was published (batches).
     pub publishes: u64,
@@ -300,7 +301,12 @@ impl DeviceQueue {
     }
 
     /// Returns the chains `heads`, popped in this order, all with used length `len` (TX: 0).
-    /// Not visible until [`DeviceQueue::publish_used`].
+    /// Not visible until [`DeviceQueue::publish_used`]. `heads` must be the oldest chains not
+    /// yet returned, in pop order, at most a queue's worth.
+    ///
+    /// With `VIRTIO_F_IN_ORDER` only the last chain's element is written, so the driver takes
+    /// the others as used completely (§2.7.9): call this only for read-only chains (`len` 0)
+    /// or chains the device wrote whole.
     ///
     /// With `VIRTIO_F_IN_ORDER` the batch takes one used element, written in the batch's first
     /// slot and naming its last chain, and `used.idx` moves by the batch size (§2.7.9: "the
@@ -322,11 +328,13 @@ impl DeviceQueue {
                 last = Some(head);
                 n = n.wrapping_add(1);
             }
+            debug_assert!(n <= self.size, "a used batch larger than the queue");
             if let Some(head) = last {
                 let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
                 res = mem.write_u64(off, head as u64 | (len as u64) << 32);
-                if res.is_ok() {
-                    self.next_used = self.next_used.wrapping_add(n);
+                match res {
+                    Ok(()) => self.next_used = self.next_used.wrapping_add(n),
+                    Err(_) => n = 0,
                 }
             }
         } else {

@@ -607,7 +607,7 @@ impl Loop {
             bytes += n.saturating_sub(vring::net::VirtioNetHdr::SIZE) as u64;
             unpublished += 1;
             if unpublished == self.cfg.batch {
-                self.publish_rx(mem, &m);
+                self.publish_rx(mem, m);
                 unpublished = 0;
             }
             if pkts >= self.cfg.pkt_weight || bytes >= self.cfg.byte_weight {
@@ -616,7 +616,7 @@ impl Loop {
             }
         };
         if unpublished > 0 {
-            self.publish_rx(mem, &m);
+            self.publish_rx(mem, m);
         }
         add(&m.rx.packets, pkts);
         add(&m.rx.bytes, bytes);
