@@ -453,7 +453,7 @@ impl DriverQueue {
     #[inline]
     fn next_in_order(&mut self, mem: &GuestMemory) -> Result<(u32, u32), DriverError> {
         let slot = self.last_used & self.mask;
-        let head = self.avail_shadow[slot as usize];
+        let head = self.avail_shadow[slot as usize] as u32;
         let last = match self.batch_last {
             Some(e) => e,
             None => {
@@ -462,23 +462,28 @@ impl DriverQueue {
                     id: mem.read_u32(off)?,
                     len: mem.read_u32(off + 4)?,
                 };
-                let published = self.used_idx.wrapping_sub(self.last_used);
-                let named = (0..published).any(|k| {
-                    let s = self.last_used.wrapping_add(k) & self.mask;
-                    self.avail_shadow[s as usize] as u32 == e.id
-                });
-                if !named {
+                if e.id != head && !self.names_published(e.id) {
                     return Err(self.fail(DriverError::BadUsedId(e.id)));
                 }
                 e
             }
         };
-        if last.id == head as u32 {
+        if last.id == head {
             self.batch_last = None;
-            return Ok((last.id, last.len));
+            return Ok((head, last.len));
         }
         self.batch_last = Some(last);
-        Ok((head as u32, self.chain_wlen[head as usize]))
+        Ok((head, self.chain_wlen[head as usize]))
+    }
+
+    /// Whether `id` is the head of a buffer `used.idx` has published as used.
+    #[cold]
+    fn names_published(&self, id: u32) -> bool {
+        let published = self.used_idx.wrapping_sub(self.last_used);
+        (0..published).any(|k| {
+            let s = self.last_used.wrapping_add(k) & self.mask;
+            self.avail_shadow[s as usize] as u32 == id
+        })
     }
 
     /// Asks for interrupts again and says whether used entries are already waiting (then the
