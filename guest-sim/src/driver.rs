@@ -507,6 +507,28 @@ impl DriverQueue {
         Ok(self.used_idx != self.last_used)
     }
 
+    /// Asks for an interrupt only once about three quarters of the buffers in flight are used,
+    /// and says whether that many are already (then the caller must reap instead of sleeping).
+    /// Linux `virtqueue_enable_cb_delayed`, which its TX path uses when the ring fills up: the
+    /// driver wakes while the device still has a quarter left, instead of after the first
+    /// buffer. Without event indices this is [`DriverQueue::enable_interrupts`].
+    pub fn enable_interrupts_delayed(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        if !self.event_idx {
+            return self.enable_interrupts(mem);
+        }
+        let bufs = self.published.wrapping_sub(self.last_used) * 3 / 4;
+        // Relaxed atomic store; the SeqCst fence below orders it before the re-read.
+        mem.store_u16(
+            self.avail_off + avail::used_event(self.addrs.size) as usize,
+            self.last_used.wrapping_add(bufs),
+            Ordering::Relaxed,
+        )?;
+        // SeqCst fence: closes the lost-interrupt race, as in `enable_interrupts`.
+        fence(Ordering::SeqCst);
+        self.load_used_idx(mem)?;
+        Ok(self.used_idx.wrapping_sub(self.last_used) > bufs)
+    }
+
     /// Asks the device not to interrupt (Linux `virtqueue_disable_cb`). With event indices the
     /// request is `used_event` set half the index space ahead of what we have reaped: the used
     /// index can run at most a queue size (<= 2^15) past it, so the device's `need_event` test
@@ -565,6 +587,38 @@ mod tests {
         assert_eq!((u.id, u.len), (h as u32, 5));
         assert_eq!(q.num_free(), 4);
         assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn delayed_interrupt_asks_at_three_quarters() {
+        let mut g = MockGuest::new(1 << 16, &[8]).expect("guest");
+        let mut q = DriverQueue::new(&g.mem, g.queues[0], true).expect("queue");
+        let b = g.alloc(64).expect("alloc");
+        for _ in 0..8 {
+            q.add_one(&g.mem, Buf::read(b, 8)).expect("add");
+        }
+        q.publish(&g.mem).expect("publish");
+        let a = g.queues[0];
+        let used_event = |m: &GuestMemory| {
+            let mut v = [0u8; 2];
+            m.read_gpa(a.avail + avail::used_event(8), &mut v)
+                .expect("used_event");
+            u16::from_le_bytes(v)
+        };
+        // Nothing used yet: interrupt after 6 of the 8, and sleep.
+        assert!(!q.enable_interrupts_delayed(&g.mem).expect("enable"));
+        assert_eq!(used_event(&g.mem), 6);
+        // The device returns 7 (one in-order-style element is enough for the count): more
+        // than three quarters are done, so the caller reaps instead of sleeping.
+        for (i, id) in (0..7u64).enumerate() {
+            g.mem
+                .write_gpa(a.used + used::ring(i as u16), &id.to_le_bytes())
+                .expect("elem");
+        }
+        g.mem
+            .write_gpa(a.used + used::IDX, &7u16.to_le_bytes())
+            .expect("idx");
+        assert!(q.enable_interrupts_delayed(&g.mem).expect("enable"));
     }
 
     #[test]

@@ -645,7 +645,14 @@ impl Guest<'_> {
         } else {
             (&mut self.rx, &self.nic.rx_call)
         };
-        if !q.enable_interrupts(&self.nic.mem)? {
+        // TX waits only when the ring is full: wake once most of it is done (Linux start_xmit's
+        // `virtqueue_enable_cb_delayed`). RX wants the first frame.
+        let ready = if tx {
+            q.enable_interrupts_delayed(&self.nic.mem)?
+        } else {
+            q.enable_interrupts(&self.nic.mem)?
+        };
+        if !ready {
             self.r.interrupt_waits += 1;
             // Bounded, so a dead device cannot hang the guest; on time-out the caller looks at
             // the clock and the rings again.
