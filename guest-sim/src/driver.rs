@@ -486,6 +486,13 @@ impl DriverQueue {
         })
     }
 
+    /// In order: the head of the next buffer the device will return (the oldest in flight),
+    /// if any is. Without `IN_ORDER` the device may return any, so `None`.
+    pub fn next_used_head(&self) -> Option<u16> {
+        (self.in_order && self.published != self.last_used)
+            .then(|| self.avail_shadow[(self.last_used & self.mask) as usize])
+    }
+
     /// Asks for interrupts again and says whether used entries are already waiting (then the
     /// caller must reap instead of sleeping). Linux `virtqueue_enable_cb`.
     pub fn enable_interrupts(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {

@@ -617,7 +617,20 @@ impl Guest<'_> {
         // response by that much.
         let give_up = t0 + 1_000_000_000;
         let mut polls: u32 = 0;
+        // The response will land in the next RX buffer in ring order (in-order devices fill
+        // them that way): keep asking for its first line while polling. The device writes the
+        // frame before it publishes `used.idx`, so the line comes over with the index rather
+        // than one transfer after it.
+        let next_rx = self
+            .rx
+            .next_used_head()
+            .and_then(|h| self.rx_slot.get(h as usize))
+            .and_then(|&s| self.nic.bufs.rx.get(s as usize))
+            .and_then(|&gpa| self.nic.mem.translate(gpa, 64).ok());
         loop {
+            if let Some(span) = next_rx {
+                self.nic.mem.prefetch(span.off);
+            }
             let (n, ts) = self.reap_rx()?;
             if n > 0 {
                 let rtt = self.now_ns().saturating_sub(ts).max(1);

@@ -358,6 +358,23 @@ impl DeviceQueue {
         })
     }
 
+    /// Where the next chain's first buffer will most likely be: what the descriptor named by
+    /// the next avail slot says now, before the guest publishes it (a driver recycling in order
+    /// puts the same head there again). A hint for prefetching only: nothing here is trusted
+    /// or consumed, and anything odd gives `None`.
+    pub fn peek_next_buffer(&self, mem: &GuestMemory) -> Option<usize> {
+        if self.broken.is_some() {
+            return None;
+        }
+        let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
+        let head = mem.read_u16(slot).ok().filter(|&h| h < self.size)?;
+        let off = self.table.off + head as usize * vring::layout::Descriptor::SIZE;
+        let (addr, hi) = mem.read_words(off).ok()?;
+        mem.translate(addr, (hi as u32).max(1) as u64)
+            .ok()
+            .map(|s| s.off)
+    }
+
     /// Gives back the last `n` popped chains (Linux `vhost_discard_vq_desc`), for example when
     /// a received frame did not fit in the buffers popped for it.
     /// The counters keep counting pops: a chain given back and popped again counts twice.

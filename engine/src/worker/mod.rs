@@ -409,9 +409,19 @@ impl Loop {
             return true;
         }
         let deadline = Instant::now() + Duration::from_micros(self.cfg.busy_poll_us);
+        // While waiting for the guest's next frame, keep asking for the line it will most
+        // likely be in: the guest writes the frame before it publishes `avail.idx`, so the
+        // frame's line comes over alongside the index instead of one transfer after it.
+        let next_tx = match *tx {
+            Ran::NeedGuest => self.txq.peek_next_buffer(&self.mem),
+            _ => None,
+        };
         let mut spins: u64 = 0;
         let found = loop {
             spins += 1;
+            if let Some(off) = next_tx {
+                self.mem.prefetch(off);
+            }
             if self.ring.has_completions() || self.stop.load(Ordering::Relaxed) {
                 break true;
             }
