@@ -287,7 +287,7 @@ impl DriverQueue {
         self.free_head = self.next[head as usize];
         self.num_free -= 1;
         self.chain_len[head as usize] = 1;
-        self.chain_wlen[head as usize] = writable_len(std::slice::from_ref(&buf));
+        self.chain_wlen[head as usize] = if buf.write { buf.len } else { 0 };
         self.write_desc(mem, self.desc_off, head, buf.descriptor(false, 0))?;
         self.push_avail(mem, head)
     }

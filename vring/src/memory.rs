@@ -383,16 +383,6 @@ impl GuestMemory {
         Ok((u64::from_le_bytes(lo), u64::from_le_bytes(hi)))
     }
 
-    /// Volatile read of 16 bytes, as a single copy (see [`GuestMemory::read_words`]).
-    #[inline]
-    pub fn read_16(&self, off: usize) -> Result<[u8; 16], MemError> {
-        let (a, b) = self.read_words(off)?;
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&a.to_le_bytes());
-        out[8..].copy_from_slice(&b.to_le_bytes());
-        Ok(out)
-    }
-
     /// Volatile little-endian write of a `u16`.
     #[inline]
     pub fn write_u16(&self, off: usize, v: u16) -> Result<(), MemError> {
@@ -461,15 +451,6 @@ impl GuestMemory {
         // SAFETY: sixteen bytes at `p` are inside the mapping; `[u8; 16]` has alignment 1.
         unsafe { ptr::write_volatile(p as *mut [u8; 16], b) };
         Ok(())
-    }
-
-    /// Volatile write of 16 bytes (one descriptor).
-    #[inline]
-    pub fn write_16(&self, off: usize, v: [u8; 16]) -> Result<(), MemError> {
-        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
-        a.copy_from_slice(&v[..8]);
-        b.copy_from_slice(&v[8..]);
-        self.write_words(off, u64::from_le_bytes(a), u64::from_le_bytes(b))
     }
 
     #[inline]
@@ -593,7 +574,7 @@ mod tests {
         let end = m.mapped_len();
         assert!(m.read_u16(end - 2).is_ok());
         assert!(m.read_u16(end - 1).is_err());
-        assert!(m.read_16(end - 15).is_err());
+        assert!(m.read_words(end - 15).is_err());
         assert!(m.write_at(usize::MAX, &[1]).is_err());
         assert!(m.load_u16(1, Ordering::Acquire).is_err());
         let mut b = [0u8; 4];
