@@ -276,6 +276,13 @@ impl DriverQueue {
         self.push_avail(mem, head)
     }
 
+    /// The head the next chain will get, if a descriptor is free. A driver that keeps one
+    /// buffer per descriptor (DPDK's in-order TX ring) picks the buffer by it.
+    #[inline]
+    pub fn next_free_head(&self) -> Option<u16> {
+        (self.num_free > 0).then_some(self.free_head)
+    }
+
     /// Posts a chain of one descriptor, the usual packet buffer: [`DriverQueue::add`] without
     /// the chain loop. Returns its head.
     #[inline]

@@ -194,10 +194,6 @@ struct Guest<'a> {
     cfg: &'a TrafficConfig,
     tx: DriverQueue,
     rx: DriverQueue,
-    /// TX buffer index by head.
-    tx_slot: Vec<u32>,
-    /// Free TX buffers, FIFO so buffers cycle in address order (prefetch-friendly).
-    tx_free: SlotFifo,
     /// Host offset of each TX buffer's per-frame fields (translated once).
     tx_stamp_off: Vec<usize>,
     /// RX buffer index by head.
@@ -254,8 +250,6 @@ pub fn run(
     let mut g = Guest {
         nic,
         cfg,
-        tx_slot: vec![u32::MAX; nic.tx.size as usize],
-        tx_free: SlotFifo::full(nic.bufs.tx.len() as u32),
         tx_stamp_off: Vec::new(),
         rx_slot: vec![u32::MAX; nic.rx.size as usize],
         tx,
@@ -364,19 +358,21 @@ impl Guest<'_> {
     }
 
     /// Posts one TX frame if a buffer is free. Returns whether it did.
+    ///
+    /// TX buffer `i` belongs to descriptor `i` (DPDK's in-order TX ring keeps its mbufs the
+    /// same way): the buffer to fill is the one of the descriptor the chain will get, and a
+    /// returned descriptor frees its buffer with no bookkeeping of our own.
     fn post_tx(&mut self, ts_ns: u64) -> Result<bool, DriverError> {
         // One descriptor per frame either way (an indirect chain takes one table slot).
-        let Some(&slot) = self.tx_free.front() else {
+        let Some(slot) = self.tx.next_free_head() else {
             return Ok(false);
         };
-        if self.tx.num_free() == 0 {
-            return Ok(false);
-        }
-        let gpa = self.nic.bufs.tx[slot as usize];
+        let slot = slot as usize;
+        let gpa = self.nic.bufs.tx[slot];
         let seq = self.next_seq;
         // The per-frame fields: one 16-byte copy into a buffer translated at set-up. (They sit
         // at an odd offset, 12 + 14, where two `write_u64`s would be sixteen byte stores.)
-        let off = self.tx_stamp_off[slot as usize];
+        let off = self.tx_stamp_off[slot];
         self.nic
             .mem
             .write_at(off, &frame::stamp_bytes(seq, ts_ns))?;
@@ -387,25 +383,19 @@ impl Guest<'_> {
                 Buf::read(gpa + H as u64, len - H as u32),
             ];
             self.tx
-                .add_indirect(&self.nic.mem, self.nic.bufs.tables[slot as usize], &bufs)?
+                .add_indirect(&self.nic.mem, self.nic.bufs.tables[slot], &bufs)?
         } else {
             self.tx.add_one(&self.nic.mem, Buf::read(gpa, len))?
         };
-        self.tx_free.pop_front();
-        self.tx_slot[head as usize] = slot;
+        debug_assert_eq!(head as usize, slot);
         self.next_seq += 1;
         self.r.sent += 1;
         Ok(true)
     }
 
     fn reap_tx(&mut self) -> Result<u32, DriverError> {
-        let (slots, free) = (&mut self.tx_slot, &mut self.tx_free);
-        self.tx.reap(&self.nic.mem, |u| {
-            let slot = std::mem::replace(&mut slots[u.id as usize], u32::MAX);
-            if slot != u32::MAX {
-                free.push_back(slot);
-            }
-        })
+        // The descriptors' buffers are free again with them.
+        self.tx.reap(&self.nic.mem, |_| {})
     }
 
     /// Frames allowed now under the rate limit.
@@ -423,10 +413,11 @@ impl Guest<'_> {
         self.reap_tx()?;
         let allowed = self.allowance();
         let burst = (TX_BURST as u64).min(self.nic.tx.size as u64);
-        if allowed >= burst && (self.tx_free.len() as u64) < burst {
+        let free = self.tx.num_free();
+        if allowed >= burst && (free as u64) < burst {
             // Like a DPDK guest's tx_burst: wait until a whole burst fits rather than publish
             // (and fence) for a few frames at a time.
-            if self.tx_free.is_empty() {
+            if free == 0 {
                 self.wait_used(true)?;
             } else {
                 std::hint::spin_loop();
@@ -441,7 +432,7 @@ impl Guest<'_> {
         }
         if posted > 0 {
             self.kick(true)?;
-        } else if self.tx_free.is_empty() {
+        } else if self.tx.num_free() == 0 {
             // Ring full: wait for completions (netif_stop_queue + enable_cb_delayed).
             self.wait_used(true)?;
         } else {
@@ -552,14 +543,14 @@ impl Guest<'_> {
 
     /// Sends `f` back with source and destination MAC swapped.
     fn echo(&mut self, f: &[u8]) -> Result<(), DriverError> {
-        if self.tx_free.is_empty() {
+        if self.tx.num_free() == 0 {
             self.reap_tx()?;
         }
-        let Some(&slot) = self.tx_free.front() else {
+        let Some(slot) = self.tx.next_free_head() else {
             self.r.echo_dropped += 1;
             return Ok(());
         };
-        if self.tx.num_free() == 0 || f.len() + H > H + self.cfg.frame_len || f.len() < 12 {
+        if f.len() + H > H + self.cfg.frame_len || f.len() < 12 {
             self.r.echo_dropped += 1;
             return Ok(());
         }
@@ -571,9 +562,8 @@ impl Guest<'_> {
         self.nic.mem.write_gpa(gpa + (H + 12) as u64, &f[12..])?;
         let head = self
             .tx
-            .add(&self.nic.mem, &[Buf::read(gpa, (H + f.len()) as u32)])?;
-        self.tx_free.pop_front();
-        self.tx_slot[head as usize] = slot;
+            .add_one(&self.nic.mem, Buf::read(gpa, (H + f.len()) as u32))?;
+        debug_assert_eq!(head, slot);
         self.r.sent += 1;
         Ok(())
     }
@@ -703,68 +693,6 @@ impl Guest<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Free buffer slots, first in first out: a fixed ring of indices (the app's buffer pool).
-#[derive(Debug)]
-struct SlotFifo {
-    slots: Vec<u32>,
-    mask: u32,
-    head: u32,
-    tail: u32,
-}
-
-impl SlotFifo {
-    /// Holding `0..n`.
-    fn full(n: u32) -> Self {
-        let cap = n.next_power_of_two().max(1);
-        let mut slots = vec![0; cap as usize];
-        for (i, s) in slots.iter_mut().enumerate().take(n as usize) {
-            *s = i as u32;
-        }
-        SlotFifo {
-            slots,
-            mask: cap - 1,
-            head: 0,
-            tail: n,
-        }
-    }
-
-    #[inline]
-    fn len(&self) -> usize {
-        self.tail.wrapping_sub(self.head) as usize
-    }
-
-    #[inline]
-    fn is_empty(&self) -> bool {
-        self.head == self.tail
-    }
-
-    #[inline]
-    fn front(&self) -> Option<&u32> {
-        if self.is_empty() {
-            return None;
-        }
-        self.slots.get((self.head & self.mask) as usize)
-    }
-
-    #[inline]
-    fn pop_front(&mut self) {
-        if !self.is_empty() {
-            self.head = self.head.wrapping_add(1);
-        }
-    }
-
-    /// Adds a slot; ignored if full (a slot is only ever freed once, so it never is).
-    #[inline]
-    fn push_back(&mut self, slot: u32) {
-        if self.len() <= self.mask as usize {
-            if let Some(s) = self.slots.get_mut((self.tail & self.mask) as usize) {
-                *s = slot;
-                self.tail = self.tail.wrapping_add(1);
-            }
-        }
     }
 }
 
