@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         drv.reap(mem, |u| free.push_back(slot_of[u.id as usize]))?;
         for _ in 0..BATCH {
             let Some(slot) = free.pop_front() else { break };
-            mem.write_at(stamp_off[slot as usize], &frame::stamp_bytes(seq, 0))?;
+            mem.write_u64_pair(stamp_off[slot as usize], seq, 0)?;
             let head = drv.add_one(mem, Buf::read(bufs[slot as usize], (H + FRAME) as u32))?;
             slot_of[head as usize] = slot;
             seq += 1;

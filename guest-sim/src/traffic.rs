@@ -370,12 +370,10 @@ impl Guest<'_> {
         let slot = slot as usize;
         let gpa = self.nic.bufs.tx[slot];
         let seq = self.next_seq;
-        // The per-frame fields: one 16-byte copy into a buffer translated at set-up. (They sit
-        // at an odd offset, 12 + 14, where two `write_u64`s would be sixteen byte stores.)
+        // The per-frame fields (sequence number, timestamp): two unaligned 8-byte stores into a
+        // buffer translated at set-up.
         let off = self.tx_stamp_off[slot];
-        self.nic
-            .mem
-            .write_at(off, &frame::stamp_bytes(seq, ts_ns))?;
+        self.nic.mem.write_u64_pair(off, seq, ts_ns)?;
         let len = (H + self.cfg.frame_len) as u32;
         let head = if self.cfg.indirect {
             let bufs = [

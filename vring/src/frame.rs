@@ -60,15 +60,6 @@ pub fn stamp(buf: &mut [u8], seq: u64, ts_ns: u64) {
     buf[TS..TS + 8].copy_from_slice(&ts_ns.to_le_bytes());
 }
 
-/// The per-frame fields as the 16 bytes at [`SEQ_OFFSET`].
-#[inline]
-pub fn stamp_bytes(seq: u64, ts_ns: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&seq.to_le_bytes());
-    b[8..].copy_from_slice(&ts_ns.to_le_bytes());
-    b
-}
-
 /// The sequence number of a frame, if it is long enough and carries the test EtherType.
 #[inline]
 pub fn seq(buf: &[u8]) -> Option<u64> {

@@ -270,6 +270,22 @@ impl GuestMemory {
         let _ = off;
     }
 
+    /// Writes two little-endian `u64`s, back to back, at any alignment: one store each,
+    /// straight from registers. (Building the 16 bytes in a local array first and copying it
+    /// in makes the copy's 16-byte load wait on the two 8-byte stores that built it — a
+    /// store-forwarding stall on every call.) Like [`GuestMemory::write_at`], a plain copy.
+    #[inline]
+    pub fn write_u64_pair(&self, off: usize, a: u64, b: u64) -> Result<(), MemError> {
+        let p = self.check(off, 16)?;
+        // SAFETY: sixteen bytes at `p` are inside the mapping (checked above);
+        // `write_unaligned` has no alignment requirement. No reference is formed.
+        unsafe {
+            ptr::write_unaligned(p as *mut u64, a.to_le());
+            ptr::write_unaligned(p.add(8) as *mut u64, b.to_le());
+        }
+        Ok(())
+    }
+
     /// Copies `dst.len()` bytes from the mapping at `off` into `dst`.
     #[inline]
     pub fn read_at(&self, off: usize, dst: &mut [u8]) -> Result<(), MemError> {
