@@ -283,6 +283,18 @@ impl DriverQueue {
         (self.num_free > 0).then_some(self.free_head)
     }
 
+    /// The heads the next `n` one-descriptor chains will get, in order (fewer if fewer are
+    /// free): a driver keeping one buffer per descriptor fills a burst's buffers before
+    /// posting any.
+    pub fn next_free_heads(&self, n: usize) -> impl Iterator<Item = u16> + '_ {
+        let mut h = self.free_head;
+        (0..n.min(self.num_free as usize)).map(move |_| {
+            let cur = h;
+            h = self.next[h as usize];
+            cur
+        })
+    }
+
     /// Posts a chain of one descriptor, the usual packet buffer: [`DriverQueue::add`] without
     /// the chain loop. Returns its head.
     #[inline]

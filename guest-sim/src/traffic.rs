@@ -363,18 +363,30 @@ impl Guest<'_> {
     /// same way): the buffer to fill is the one of the descriptor the chain will get, and a
     /// returned descriptor frees its buffer with no bookkeeping of our own.
     fn post_tx(&mut self, ts_ns: u64) -> Result<bool, DriverError> {
-        // One descriptor per frame either way (an indirect chain takes one table slot).
         let Some(slot) = self.tx.next_free_head() else {
             return Ok(false);
         };
-        let slot = slot as usize;
+        self.stamp_tx(slot as usize, self.next_seq, ts_ns)?;
+        self.add_tx(slot as usize)?;
+        Ok(true)
+    }
+
+    /// Writes the per-frame fields (sequence number, timestamp) into TX buffer `slot`: two
+    /// unaligned 8-byte stores into a buffer translated at set-up.
+    #[inline]
+    fn stamp_tx(&self, slot: usize, seq: u64, ts_ns: u64) -> Result<(), DriverError> {
+        Ok(self
+            .nic
+            .mem
+            .write_u64_pair(self.tx_stamp_off[slot], seq, ts_ns)?)
+    }
+
+    /// Posts TX buffer `slot`, already stamped, as the next chain (whose head is `slot`).
+    #[inline]
+    fn add_tx(&mut self, slot: usize) -> Result<(), DriverError> {
         let gpa = self.nic.bufs.tx[slot];
-        let seq = self.next_seq;
-        // The per-frame fields (sequence number, timestamp): two unaligned 8-byte stores into a
-        // buffer translated at set-up.
-        let off = self.tx_stamp_off[slot];
-        self.nic.mem.write_u64_pair(off, seq, ts_ns)?;
         let len = (H + self.cfg.frame_len) as u32;
+        // One descriptor per frame either way (an indirect chain takes one table slot).
         let head = if self.cfg.indirect {
             let bufs = [
                 Buf::read(gpa, H as u32),
@@ -388,7 +400,31 @@ impl Guest<'_> {
         debug_assert_eq!(head as usize, slot);
         self.next_seq += 1;
         self.r.sent += 1;
-        Ok(true)
+        Ok(())
+    }
+
+    /// Posts up to `n` frames as one burst, the way an application hands a burst to its
+    /// driver (DPDK `txonly`: build the packets, then `tx_burst`): first every frame of the
+    /// burst is written, then every descriptor posted. Writing them back to back lets the
+    /// stores to lines the device read on the last lap wait for those lines together; one
+    /// frame at a time, each waited behind the driver's own stores in between. Returns how
+    /// many were posted.
+    fn post_tx_burst(&mut self, n: usize) -> Result<usize, DriverError> {
+        let first = self.next_seq;
+        let mut k = 0;
+        for slot in self.tx.next_free_heads(n) {
+            self.stamp_tx(slot as usize, first + k as u64, 0)?;
+            k += 1;
+        }
+        let mut posted = 0;
+        while posted < k {
+            let Some(slot) = self.tx.next_free_head() else {
+                break;
+            };
+            self.add_tx(slot as usize)?;
+            posted += 1;
+        }
+        Ok(posted)
     }
 
     fn reap_tx(&mut self) -> Result<u32, DriverError> {
@@ -422,12 +458,8 @@ impl Guest<'_> {
             }
             return Ok(());
         }
-        let mut budget = allowed.min(self.nic.tx.size as u64);
-        let mut posted = 0;
-        while budget > 0 && self.post_tx(0)? {
-            budget -= 1;
-            posted += 1;
-        }
+        let budget = allowed.min(self.nic.tx.size as u64) as usize;
+        let posted = self.post_tx_burst(budget)?;
         if posted > 0 {
             self.kick(true)?;
         } else if self.tx.num_free() == 0 {
