@@ -381,10 +381,76 @@ impl DriverQueue {
         self.load_used_idx(mem)?;
         let mut n = 0;
         while self.last_used != self.used_idx {
+            if self.in_order && self.batch_last.is_none() {
+                n += self.reap_in_order_batch(mem, &mut f)?;
+                continue;
+            }
             f(self.take_used(mem)?);
             n += 1;
         }
         Ok(n)
+    }
+
+    /// In order, at the start of a device batch: reads its element once, finds the buffer it
+    /// names among those `used.idx` published (before handing any back, as
+    /// [`DriverQueue::next_in_order`] does), then frees the batch in one pass. Returns how
+    /// many buffers it returned.
+    fn reap_in_order_batch(
+        &mut self,
+        mem: &GuestMemory,
+        f: &mut impl FnMut(UsedElem),
+    ) -> Result<u32, DriverError> {
+        let off = self.used_off + used::ring(self.last_used & self.mask) as usize;
+        let e = UsedElem {
+            id: mem.read_u32(off)?,
+            len: mem.read_u32(off + 4)?,
+        };
+        let published = self.used_idx.wrapping_sub(self.last_used);
+        let Some(k) = (0..published).position(|k| {
+            let s = self.last_used.wrapping_add(k) & self.mask;
+            self.avail_shadow[s as usize] as u32 == e.id
+        }) else {
+            return Err(self.fail(DriverError::BadUsedId(e.id)));
+        };
+        for j in 0..=k {
+            let head = self.avail_shadow[(self.last_used & self.mask) as usize];
+            let n = self.chain_len[head as usize];
+            if n == 0 {
+                return Err(self.fail(DriverError::BadUsedId(head as u32)));
+            }
+            self.free_chain(head, n);
+            let len = if j == k {
+                e.len
+            } else {
+                self.chain_wlen[head as usize]
+            };
+            f(UsedElem {
+                id: head as u32,
+                len,
+            });
+        }
+        Ok(k as u32 + 1)
+    }
+
+    /// Puts chain `head` (`n` descriptors) at the *tail* of the free list and counts it used:
+    /// descriptors cycle in order, so a driver posting the same buffers again finds the same
+    /// descriptors already written (see `write_desc`) — like DPDK's in-order TX rings, unlike
+    /// Linux's LIFO free list.
+    #[inline]
+    fn free_chain(&mut self, head: u16, n: u16) {
+        let mut last = head;
+        for _ in 1..n {
+            last = self.next[last as usize];
+        }
+        if self.num_free == 0 {
+            self.free_head = head;
+        } else {
+            self.next[self.free_tail as usize] = head;
+        }
+        self.free_tail = last;
+        self.num_free += n;
+        self.chain_len[head as usize] = 0;
+        self.last_used = self.last_used.wrapping_add(1);
     }
 
     /// Takes the next used element, freeing its descriptors. `Ok(None)`: nothing new.
@@ -442,23 +508,7 @@ impl DriverQueue {
             Some(h) if self.chain_len[h as usize] > 0 => self.chain_len[h as usize],
             _ => return Err(self.fail(DriverError::BadUsedId(id))),
         };
-        let head = id as u16;
-        // Put the chain at the *tail* of the free list: descriptors cycle in order, so a driver
-        // posting the same buffers again finds the same descriptors already written (see
-        // `write_desc`) — like DPDK's in-order TX rings, unlike Linux's LIFO free list.
-        let mut last = head;
-        for _ in 1..n {
-            last = self.next[last as usize];
-        }
-        if self.num_free == 0 {
-            self.free_head = head;
-        } else {
-            self.next[self.free_tail as usize] = head;
-        }
-        self.free_tail = last;
-        self.num_free += n;
-        self.chain_len[head as usize] = 0;
-        self.last_used = self.last_used.wrapping_add(1);
+        self.free_chain(id as u16, n);
         Ok(UsedElem { id, len })
     }
 
