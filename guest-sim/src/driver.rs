@@ -185,6 +185,8 @@ impl DriverQueue {
     /// takes descriptors in ring order as long as the device returns them in order, which is
     /// what the feature promises; reaping then follows the device's batches (see
     /// [`DriverQueue::pop_used`]).
+    ///
+    /// Call it on a new queue, before posting: in order the free list is the ring itself.
     pub fn with_in_order(mut self, on: bool) -> Self {
         self.in_order = on;
         self
@@ -205,6 +207,18 @@ impl DriverQueue {
         self.avail_idx.wrapping_sub(self.last_used)
     }
 
+    /// The descriptor after `i` in the free list. In order the list is the ring itself
+    /// (§2.7.5: descriptors are used in ring order, `next` is `i + 1`, wrapping), so it is
+    /// computed, not loaded: a burst's heads then do not wait on a chain of dependent loads.
+    #[inline]
+    fn next_of(&self, i: u16) -> u16 {
+        if self.in_order {
+            i.wrapping_add(1) & self.mask
+        } else {
+            self.next[i as usize]
+        }
+    }
+
     fn alloc(&mut self, n: usize) -> Result<u16, DriverError> {
         if n == 0 {
             return Err(DriverError::Empty);
@@ -218,9 +232,9 @@ impl DriverQueue {
         let head = self.free_head;
         let mut last = head;
         for _ in 1..n {
-            last = self.next[last as usize];
+            last = self.next_of(last);
         }
-        self.free_head = self.next[last as usize];
+        self.free_head = self.next_of(last);
         self.num_free -= n as u16;
         self.chain_len[head as usize] = n as u16;
         Ok(head)
@@ -269,7 +283,7 @@ impl DriverQueue {
         let mut i = head;
         for (k, b) in bufs.iter().enumerate() {
             let more = k + 1 < bufs.len();
-            let next = if more { self.next[i as usize] } else { 0 };
+            let next = if more { self.next_of(i) } else { 0 };
             self.write_desc(mem, self.desc_off, i, b.descriptor(more, next))?;
             i = next;
         }
@@ -290,7 +304,7 @@ impl DriverQueue {
         let mut h = self.free_head;
         (0..n.min(self.num_free as usize)).map(move |_| {
             let cur = h;
-            h = self.next[h as usize];
+            h = self.next_of(h);
             cur
         })
     }
@@ -303,7 +317,7 @@ impl DriverQueue {
             return Err(DriverError::NoSpace { need: 1, free: 0 });
         }
         let head = self.free_head;
-        self.free_head = self.next[head as usize];
+        self.free_head = self.next_of(head);
         self.num_free -= 1;
         self.chain_len[head as usize] = 1;
         self.chain_wlen[head as usize] = if buf.write { buf.len } else { 0 };
@@ -440,11 +454,11 @@ impl DriverQueue {
     fn free_chain(&mut self, head: u16, n: u16) {
         let mut last = head;
         for _ in 1..n {
-            last = self.next[last as usize];
+            last = self.next_of(last);
         }
         if self.num_free == 0 {
             self.free_head = head;
-        } else {
+        } else if !self.in_order {
             self.next[self.free_tail as usize] = head;
         }
         self.free_tail = last;
