@@ -189,8 +189,30 @@ pub(crate) fn walk(
     }
     let d = read_desc(mem, table.off, head)?;
     if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) == 0 {
-        // The common case, one direct descriptor: the same checks as in the loop, without it.
-        return push(mem, d, chain, &mut 0);
+        // The common case, one direct descriptor. Of `push`'s checks only the translation is
+        // left: one length cannot pass the 2^32 total, nothing comes before it, and one
+        // segment is within MAX_SEGMENTS.
+        chain.descriptors = 1;
+        let write = d.is_write_only();
+        if write {
+            chain.write_len = d.len;
+            chain.seen_write = true;
+        } else {
+            chain.read_len = d.len;
+        }
+        if d.len == 0 {
+            return Ok(());
+        }
+        let span =
+            mem.translate(d.addr, d.len as u64)
+                .map_err(|source| QueueError::BadAddress {
+                    addr: d.addr,
+                    len: d.len,
+                    source,
+                })?;
+        chain.segs.push(span);
+        chain.n_readable = usize::from(!write);
+        return Ok(());
     }
     walk_linked(mem, table, d, chain)
 }
