@@ -233,14 +233,8 @@ impl DeviceQueue {
         if self.pending(mem)? == 0 {
             return Ok(false);
         }
-        let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
-        let walked = mem
-            .read_u16(slot)
-            .map_err(|e| QueueError::BadRing {
-                part: "avail",
-                gpa: 0,
-                source: Some(e),
-            })
+        let walked = self
+            .next_head(mem)
             .and_then(|head| chain::walk(mem, self.table, head, chain));
         match walked {
             Ok(()) => {
@@ -278,15 +272,9 @@ impl DeviceQueue {
         let mut done = 0;
         let mut failed = None;
         for chain in &mut chains[..want] {
-            let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
-            let walked = match mem.read_u16(slot) {
-                Ok(head) => chain::walk(mem, self.table, head, chain),
-                Err(e) => Err(QueueError::BadRing {
-                    part: "avail",
-                    gpa: 0,
-                    source: Some(e),
-                }),
-            };
+            let walked = self
+                .next_head(mem)
+                .and_then(|head| chain::walk(mem, self.table, head, chain));
             if let Err(e) = walked.and_then(|()| check(chain)) {
                 failed = Some(self.fail(e));
                 break;
@@ -366,13 +354,23 @@ impl DeviceQueue {
         if self.broken.is_some() {
             return None;
         }
-        let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
-        let head = mem.read_u16(slot).ok().filter(|&h| h < self.size)?;
+        let head = self.next_head(mem).ok().filter(|&h| h < self.size)?;
         let off = self.table.off + head as usize * vring::layout::Descriptor::SIZE;
         let (addr, hi) = mem.read_words(off).ok()?;
         mem.translate(addr, (hi as u32).max(1) as u64)
             .ok()
             .map(|s| s.off)
+    }
+
+    /// The head in the avail slot `next_avail` (unchecked: the walk checks it).
+    #[inline(always)]
+    fn next_head(&self, mem: &GuestMemory) -> Result<u16, QueueError> {
+        let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
+        mem.read_u16(slot).map_err(|e| QueueError::BadRing {
+            part: "avail",
+            gpa: 0,
+            source: Some(e),
+        })
     }
 
     /// Gives back the last `n` popped chains (Linux `vhost_discard_vq_desc`), for example when
