@@ -380,6 +380,12 @@ impl DeviceQueue {
         self.next_avail = self.next_avail.wrapping_sub(n);
     }
 
+    /// Host offset of the used element the next [`DeviceQueue::add_used`] writes: a hint for
+    /// taking its line ahead of time.
+    pub fn next_used_offset(&self) -> usize {
+        self.used_off + used::ring(self.next_used & self.mask) as usize
+    }
+
     /// Adds a used element for chain `head` with `len` bytes written. Not visible to the guest
     /// until [`DeviceQueue::publish_used`].
     #[inline]
@@ -428,15 +434,22 @@ impl DeviceQueue {
     /// (Linux `vhost_notify`). Call after [`DeviceQueue::publish_used`]; a `true` should be
     /// followed by signalling the call eventfd.
     pub fn needs_notification(&mut self, mem: &GuestMemory) -> bool {
-        if self.broken.is_some() {
-            // A broken queue still tells the guest, so it can notice and reset.
-            return true;
-        }
         // SeqCst fence: closes the race where our read of `used_event`/`avail.flags` is ordered
         // before our `used.idx` store is visible, while the guest stores `used_event` and then
         // re-checks `used.idx` — each would see the other's old value and the interrupt would
         // be lost with the guest asleep.
         fence(Ordering::SeqCst);
+        self.needs_notification_fenced(mem)
+    }
+
+    /// [`DeviceQueue::needs_notification`] without its fence, for a caller that publishes on
+    /// several queues and then decides for all of them: it must issue the `SeqCst` fence
+    /// itself, after its last [`DeviceQueue::publish_used`] and before this call.
+    pub fn needs_notification_fenced(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken.is_some() {
+            // A broken queue still tells the guest, so it can notice and reset.
+            return true;
+        }
         let new = self.published_used;
         let notify = if self.event_idx {
             // Relaxed atomic: ordered by the SeqCst fence above; atomic so the race with the

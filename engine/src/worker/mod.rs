@@ -16,7 +16,7 @@
 pub mod uring;
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -170,6 +170,7 @@ impl Worker {
             tx: TxBatch::new(cfg.batch),
             tx_pending: false,
             tx_notify: false,
+            rx_notify: false,
             rxw: RxWriter::new(mrg),
             report: WorkerReport::default(),
         };
@@ -275,10 +276,12 @@ struct Loop {
     metrics: Arc<DeviceMetrics>,
     stop: Arc<AtomicBool>,
     tx: TxBatch,
-    /// `tx` holds a sent batch not yet returned to the guest (see [`Loop::finish_tx`]).
+    /// `tx` holds a sent batch not yet returned to the guest (see [`Loop::finish_round`]).
     tx_pending: bool,
     /// TX used entries were published and the interrupt decision is still to be made.
     tx_notify: bool,
+    /// The same for RX, published at the end of a handler run.
+    rx_notify: bool,
     rxw: RxWriter,
     report: WorkerReport,
     /// Last, so it is dropped last: the backend (which may have guest memory registered with
@@ -337,7 +340,7 @@ impl Loop {
             if rx == Ran::Requeue {
                 rx = self.handle_rx(&mem, &m);
             }
-            self.finish_tx();
+            self.finish_round();
             if self.report.fatal.is_some() {
                 return;
             }
@@ -416,11 +419,29 @@ impl Loop {
             Ran::NeedGuest => self.txq.peek_next_buffer(&self.mem),
             _ => None,
         };
+        // And the other way round: while waiting for a frame to hand the guest, take the lines
+        // the delivery will write (the next RX buffer's first two, the next used element's)
+        // for writing now, so its stores do not wait for the guest's copies to be invalidated
+        // one after another, with `used.idx` queued behind them.
+        let (rx_buf, rx_used) = match *rx {
+            Ran::NeedBackend => (
+                self.rxq.peek_next_buffer(&self.mem),
+                Some(self.rxq.next_used_offset()),
+            ),
+            _ => (None, None),
+        };
         let mut spins: u64 = 0;
         let found = loop {
             spins += 1;
             if let Some(off) = next_tx {
                 self.mem.prefetch(off);
+            }
+            if let Some(off) = rx_buf {
+                self.mem.prefetch_write(off);
+                self.mem.prefetch_write(off + 64);
+            }
+            if let Some(off) = rx_used {
+                self.mem.prefetch_write(off);
             }
             if self.ring.has_completions() || self.stop.load(Ordering::Relaxed) {
                 break true;
@@ -475,7 +496,20 @@ impl Loop {
     }
 
     fn signal_if_asked(q: &mut DeviceQueue, mem: &GuestMemory, call: &File, m: &QueueMetrics) {
-        if q.needs_notification(mem) {
+        // SeqCst fence: the store-load race `needs_notification` describes (our `used.idx`
+        // store against our read of the guest's `used_event`).
+        fence(Ordering::SeqCst);
+        Self::signal_if_asked_fenced(q, mem, call, m);
+    }
+
+    /// [`Loop::signal_if_asked`] for a caller that has fenced after its last publish.
+    fn signal_if_asked_fenced(
+        q: &mut DeviceQueue,
+        mem: &GuestMemory,
+        call: &File,
+        m: &QueueMetrics,
+    ) {
+        if q.needs_notification_fenced(mem) {
             let _ = sys::signal(call);
             add(&m.calls, 1);
         } else {
@@ -552,14 +586,28 @@ impl Loop {
         self.tx_notify = true;
     }
 
-    /// End of a round: returns a TX batch still held, then decides once whether the guest
-    /// wants a TX interrupt (the decision's full fence is paid after the RX work, not before).
-    fn finish_tx(&mut self) {
+    /// End of a round: returns a TX batch still held, then decides whether the guest wants an
+    /// interrupt on each queue published to in the round's last step. One full fence serves
+    /// both decisions, and it is paid after the RX delivery, not between it and the guest.
+    fn finish_round(&mut self) {
         if std::mem::take(&mut self.tx_pending) {
             self.complete_tx();
         }
-        if std::mem::take(&mut self.tx_notify) {
-            Self::signal_if_asked(&mut self.txq, &self.mem, &self.tx_call, &self.metrics.tx);
+        let rx = std::mem::take(&mut self.rx_notify);
+        let tx = std::mem::take(&mut self.tx_notify);
+        if !(rx || tx) {
+            return;
+        }
+        // SeqCst fence: the store-load race of `DeviceQueue::needs_notification` — each of our
+        // `used.idx` stores (RX and TX) against our read of that queue's `used_event` — closed
+        // for both queues at once.
+        fence(Ordering::SeqCst);
+        let m = &self.metrics;
+        if rx {
+            Self::signal_if_asked_fenced(&mut self.rxq, &self.mem, &self.rx_call, &m.rx);
+        }
+        if tx {
+            Self::signal_if_asked_fenced(&mut self.txq, &self.mem, &self.tx_call, &m.tx);
         }
     }
 
@@ -626,7 +674,11 @@ impl Loop {
             }
         };
         if unpublished > 0 {
-            self.publish_rx(mem, m);
+            // The run's last publish: its interrupt decision waits for `finish_round`, which
+            // fences once for it and the TX queue's.
+            let _ = self.rxq.publish_used(mem);
+            add(&m.rx.batches, 1);
+            self.rx_notify = true;
         }
         add(&m.rx.packets, pkts);
         add(&m.rx.bytes, bytes);
