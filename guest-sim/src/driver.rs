@@ -567,6 +567,20 @@ impl DriverQueue {
         })
     }
 
+    /// Whether the device has used a buffer not yet reaped (reads `used.idx` only when the
+    /// entries seen last time are all reaped). The same checks as [`DriverQueue::pop_used`].
+    pub fn has_used(&mut self, mem: &GuestMemory) -> Result<bool, DriverError> {
+        if self.last_used == self.used_idx {
+            self.load_used_idx(mem)?;
+        }
+        Ok(self.last_used != self.used_idx)
+    }
+
+    /// Host offset of the used element the device writes next: a hint for prefetching.
+    pub fn next_used_offset(&self) -> usize {
+        self.used_off + used::ring(self.last_used & self.mask) as usize
+    }
+
     /// In order: the head of the next buffer the device will return (the oldest in flight),
     /// if any is. Without `IN_ORDER` the device may return any, so `None`.
     pub fn next_used_head(&self) -> Option<u16> {
@@ -675,6 +689,43 @@ mod tests {
         assert_eq!((u.id, u.len), (h as u32, 5));
         assert_eq!(q.num_free(), 4);
         assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn has_used_sees_published_entries_and_checks_the_index() {
+        let mut g = MockGuest::new(1 << 16, &[4]).expect("guest");
+        let mut q = DriverQueue::new(&g.mem, g.queues[0], false).expect("queue");
+        let b = g.alloc(64).expect("alloc");
+        let h = q.add_one(&g.mem, Buf::write(b, 64)).expect("add");
+        q.publish(&g.mem).expect("publish");
+        assert!(!q.has_used(&g.mem).expect("nothing used yet"));
+        let used = g.queues[0].used;
+        let elem = used + used::ring(0);
+        assert_eq!(
+            q.next_used_offset(),
+            g.mem.translate(elem, 8).expect("elem").off
+        );
+        g.mem
+            .write_gpa(elem, &[h as u8, 0, 0, 0, 7, 0, 0, 0])
+            .expect("elem");
+        g.mem
+            .write_gpa(used + used::IDX, &1u16.to_le_bytes())
+            .expect("idx");
+        assert!(q.has_used(&g.mem).expect("one used"));
+        // Asking again reads nothing and consumes nothing.
+        assert!(q.has_used(&g.mem).expect("still one"));
+        let u = q.pop_used(&g.mem).expect("reap").expect("one");
+        assert_eq!((u.id, u.len), (h as u32, 7));
+        assert!(!q.has_used(&g.mem).expect("all reaped"));
+        // A device claiming more than is in flight is caught here too, and stays caught.
+        g.mem
+            .write_gpa(used + used::IDX, &3u16.to_le_bytes())
+            .expect("idx");
+        assert!(matches!(
+            q.has_used(&g.mem),
+            Err(DriverError::UsedIdxJump { .. })
+        ));
+        assert!(q.has_used(&g.mem).is_err());
     }
 
     #[test]

@@ -198,6 +198,8 @@ struct Guest<'a> {
     tx_stamp_off: Vec<usize>,
     /// RX buffer index by head.
     rx_slot: Vec<u32>,
+    /// Host offset of each RX buffer (translated once).
+    rx_off: Vec<usize>,
     next_seq: u64,
     rx_expect: u64,
     clock: Instant,
@@ -252,6 +254,7 @@ pub fn run(
         cfg,
         tx_stamp_off: Vec::new(),
         rx_slot: vec![u32::MAX; nic.rx.size as usize],
+        rx_off: Vec::new(),
         tx,
         rx,
         next_seq: 0,
@@ -278,6 +281,7 @@ pub fn run(
 impl Guest<'_> {
     fn main(&mut self, stop: &AtomicBool) -> Result<(), DriverError> {
         self.prepare_tx_buffers()?;
+        self.prepare_rx_buffers()?;
         // TX completions are reaped on the next transmit: no TX interrupts unless the ring is
         // full. RX interrupts only when waiting.
         self.tx.disable_interrupts(&self.nic.mem)?;
@@ -329,6 +333,14 @@ impl Guest<'_> {
             }
             Workload::Rx | Workload::Rr | Workload::Echo => (self.r.received, self.r.received * fl),
         }
+    }
+
+    fn prepare_rx_buffers(&mut self) -> Result<(), DriverError> {
+        for &b in &self.nic.bufs.rx {
+            let span = self.nic.mem.translate(b, self.nic.bufs.rx_len as u64)?;
+            self.rx_off.push(span.off);
+        }
+        Ok(())
     }
 
     fn prepare_tx_buffers(&mut self) -> Result<(), DriverError> {
@@ -516,16 +528,23 @@ impl Guest<'_> {
         let mut last_ts = 0;
         while let Some(u) = self.rx.pop_used(&self.nic.mem)? {
             let slot = std::mem::replace(&mut self.rx_slot[u.id as usize], u32::MAX);
-            let gpa = self.nic.bufs.rx[slot as usize];
             let len = (u.len as usize).min(self.nic.bufs.rx_len as usize);
-            let mut hdr = [0u8; H];
-            self.nic.mem.read_gpa(gpa, &mut hdr)?;
-            let nb = VirtioNetHdr::from_bytes(&hdr).num_buffers.max(1);
-            // Gather the frame: this buffer after the header, then nb-1 more.
-            let mut at = len.saturating_sub(H);
-            let want = at.min(self.frame_buf.len());
             let mut fb = std::mem::take(&mut self.frame_buf);
-            self.nic.mem.read_gpa(gpa + H as u64, &mut fb[..want])?;
+            // Header and the frame's start in one copy, from the buffer's host offset (mapped
+            // once, as a driver keeps its buffers' addresses). The header is read whole even
+            // if the device wrote less.
+            let mut at = len.max(H).min(fb.len());
+            if let Err(e) = self
+                .nic
+                .mem
+                .read_at(self.rx_off[slot as usize], &mut fb[..at])
+            {
+                self.frame_buf = fb;
+                return Err(e.into());
+            }
+            let nb = fb
+                .first_chunk::<H>()
+                .map_or(1, |h| VirtioNetHdr::from_bytes(h).num_buffers.max(1));
             self.recycle_rx(slot);
             for _ in 1..nb {
                 let Some(u2) = self.rx.pop_used(&self.nic.mem)? else {
@@ -541,7 +560,7 @@ impl Guest<'_> {
                 at += l2;
                 self.recycle_rx(s2);
             }
-            let f = &fb[..at];
+            let f = &fb[H..at];
             if frame::seq(f).is_none() {
                 // Not one of ours: traffic of the network itself (a real tap or bridge can
                 // carry some). Counted apart; it is neither delivered nor lost.
@@ -559,7 +578,7 @@ impl Guest<'_> {
             self.rx_expect = frame::seq(f).unwrap_or(self.rx_expect).wrapping_add(1);
             last_ts = frame::timestamp(f).unwrap_or(0);
             if self.cfg.workload == Workload::Echo {
-                self.echo(&fb[..at])?;
+                self.echo(&fb[H..at])?;
             }
             self.frame_buf = fb;
             self.r.received += 1;
@@ -637,25 +656,31 @@ impl Guest<'_> {
         // response by that much.
         let give_up = t0 + 1_000_000_000;
         let mut polls: u32 = 0;
-        // The response will land in the next RX buffer in ring order (in-order devices fill
-        // them that way): keep asking for its first line while polling. The device writes the
-        // frame before it publishes `used.idx`, so the line comes over with the index rather
-        // than one transfer after it.
+        // Where the response will land: the next RX buffer in ring order (in-order devices
+        // fill them that way) and the next used element. The device writes both before it
+        // publishes `used.idx`. Their lines are asked for as soon as the index moves, all
+        // at once, not while polling: a copy taken early would have to be invalidated before
+        // each of the device's stores, and its `used.idx` store waits behind those.
         let next_rx = self
             .rx
             .next_used_head()
             .and_then(|h| self.rx_slot.get(h as usize))
-            .and_then(|&s| self.nic.bufs.rx.get(s as usize))
-            .and_then(|&gpa| self.nic.mem.translate(gpa, 64).ok());
+            .and_then(|&s| self.rx_off.get(s as usize))
+            .copied();
+        let used_line = self.rx.next_used_offset();
         loop {
-            if let Some(span) = next_rx {
-                self.nic.mem.prefetch(span.off);
-            }
-            let (n, ts) = self.reap_rx()?;
-            if n > 0 {
-                let rtt = self.now_ns().saturating_sub(ts).max(1);
-                let _ = self.r.rtt_ns.record(rtt);
-                return Ok(());
+            if self.rx.has_used(&self.nic.mem)? {
+                self.nic.mem.prefetch(used_line);
+                if let Some(off) = next_rx {
+                    self.nic.mem.prefetch(off);
+                    self.nic.mem.prefetch(off + 64);
+                }
+                let (n, ts) = self.reap_rx()?;
+                if n > 0 {
+                    let rtt = self.now_ns().saturating_sub(ts).max(1);
+                    let _ = self.r.rtt_ns.record(rtt);
+                    return Ok(());
+                }
             }
             polls = polls.wrapping_add(1);
             if polls.is_multiple_of(256) && self.now_ns() > give_up {
