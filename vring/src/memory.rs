@@ -249,18 +249,24 @@ impl GuestMemory {
         self.check(span.off, span.len)
     }
 
+    /// The host address of `off` if it is inside the mapping, for the cache hints below (which
+    /// never dereference it).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn hint_ptr(&self, off: usize) -> Option<*const u8> {
+        (off < self.map.len()).then(|| self.map.as_ptr().wrapping_add(off))
+    }
+
     /// Hints the CPU to start loading the cache line at `off` (no effect past the mapping's
     /// end, or off x86-64). Used to overlap the misses on buffers the other side just wrote:
     /// issued for a whole batch before any of it is read, they are in flight together.
     #[inline(always)]
     pub fn prefetch(&self, off: usize) {
         #[cfg(target_arch = "x86_64")]
-        if off < self.map.len() {
-            // SAFETY: `off` is inside the mapping, so the pointer stays in bounds of its
-            // allocation; `prefetcht0` is SSE, part of the x86-64 baseline, never faults, and
-            // reads nothing into the program.
+        if let Some(p) = self.hint_ptr(off) {
+            // SAFETY: `p` is inside the mapping; `prefetcht0` is SSE, part of the x86-64
+            // baseline, never faults, and reads nothing into the program.
             unsafe {
-                let p = self.map.as_ptr().add(off);
                 std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
                     p as *const i8,
                 );
@@ -277,13 +283,11 @@ impl GuestMemory {
     #[inline(always)]
     pub fn prefetch_write(&self, off: usize) {
         #[cfg(target_arch = "x86_64")]
-        if off < self.map.len() {
-            // SAFETY: `off` is inside the mapping, so the pointer stays in bounds of its
-            // allocation. `prefetchw` never faults, changes no architectural state and neither
-            // reads nor writes memory as far as the program can tell (on a CPU without it, the
-            // encoding is a NOP).
+        if let Some(p) = self.hint_ptr(off) {
+            // SAFETY: `p` is inside the mapping. `prefetchw` never faults, changes no
+            // architectural state and neither reads nor writes memory as far as the program
+            // can tell (on an x86-64 CPU without it, the encoding executes as a NOP).
             unsafe {
-                let p = self.map.as_ptr().add(off);
                 std::arch::asm!(
                     "prefetchw [{}]",
                     in(reg) p,
