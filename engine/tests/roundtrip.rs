@@ -365,3 +365,51 @@ fn rx_without_enough_buffers_consumes_nothing() {
         RxOutcome::Delivered { buffers: 4 }
     );
 }
+
+/// Without mergeable buffers, an RX buffer whose header is split over two descriptors (the
+/// first shorter than the 12-byte header) still gets the frame whole and `num_buffers` 1, as
+/// does a one-descriptor buffer: the two paths of `RxWriter::commit` agree.
+#[test]
+fn rx_header_split_or_whole_gets_num_buffers_one() {
+    for first_len in [1u32, 2, 10, 11, 12, 13, 64, 2048] {
+        for frame_len in [14usize, 60, 1500] {
+            let mut g = MockGuest::new(1 << 20, &[8]).expect("guest");
+            let mut drv = DriverQueue::new(&g.mem, g.queues[0], true).expect("driver");
+            let mut dev =
+                DeviceQueue::new(&g.mem, g.queues[0], features(true, false)).expect("dev");
+            let mut rx = RxWriter::new(false);
+            let a = g.alloc(first_len as u64).expect("alloc");
+            let b = g.alloc(2048).expect("alloc");
+            g.mem
+                .write_gpa(a, &vec![0xee; first_len as usize])
+                .expect("poison");
+            let bufs: Vec<Buf> = if first_len >= 2048 {
+                vec![Buf::write(a, first_len)]
+            } else {
+                vec![Buf::write(a, first_len), Buf::write(b, 2048)]
+            };
+            let head = drv.add(&g.mem, &bufs).expect("add");
+            drv.publish(&g.mem).expect("publish");
+            let frame: Vec<u8> = (0..frame_len).map(|i| (i * 7) as u8).collect();
+            let out = rx
+                .deliver(&mut dev, &g.mem, &VirtioNetHdr::default(), &frame)
+                .expect("deliver");
+            assert!(
+                matches!(out, RxOutcome::Delivered { buffers: 1 }),
+                "{first_len}/{frame_len}: {out:?}"
+            );
+            dev.publish_used(&g.mem).expect("publish");
+            let u = drv.pop_used(&g.mem).expect("reap").expect("used");
+            assert_eq!((u.id, u.len as usize), (head as u32, 12 + frame_len));
+            let mut got = vec![0u8; 12 + frame_len];
+            let n = (first_len as usize).min(got.len());
+            g.mem.read_gpa(a, &mut got[..n]).expect("read");
+            if n < got.len() {
+                g.mem.read_gpa(b, &mut got[n..]).expect("read");
+            }
+            let hdr = VirtioNetHdr::from_bytes(got[..12].try_into().expect("12"));
+            assert_eq!(hdr.num_buffers, 1, "{first_len}/{frame_len}");
+            assert_eq!(&got[12..], &frame[..], "{first_len}/{frame_len}");
+        }
+    }
+}

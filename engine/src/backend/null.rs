@@ -21,6 +21,10 @@ use crate::virtq::Chain;
 /// The largest frame the null backend takes (tun's limit: 64 KiB plus a link header).
 pub const MAX_FRAME: usize = 65_536 + 14;
 
+/// The header of every frame `Source` and `Reflect` deliver, as bytes: no offloads, and
+/// `num_buffers` (the last two, little-endian) 1.
+const RX_HDR: [u8; VirtioNetHdr::SIZE] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
 /// What the null backend does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NullMode {
@@ -59,7 +63,8 @@ pub struct NullBackend {
     next_seq: u64,
     /// `Source`: header + frame, restamped per frame.
     template: Vec<u8>,
-    /// `Reflect`: queued frames (header excluded), and spare buffers to reuse.
+    /// `Reflect`: queued frames, each behind the RX header it will be delivered with
+    /// ([`RX_HDR`]), and spare buffers to reuse.
     fifo: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
     /// TX checks so far.
@@ -72,11 +77,7 @@ impl NullBackend {
         let mut template = Vec::new();
         if let NullMode::Source { frame_len } = mode {
             template = vec![0u8; VirtioNetHdr::SIZE + frame_len.max(frame::MIN_FRAME)];
-            let hdr = VirtioNetHdr {
-                num_buffers: 1,
-                ..Default::default()
-            };
-            template[..VirtioNetHdr::SIZE].copy_from_slice(&hdr.to_bytes());
+            template[..VirtioNetHdr::SIZE].copy_from_slice(&RX_HDR);
             frame::fill(&mut template[VirtioNetHdr::SIZE..], 0, 0);
         }
         let cap = match mode {
@@ -145,9 +146,12 @@ impl Backend for NullBackend {
                         out.drop_one(DropReason::BackendFull);
                         continue;
                     }
+                    // Kept as the guest will receive it: the RX header, then the frame. One
+                    // copy in (the guest's header is overwritten), one copy out on RX.
                     let mut buf = self.spare.pop().unwrap_or_default();
-                    buf.resize(len, 0);
-                    c.read_into(mem, VirtioNetHdr::SIZE, &mut buf);
+                    buf.resize(total, 0);
+                    c.read_into(mem, 0, &mut buf);
+                    buf[..VirtioNetHdr::SIZE].copy_from_slice(&RX_HDR);
                     self.fifo.push_back(buf);
                 }
                 _ => {
@@ -171,7 +175,7 @@ impl Backend for NullBackend {
         match self.mode {
             NullMode::Sink => None,
             NullMode::Source { .. } => Some(self.template.len()),
-            NullMode::Reflect { .. } => self.fifo.front().map(|f| VirtioNetHdr::SIZE + f.len()),
+            NullMode::Reflect { .. } => self.fifo.front().map(Vec::len),
         }
     }
 
@@ -188,12 +192,7 @@ impl Backend for NullBackend {
                 let Some(f) = self.fifo.pop_front() else {
                     return Ok(0);
                 };
-                let hdr = VirtioNetHdr {
-                    num_buffers: 1,
-                    ..Default::default()
-                };
-                let n = write_iov(mem, iov, 0, &hdr.to_bytes())
-                    + write_iov(mem, iov, VirtioNetHdr::SIZE, &f);
+                let n = write_iov(mem, iov, 0, &f);
                 self.spare.push(f);
                 Ok(n)
             }
@@ -223,5 +222,19 @@ impl Backend for NullBackend {
             },
             NullMode::Sink => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_header_is_one_buffer_and_no_offloads() {
+        let want = VirtioNetHdr {
+            num_buffers: 1,
+            ..Default::default()
+        };
+        assert_eq!(RX_HDR, want.to_bytes());
     }
 }

@@ -146,6 +146,22 @@ impl RxWriter {
         mem: &GuestMemory,
         written: usize,
     ) -> Result<u16, QueueError> {
+        if let ([(head, cap)], [first]) = (&self.heads[..], &self.iov[..]) {
+            // One buffer of one segment, the usual case without mergeable buffers: the same
+            // result as the general path below, without its loops.
+            if first.len >= VirtioNetHdr::SIZE {
+                let n = written.max(VirtioNetHdr::SIZE).min(*cap as usize);
+                let at = first.off + VirtioNetHdr::NUM_BUFFERS_OFFSET;
+                // The segment was translated inside guest memory; should the write fail anyway
+                // the frame is still returned, as `write_iov` does.
+                let _ = mem.write_at(at, &1u16.to_le_bytes());
+                let head = *head;
+                self.heads.clear();
+                self.iov.clear();
+                q.add_used(mem, head, n as u32)?;
+                return Ok(1);
+            }
+        }
         let mut left = written.max(VirtioNetHdr::SIZE);
         let mut used = 0usize;
         for &(_, cap) in &self.heads {
