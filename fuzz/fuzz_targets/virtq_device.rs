@@ -275,6 +275,10 @@ enum Op {
     },
     /// `net::header::pop_tx`.
     PopTx,
+    /// `RxWriter::prepare`: pop the next RX buffer ahead of a frame. The harness gives it back
+    /// (`RxWriter::abort`) before any op that pops or unpops the queue directly, as the worker,
+    /// the only one popping its RX queue, never interleaves them.
+    RxPrepare,
     /// `RxWriter::deliver`.
     Rx {
         hdr: [u8; 12],
@@ -753,6 +757,8 @@ struct Harness<'a> {
     /// `next_used` at the last successful `publish_used`.
     published: u16,
     kicks_disabled: bool,
+    /// `rx` holds a buffer popped by `RxWriter::prepare`.
+    rx_prepared: bool,
 }
 
 impl Harness<'_> {
@@ -838,6 +844,17 @@ impl Harness<'_> {
     }
 
     fn step(&mut self, op: &Op) {
+        if self.rx_prepared
+            && matches!(
+                op,
+                Op::Pop { .. } | Op::PopTx | Op::PopBatch { .. } | Op::Unpop(_)
+            )
+        {
+            let na = self.q.next_avail();
+            self.rx.abort(&mut self.q);
+            self.rx_prepared = false;
+            assert_eq!(self.q.next_avail(), na.wrapping_sub(1), "abort gave back one");
+        }
         let size = self.q.size();
         let na = self.q.next_avail();
         let nu = self.q.next_used();
@@ -899,9 +916,42 @@ impl Harness<'_> {
                     self.on_err(&e, "pop_tx");
                 }
             },
+            Op::RxPrepare => {
+                let was = self.rx_prepared;
+                match self.rx.prepare(&mut self.q, self.g.mem) {
+                    Ok(Some(off)) => {
+                        if !was {
+                            self.ok_live("rx prepare");
+                        }
+                        assert!(off < self.g.mem.mapped_len(), "offset {off} outside");
+                        let want = if was { na } else { na.wrapping_add(1) };
+                        assert_eq!(self.q.next_avail(), want, "prepare popped twice");
+                        assert_eq!(self.q.next_used(), nu);
+                        self.rx_prepared = true;
+                    }
+                    Ok(None) => {
+                        self.ok_live("rx prepare");
+                        assert!(!was, "a held buffer vanished");
+                        assert_eq!(self.q.next_avail(), na);
+                    }
+                    Err(e) => {
+                        self.rx_prepared = false;
+                        if !matches!(e, QueueError::Broken) {
+                            self.check_err_detail(&e);
+                        }
+                        self.on_err(&e, "rx prepare");
+                    }
+                }
+            }
             Op::Rx { hdr, frame } => {
                 let hdr = VirtioNetHdr::from_bytes(hdr);
                 let frame = frame.bytes();
+                // A held buffer counts as not yet popped: deliver uses it or gives it back.
+                let na = if std::mem::take(&mut self.rx_prepared) {
+                    na.wrapping_sub(1)
+                } else {
+                    na
+                };
                 match self.rx.deliver(&mut self.q, self.g.mem, &hdr, &frame) {
                     Ok(RxOutcome::Delivered { buffers }) => {
                         self.ok_live("rx deliver");
@@ -1243,6 +1293,7 @@ fn run(guest: &MockGuest, input: &Input) {
         chain: Chain::with_capacity(16),
         batch: (0..MAX_BATCH).map(|_| Chain::with_capacity(4)).collect(),
         rx: RxWriter::new(input.mrg_rxbuf),
+        rx_prepared: false,
         mrg_rxbuf: input.mrg_rxbuf,
         event_idx: input.event_idx,
         in_order: input.in_order,

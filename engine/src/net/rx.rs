@@ -49,6 +49,8 @@ pub struct RxWriter {
     /// Popped chains of the current frame: head and writable capacity.
     heads: Vec<(u16, u32)>,
     iov: Vec<Span>,
+    /// `heads`/`iov` hold one chain popped ahead of any frame by [`RxWriter::prepare`].
+    prepared: bool,
 }
 
 impl RxWriter {
@@ -60,7 +62,39 @@ impl RxWriter {
             cur: Chain::with_capacity(16),
             heads: Vec::with_capacity(64),
             iov: Vec::with_capacity(64),
+            prepared: false,
         }
+    }
+
+    /// Pops the next buffer before there is a frame for it, so that when one comes only the
+    /// copy and the used element are left to do (the worker calls this while it busy-polls
+    /// for RX frames: the walk and its checks move off the path from frame to guest). The
+    /// buffer is the device's from then on, as after any pop; the next [`RxWriter::gather`]
+    /// starts from it, and [`RxWriter::abort`] gives it back. Returns the first writable
+    /// segment's host offset (a hint for taking its lines ahead of the writes), or `None` if
+    /// no buffer is posted. Calling it again while a buffer is held changes nothing.
+    pub fn prepare(
+        &mut self,
+        q: &mut DeviceQueue,
+        mem: &GuestMemory,
+    ) -> Result<Option<usize>, QueueError> {
+        if self.prepared && q.broken().is_some() {
+            // Broken since: the held buffer is as dead as the queue.
+            self.abort(q);
+            return Err(QueueError::Broken);
+        }
+        if !self.prepared {
+            self.heads.clear();
+            self.iov.clear();
+            if !Self::pop_checked(q, mem, &mut self.first)? {
+                return Ok(None);
+            }
+            self.heads
+                .push((self.first.head(), self.first.writable_len()));
+            self.iov.extend_from_slice(self.first.writable());
+            self.prepared = true;
+        }
+        Ok(self.iov.first().map(|s| s.off))
     }
 
     fn pop_checked(
@@ -92,18 +126,33 @@ impl RxWriter {
         mem: &GuestMemory,
         len: usize,
     ) -> Result<Gather, QueueError> {
-        self.heads.clear();
-        self.iov.clear();
-        if !Self::pop_checked(q, mem, &mut self.first)? {
-            return Ok(Gather::NoBuffers);
+        let prepared = std::mem::take(&mut self.prepared);
+        if prepared && q.broken().is_some() {
+            self.heads.clear();
+            self.iov.clear();
+            return Err(QueueError::Broken);
         }
-        let mut cap = self.first.writable_len() as usize;
+        if !prepared {
+            self.heads.clear();
+            self.iov.clear();
+            if !Self::pop_checked(q, mem, &mut self.first)? {
+                return Ok(Gather::NoBuffers);
+            }
+            self.heads
+                .push((self.first.head(), self.first.writable_len()));
+            self.iov.extend_from_slice(self.first.writable());
+        }
+        // One chain is held now, popped here or by `prepare`.
+        let Some(&(_, first_cap)) = self.heads.first() else {
+            return Ok(Gather::NoBuffers);
+        };
+        let mut cap = first_cap as usize;
         if !self.mrg_rxbuf && cap < len {
             q.unpop(1);
+            self.heads.clear();
+            self.iov.clear();
             return Ok(Gather::TooLarge);
         }
-        self.heads.push((self.first.head(), cap as u32));
-        self.iov.extend_from_slice(self.first.writable());
         while cap < len {
             // The whole ring is not enough: this frame can never fit, however long we wait for
             // the guest (which cannot post more than the ring holds). Drop it.
@@ -135,6 +184,7 @@ impl RxWriter {
         q.unpop(self.heads.len() as u16);
         self.heads.clear();
         self.iov.clear();
+        self.prepared = false;
     }
 
     /// The backend wrote `written` bytes (header included) into [`RxWriter::iov`]: sets

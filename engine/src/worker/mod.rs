@@ -422,12 +422,18 @@ impl Loop {
         // And the other way round: while waiting for a frame to hand the guest, take the lines
         // the delivery will write (the next RX buffer's first two, the next used element's)
         // for writing now, so its stores do not wait for the guest's copies to be invalidated
-        // one after another, with `used.idx` queued behind them.
+        // one after another, with `used.idx` queued behind them. The buffer itself is popped
+        // (walked and checked) now, while there is nothing else to do, rather than after the
+        // frame turns up (`RxWriter::prepare`).
         let (rx_buf, rx_used) = match *rx {
-            Ran::NeedBackend => (
-                self.rxq.peek_next_buffer(&self.mem),
-                Some(self.rxq.next_used_offset()),
-            ),
+            Ran::NeedBackend => match self.rxw.prepare(&mut self.rxq, &self.mem) {
+                Ok(buf) => (buf, Some(self.rxq.next_used_offset())),
+                Err(e) => {
+                    self.queue_failed(false, e);
+                    *rx = Ran::Dead;
+                    (None, None)
+                }
+            },
             _ => (None, None),
         };
         let mut spins: u64 = 0;
