@@ -171,6 +171,7 @@ impl Worker {
             tx_pending: false,
             tx_notify: false,
             rx_notify: false,
+            tx_tally: TxTally::default(),
             rxw: RxWriter::new(mrg),
             report: WorkerReport::default(),
         };
@@ -250,6 +251,16 @@ const STOP: usize = 2;
 /// The backend's RX fd, polled for readability on demand.
 const RX_POLL: usize = 3;
 
+/// TX counts not yet added to the shared counters.
+#[derive(Debug, Default)]
+struct TxTally {
+    sent: u64,
+    bytes: u64,
+    dropped: [u64; DropReason::COUNT],
+    chains: u64,
+    batches: u64,
+}
+
 /// How a handler run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ran {
@@ -282,6 +293,9 @@ struct Loop {
     tx_notify: bool,
     /// The same for RX, published at the end of a handler run.
     rx_notify: bool,
+    /// TX counts of the round, added to the shared counters by `finish_round`: after the
+    /// round's RX delivery, not between a request and its response.
+    tx_tally: TxTally,
     rxw: RxWriter,
     report: WorkerReport,
     /// Last, so it is dropped last: the backend (which may have guest memory registered with
@@ -411,6 +425,10 @@ impl Loop {
             self.report.fatal = Some(format!("io_uring submit: {e}"));
             return true;
         }
+        if *rx == Ran::NeedBackend && self.backend.rx_peek().is_some() {
+            *rx = Ran::Requeue;
+            return true;
+        }
         let deadline = Instant::now() + Duration::from_micros(self.cfg.busy_poll_us);
         // While waiting for the guest's next frame, keep asking for the line it will most
         // likely be in: the guest writes the frame before it publishes `avail.idx`, so the
@@ -470,10 +488,10 @@ impl Loop {
                 *rx = Ran::Requeue;
                 break true;
             }
-            if *rx == Ran::NeedBackend && self.backend.rx_peek().is_some() {
-                *rx = Ran::Requeue;
-                break true;
-            }
+            // No `rx_peek` while spinning: a backend's RX readiness changes only through this
+            // worker's own sends (handled before it polls) or through its RX fd, whose poll
+            // completes on the ring (`has_completions` above). The spin stays short, so a
+            // frame from the guest is seen sooner.
             if spins.is_multiple_of(64) && Instant::now() >= deadline {
                 break false;
             }
@@ -530,21 +548,22 @@ impl Loop {
             let failed = self.tx.pop(&mut self.txq, mem, self.cfg.batch);
             let n = self.tx.len();
             if n > 0 {
+                let t = &mut self.tx_tally;
                 match self.backend.send(mem, self.tx.chains()) {
                     Ok(r) => {
-                        add(&m.tx.packets, r.sent);
-                        add(&m.tx.bytes, r.bytes);
-                        for why in DropReason::ALL {
-                            m.drop_packets(why, r.dropped[why as usize]);
+                        t.sent += r.sent;
+                        t.bytes += r.bytes;
+                        for (d, n) in t.dropped.iter_mut().zip(r.dropped) {
+                            *d += n;
                         }
                     }
                     Err(e) => {
-                        m.drop_packets(DropReason::BackendError, n as u64);
+                        t.dropped[DropReason::BackendError as usize] += n as u64;
                         self.report.fatal = Some(backend_error(e));
                     }
                 }
-                add(&m.tx.chains, n as u64);
-                add(&m.tx.batches, 1);
+                t.chains += n as u64;
+                t.batches += 1;
                 pkts += n as u64;
                 bytes += self.tx.bytes();
             }
@@ -592,10 +611,22 @@ impl Loop {
         self.tx_notify = true;
     }
 
-    /// End of a round: returns a TX batch still held, then decides whether the guest wants an
-    /// interrupt on each queue published to in the round's last step. One full fence serves
+    /// End of a round: adds the round's TX counts, returns a TX batch still held, then decides
+    /// whether the guest wants an interrupt on each queue published to in the round's last
+    /// step. One full fence serves
     /// both decisions, and it is paid after the RX delivery, not between it and the guest.
     fn finish_round(&mut self) {
+        let t = std::mem::take(&mut self.tx_tally);
+        if t.batches > 0 {
+            let m = &self.metrics;
+            add(&m.tx.packets, t.sent);
+            add(&m.tx.bytes, t.bytes);
+            for why in DropReason::ALL {
+                m.drop_packets(why, t.dropped[why as usize]);
+            }
+            add(&m.tx.chains, t.chains);
+            add(&m.tx.batches, t.batches);
+        }
         if std::mem::take(&mut self.tx_pending) {
             self.complete_tx();
         }
