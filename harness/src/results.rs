@@ -152,9 +152,15 @@ pub struct CpuNsPerPacket {
 pub struct PctOfCeiling {
     /// Name of the limit in `limits` (e.g. `spsc_copy_64`).
     pub ceiling: String,
-    /// 100 means "at the ceiling". Throughput: median Mpps / ceiling median Mpps × 100.
-    /// Latency (`ns` ceilings): ceiling median ns / median `rtt_p50_ns` × 100.
+    /// 100 means "at the ceiling". Throughput: Mpps / ceiling Mpps × 100. Latency (`ns`
+    /// ceilings): ceiling ns / `rtt_p50_ns` × 100. Each ratio is taken within one round (the
+    /// repeat against the ceiling measured in the same round), and this is their median, so
+    /// a placement change between rounds moves both sides of every ratio alike. Records
+    /// without round indices fall back to the ratio of the two medians.
     pub median_pct: f64,
+    /// The same-round ratios, in round order (empty for the fallback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_round_pct: Vec<f64>,
 }
 
 /// The raw values of one repeat. All numbers must be finite.
@@ -188,6 +194,10 @@ pub struct RepeatValues {
     /// batches were. Absent in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chains_per_batch: Option<f64>,
+    /// The round (0-based) this repeat ran in: the index of the same round's sample in each
+    /// limit's `samples`. Absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<usize>,
 }
 
 /// One measured combination, summarised over its repeats.
@@ -315,19 +325,39 @@ impl Record {
     /// Sets `pct_of_ceiling` relative to `ceiling` (an `mpps` limit compares throughput, an
     /// `ns` limit compares `rtt_p50_ns`). Left unset when the comparison is undefined.
     pub fn with_ceiling(mut self, ceiling: &LimitResult) -> Self {
-        let pct = match ceiling.unit.as_str() {
-            UNIT_MPPS => Some(self.throughput_mpps.median / ceiling.median * 100.0),
-            UNIT_NS => self
-                .rtt_p50_ns
-                .map(|rtt| ceiling.median / rtt.median * 100.0),
-            _ => None,
-        };
-        self.pct_of_ceiling = pct
+        let pct = |limit: f64, mpps: f64, rtt: Option<f64>| -> Option<f64> {
+            match ceiling.unit.as_str() {
+                UNIT_MPPS => Some(mpps / limit * 100.0),
+                UNIT_NS => rtt.map(|rtt| limit / rtt * 100.0),
+                _ => None,
+            }
             .filter(|p| p.is_finite())
-            .map(|median_pct| PctOfCeiling {
-                ceiling: ceiling.name.clone(),
-                median_pct,
-            });
+        };
+        // Same-round ratios, when every repeat knows its round and that round has a sample.
+        let per_round: Option<Vec<f64>> = self
+            .per_repeat
+            .iter()
+            .map(|r| {
+                let limit = *ceiling.samples.get(r.round?)?;
+                pct(limit, r.throughput_mpps, r.rtt_p50_ns)
+            })
+            .collect();
+        let (median_pct, per_round_pct) = match per_round {
+            Some(v) if !v.is_empty() => (Summary::from_values(&v).map(|s| s.median), v),
+            _ => (
+                pct(
+                    ceiling.median,
+                    self.throughput_mpps.median,
+                    self.rtt_p50_ns.map(|r| r.median),
+                ),
+                Vec::new(),
+            ),
+        };
+        self.pct_of_ceiling = median_pct.map(|median_pct| PctOfCeiling {
+            ceiling: ceiling.name.clone(),
+            median_pct,
+            per_round_pct,
+        });
         self
     }
 }
@@ -516,6 +546,7 @@ mod tests {
             calibration_rtt_ns: 63.123456789,
             duration_s: 1.0000021,
             chains_per_batch: Some(40.5),
+            round: None,
         }
     }
 
@@ -593,6 +624,45 @@ mod tests {
             BTreeMap::new()
         )
         .is_err());
+    }
+
+    #[test]
+    fn ceiling_ratios_are_taken_within_each_round() {
+        // Round 1 ran in a far placement: the ceiling and the record both slowed there.
+        let rounds = [(0, 250.0, 50.0), (1, 800.0, 20.0), (2, 260.0, 48.0)];
+        let repeats: Vec<RepeatValues> = rounds
+            .iter()
+            .map(|&(k, rtt, mpps)| RepeatValues {
+                round: Some(k),
+                ..repeat(mpps, Some(rtt))
+            })
+            .collect();
+        let rec = Record::from_repeats(
+            "null",
+            Workload::Rr,
+            64,
+            &repeats,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .expect("record");
+        let wake =
+            LimitResult::from_samples("busy_poll_wake_rtt", UNIT_NS, vec![100.0, 400.0, 100.0])
+                .expect("limit");
+        let pct = rec.clone().with_ceiling(&wake).pct_of_ceiling.expect("pct");
+        assert_eq!(pct.per_round_pct, vec![40.0, 50.0, 100.0 / 260.0 * 100.0]);
+        assert_eq!(pct.median_pct, 40.0);
+        let copy = LimitResult::from_samples("spsc_copy_64", UNIT_MPPS, vec![100.0, 40.0, 96.0])
+            .expect("limit");
+        let pct = rec.clone().with_ceiling(&copy).pct_of_ceiling.expect("pct");
+        assert_eq!(pct.per_round_pct, vec![50.0, 50.0, 50.0]);
+        assert_eq!(pct.median_pct, 50.0);
+        // A round the ceiling has no sample for: the ratio of medians instead.
+        let short = LimitResult::from_samples("busy_poll_wake_rtt", UNIT_NS, vec![100.0, 400.0])
+            .expect("limit");
+        let pct = rec.with_ceiling(&short).pct_of_ceiling.expect("pct");
+        assert!(pct.per_round_pct.is_empty());
+        assert_eq!(pct.median_pct, 250.0 / 260.0 * 100.0);
     }
 
     #[test]

@@ -145,7 +145,12 @@ fn pair_config(args: &RunArgs, c: &Combo) -> PairConfig {
 }
 
 /// Per-repeat numbers of one run.
-fn repeat_values(c: &Combo, o: &RunOutcome, calibration_rtt_ns: f64) -> Result<RepeatValues> {
+fn repeat_values(
+    c: &Combo,
+    o: &RunOutcome,
+    calibration_rtt_ns: f64,
+    round: usize,
+) -> Result<RepeatValues> {
     let w = guest_workload(c.workload);
     let window = o.guest.window.as_secs_f64();
     if window <= 0.0 || o.guest.window_packets == 0 {
@@ -185,6 +190,7 @@ fn repeat_values(c: &Combo, o: &RunOutcome, calibration_rtt_ns: f64) -> Result<R
             let chains = get(&o.metrics.tx.chains) + get(&o.metrics.rx.chains);
             (batches > 0).then(|| chains as f64 / batches as f64)
         },
+        round: Some(round),
     })
 }
 
@@ -346,7 +352,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             if let Some(b) = o.engine_overhead_bytes() {
                 a.engine_overhead_bytes.push(b);
             }
-            match repeat_values(c, &o, cal.pingpong_rtt_ns) {
+            match repeat_values(c, &o, cal.pingpong_rtt_ns, rep) {
                 Ok(v) => a.repeats.push(v),
                 Err(e) => a.errors.push(format!("repeat {rep}: {e:#}")),
             }
@@ -543,7 +549,8 @@ pub fn render(doc: &Results) -> String {
     out.push_str(
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
          % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
-         rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
+         rr vs the in-run busy-poll wake round trip (ceiling / p50); each ratio within one round,\n\
+         median over rounds; tap modes vs the in-run\n\
          tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
          x emulated: tap-vhost throughput / emulated throughput, same row otherwise. ns/pkt: thread CPU time\n\
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
