@@ -549,9 +549,9 @@ pub fn render(doc: &Results) -> String {
     out.push_str(
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
          % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
-         rr vs the in-run busy-poll wake round trip (ceiling / p50); each ratio within one round,\n\
-         median over rounds; tap modes vs the in-run\n\
+         rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
          tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
+         Each ratio is taken within one round (against that round's ceiling); the median is shown.\n\
          x emulated: tap-vhost throughput / emulated throughput, same row otherwise. ns/pkt: thread CPU time\n\
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
          chains/batch: chains the worker moved per used-ring publish (how full its batches were).\n\
