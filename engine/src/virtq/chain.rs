@@ -150,6 +150,14 @@ pub fn read_iov(mem: &GuestMemory, iov: &[Span], skip: usize, dst: &mut [u8]) ->
 /// Copies `src` into the segments `iov`, starting `skip` bytes in. Returns the bytes written
 /// (fewer than `src.len()` if the segments are shorter).
 pub fn write_iov(mem: &GuestMemory, iov: &[Span], skip: usize, src: &[u8]) -> usize {
+    if let [s] = iov {
+        // One segment, the usual RX buffer: the loop below without its iterator.
+        let n = s.len.saturating_sub(skip).min(src.len());
+        return match n > 0 && mem.write_at(s.off + skip, &src[..n]).is_ok() {
+            true => n,
+            false => 0,
+        };
+    }
     let mut done = 0;
     for s in skip_spans(iov, skip) {
         let n = s.len.min(src.len() - done);

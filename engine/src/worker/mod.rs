@@ -261,6 +261,17 @@ struct TxTally {
     batches: u64,
 }
 
+/// How a busy-poll window ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Polled {
+    /// The window passed with nothing to do: go to sleep.
+    Idle,
+    /// The event ring has a completion (a kick, the backend's RX fd, stop), or stop was set.
+    Completion,
+    /// A queue has work, seen on the rings themselves (the event ring had nothing).
+    Work,
+}
+
 /// How a handler run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ran {
@@ -312,24 +323,32 @@ impl Loop {
         let mut rx = Ran::Requeue;
         let mut stopping = false;
         let mut rx_woken = false;
+        // False right after busy polling found work on the rings themselves: the ring had no
+        // completion when it was last checked, a moment before, so this round skips reaping
+        // it (what completes meanwhile is reaped next round).
+        let mut reap = true;
         loop {
-            let reaped = self.ring.reap(|i, _| match i {
-                TX_KICK => {
-                    add(&m.tx.kicks, 1);
-                    if tx == Ran::NeedGuest {
-                        tx = Ran::Requeue;
+            let reaped = if std::mem::replace(&mut reap, true) {
+                self.ring.reap(|i, _| match i {
+                    TX_KICK => {
+                        add(&m.tx.kicks, 1);
+                        if tx == Ran::NeedGuest {
+                            tx = Ran::Requeue;
+                        }
                     }
-                }
-                RX_KICK => {
-                    add(&m.rx.kicks, 1);
-                    if rx == Ran::NeedGuest {
-                        rx = Ran::Requeue;
+                    RX_KICK => {
+                        add(&m.rx.kicks, 1);
+                        if rx == Ran::NeedGuest {
+                            rx = Ran::Requeue;
+                        }
                     }
-                }
-                STOP => stopping = true,
-                RX_POLL => rx_woken = true,
-                _ => {}
-            });
+                    STOP => stopping = true,
+                    RX_POLL => rx_woken = true,
+                    _ => {}
+                })
+            } else {
+                Ok(0)
+            };
             if let Err(e) = reaped {
                 self.report.fatal = Some(format!("io_uring: {e}"));
                 return;
@@ -368,8 +387,15 @@ impl Loop {
                     return;
                 }
             }
-            if self.cfg.busy_poll_us > 0 && self.busy_poll(&mut tx, &mut rx) {
-                continue;
+            if self.cfg.busy_poll_us > 0 {
+                match self.busy_poll(&mut tx, &mut rx) {
+                    Polled::Idle => {}
+                    Polled::Completion => continue,
+                    Polled::Work => {
+                        reap = false;
+                        continue;
+                    }
+                }
             }
             // Going to sleep: ask for kicks where we wait on the guest, then re-check.
             if tx == Ran::NeedGuest && self.rearm(true) {
@@ -417,17 +443,17 @@ impl Loop {
         }
     }
 
-    /// Spins on the rings with kicks off for up to `busy_poll_us`. True if work turned up.
-    fn busy_poll(&mut self, tx: &mut Ran, rx: &mut Ran) -> bool {
+    /// Spins on the rings with kicks off for up to `busy_poll_us`.
+    fn busy_poll(&mut self, tx: &mut Ran, rx: &mut Ran) -> Polled {
         // Queued re-arms and the RX poll must reach the kernel for `has_completions` to see
         // them while spinning.
         if let Err(e) = self.ring.flush() {
             self.report.fatal = Some(format!("io_uring submit: {e}"));
-            return true;
+            return Polled::Completion;
         }
         if *rx == Ran::NeedBackend && self.backend.rx_peek().is_some() {
             *rx = Ran::Requeue;
-            return true;
+            return Polled::Work;
         }
         let deadline = Instant::now() + Duration::from_micros(self.cfg.busy_poll_us);
         // While waiting for the guest's next frame, keep asking for the line it will most
@@ -468,14 +494,14 @@ impl Loop {
                 self.mem.prefetch_write(off);
             }
             if self.ring.has_completions() || self.stop.load(Ordering::Relaxed) {
-                break true;
+                break Polled::Completion;
             }
             if *tx == Ran::NeedGuest {
                 match self.txq.pending(&self.mem) {
                     Ok(0) => {}
                     Ok(_) => {
                         *tx = Ran::Requeue;
-                        break true;
+                        break Polled::Work;
                     }
                     Err(e) => {
                         self.queue_failed(true, e);
@@ -486,19 +512,19 @@ impl Loop {
             // RX waits for *new* buffers (those already seen may be too few for the frame).
             if *rx == Ran::NeedGuest && self.rxq.has_new_avail(&self.mem) {
                 *rx = Ran::Requeue;
-                break true;
+                break Polled::Work;
             }
             // No `rx_peek` while spinning: a backend's RX readiness changes only through this
             // worker's own sends (handled before it polls) or through its RX fd, whose poll
             // completes on the ring (`has_completions` above). The spin stays short, so a
             // frame from the guest is seen sooner.
             if spins.is_multiple_of(64) && Instant::now() >= deadline {
-                break false;
+                break Polled::Idle;
             }
             std::hint::spin_loop();
         };
         add(&self.metrics.busy_poll_spins, spins);
-        if found {
+        if found != Polled::Idle {
             add(&self.metrics.busy_poll_hits, 1);
         }
         found
