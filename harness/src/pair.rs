@@ -508,11 +508,16 @@ mod tests {
 
     #[test]
     fn busy_polling_and_guest_polling_deliver_exactly_once() {
-        for w in [Workload::Tx, Workload::Rx, Workload::Rr] {
-            let mut c = cfg(w);
-            c.busy_poll_us = 50;
-            c.guest_poll = true;
-            check_exact(&c);
+        // Batch 1 too: every batch is full, and the worker holds the last one (returning it
+        // after the RX work) only when nothing is queued behind it.
+        for batch in [1, 64] {
+            for w in [Workload::Tx, Workload::Rx, Workload::Rr] {
+                let mut c = cfg(w);
+                c.busy_poll_us = 50;
+                c.guest_poll = true;
+                c.batch = batch;
+                check_exact(&c);
+            }
         }
     }
 

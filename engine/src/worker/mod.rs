@@ -593,9 +593,19 @@ impl Loop {
                 pkts += n as u64;
                 bytes += self.tx.bytes();
             }
-            let more = failed.is_none()
+            // A full batch with nothing behind it is the run's last one, like a short batch.
+            let more_pending = n == self.cfg.batch
+                && failed.is_none()
+                && match self.txq.pending(mem) {
+                    Ok(p) => p > 0,
+                    Err(e) => {
+                        self.tx_pending = true;
+                        self.queue_failed(true, e);
+                        return Ran::Dead;
+                    }
+                };
+            let more = more_pending
                 && self.report.fatal.is_none()
-                && n == self.cfg.batch
                 && pkts < self.cfg.pkt_weight
                 && bytes < self.cfg.byte_weight;
             if n > 0 {
@@ -618,7 +628,7 @@ impl Loop {
             if self.report.fatal.is_some() {
                 return Ran::Dead;
             }
-            if n < self.cfg.batch {
+            if !more_pending {
                 return Ran::NeedGuest;
             }
             if pkts >= self.cfg.pkt_weight || bytes >= self.cfg.byte_weight {
