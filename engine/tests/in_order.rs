@@ -924,15 +924,7 @@ fn hostile_element_names_head_out_of_range() {
 fn hostile_element_names_buffer_past_the_published_batch() {
     let mut r = hostile_setup(8, 6, 4);
     let last = r.posted[3].head;
-    let start = r.used_idx();
-    write_used_elem(&r, start, last as u32, 0);
-    set_used_idx(&r, start.wrapping_add(2));
-    let (got, err) = reap_until_err(&mut r, 4);
-    assert!(
-        matches!(err, Some(DriverError::BadUsedId(id)) if id == last as u32),
-        "{err:?} after {got:?}"
-    );
-    check_prefix(&r, &got);
+    let got = two_used_naming_bad_id(&mut r, last);
     assert!(got.len() < 2, "returned the whole short batch: {got:?}");
 }
 
@@ -949,15 +941,23 @@ fn hostile_element_names_already_reaped_buffer() {
         !r.posted.iter().any(|p| p.head == old),
         "head reused already"
     );
+    two_used_naming_bad_id(&mut r, old);
+}
+
+/// The device claims two more used buffers with one element naming `id`; the driver must
+/// refuse it as `BadUsedId(id)`, having handed back only a correct prefix. Returns what it
+/// handed back.
+fn two_used_naming_bad_id(r: &mut Rig, id: u16) -> Vec<UsedElem> {
     let start = r.used_idx();
-    write_used_elem(&r, start, old as u32, 0);
-    set_used_idx(&r, start.wrapping_add(2));
-    let (got, err) = reap_until_err(&mut r, 4);
+    write_used_elem(r, start, id as u32, 0);
+    set_used_idx(r, start.wrapping_add(2));
+    let (got, err) = reap_until_err(r, 4);
     assert!(
-        matches!(err, Some(DriverError::BadUsedId(id)) if id == old as u32),
+        matches!(err, Some(DriverError::BadUsedId(b)) if b == id as u32),
         "{err:?} after {got:?}"
     );
-    check_prefix(&r, &got);
+    check_prefix(r, &got);
+    got
 }
 
 /// `used.idx` moved past what is in flight, with a well-formed element for the buffers that

@@ -466,11 +466,8 @@ impl DriverQueue {
     /// Takes the next used element, freeing its descriptors. `Ok(None)`: nothing new.
     #[inline]
     pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<UsedElem>, DriverError> {
-        if self.last_used == self.used_idx {
-            self.load_used_idx(mem)?;
-            if self.last_used == self.used_idx {
-                return Ok(None);
-            }
+        if !self.has_used(mem)? {
+            return Ok(None);
         }
         self.take_used(mem).map(Some)
     }

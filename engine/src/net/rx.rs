@@ -126,23 +126,11 @@ impl RxWriter {
         mem: &GuestMemory,
         len: usize,
     ) -> Result<Gather, QueueError> {
-        let prepared = std::mem::take(&mut self.prepared);
-        if prepared && q.broken().is_some() {
-            self.heads.clear();
-            self.iov.clear();
-            return Err(QueueError::Broken);
+        // The first chain: the one `prepare` holds, or popped now.
+        if self.prepare(q, mem)?.is_none() {
+            return Ok(Gather::NoBuffers);
         }
-        if !prepared {
-            self.heads.clear();
-            self.iov.clear();
-            if !Self::pop_checked(q, mem, &mut self.first)? {
-                return Ok(Gather::NoBuffers);
-            }
-            self.heads
-                .push((self.first.head(), self.first.writable_len()));
-            self.iov.extend_from_slice(self.first.writable());
-        }
-        // One chain is held now, popped here or by `prepare`.
+        self.prepared = false;
         let Some(&(_, first_cap)) = self.heads.first() else {
             return Ok(Gather::NoBuffers);
         };

@@ -649,8 +649,8 @@ impl Loop {
 
     /// End of a round: adds the round's TX counts, returns a TX batch still held, then decides
     /// whether the guest wants an interrupt on each queue published to in the round's last
-    /// step. One full fence serves
-    /// both decisions, and it is paid after the RX delivery, not between it and the guest.
+    /// step. One full fence serves both decisions, and it is paid after the RX delivery, not
+    /// between it and the guest.
     fn finish_round(&mut self) {
         let t = std::mem::take(&mut self.tx_tally);
         if t.batches > 0 {
@@ -739,6 +739,7 @@ impl Loop {
             unpublished += 1;
             if unpublished == self.cfg.batch {
                 self.publish_rx(mem, m);
+                Self::signal_if_asked(&mut self.rxq, mem, &self.rx_call, &m.rx);
                 unpublished = 0;
             }
             if pkts >= self.cfg.pkt_weight || bytes >= self.cfg.byte_weight {
@@ -749,8 +750,7 @@ impl Loop {
         if unpublished > 0 {
             // The run's last publish: its interrupt decision waits for `finish_round`, which
             // fences once for it and the TX queue's.
-            let _ = self.rxq.publish_used(mem);
-            add(&m.rx.batches, 1);
+            self.publish_rx(mem, m);
             self.rx_notify = true;
         }
         add(&m.rx.packets, pkts);
@@ -760,7 +760,6 @@ impl Loop {
 
     fn publish_rx(&mut self, mem: &GuestMemory, m: &DeviceMetrics) {
         let _ = self.rxq.publish_used(mem);
-        Self::signal_if_asked(&mut self.rxq, mem, &self.rx_call, &m.rx);
         add(&m.rx.batches, 1);
     }
 }
