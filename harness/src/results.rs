@@ -182,6 +182,9 @@ pub struct RepeatValues {
     pub rtt_p99_ns: Option<f64>,
     /// rr only: 99.9th percentile, ns.
     pub rtt_p999_ns: Option<f64>,
+    /// rr only: mean, ns (not quantised to the clock's step like the percentiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_mean_ns: Option<f64>,
     /// Packets the sending side handed over.
     pub sent: u64,
     /// Packets the receiving side got.
@@ -237,6 +240,9 @@ pub struct Record {
     pub rtt_p99_ns: Option<Summary>,
     /// rr only: over repeats of the per-repeat p99.9, ns.
     pub rtt_p999_ns: Option<Summary>,
+    /// rr only: over repeats of the per-repeat mean, ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_mean_ns: Option<Summary>,
     /// Relative to a limit of the same run, if the caller named one.
     pub pct_of_ceiling: Option<PctOfCeiling>,
     /// Packets sent, summed over repeats.
@@ -309,6 +315,7 @@ impl Record {
             rtt_p50_ns: optional(&|r| r.rtt_p50_ns),
             rtt_p99_ns: optional(&|r| r.rtt_p99_ns),
             rtt_p999_ns: optional(&|r| r.rtt_p999_ns),
+            rtt_mean_ns: optional(&|r| r.rtt_mean_ns),
             chains_per_batch: optional(&|r| r.chains_per_batch),
             pct_of_ceiling: None,
             sent,
@@ -377,6 +384,7 @@ fn check_finite(i: usize, r: &RepeatValues) -> anyhow::Result<()> {
         ("rtt_p50_ns", r.rtt_p50_ns),
         ("rtt_p99_ns", r.rtt_p99_ns),
         ("rtt_p999_ns", r.rtt_p999_ns),
+        ("rtt_mean_ns", r.rtt_mean_ns),
         ("calibration_rtt_ns", Some(r.calibration_rtt_ns)),
         ("duration_s", Some(r.duration_s)),
         ("chains_per_batch", r.chains_per_batch),
@@ -541,6 +549,7 @@ mod tests {
             rtt_p50_ns: rtt,
             rtt_p99_ns: rtt.map(|r| r * 3.0),
             rtt_p999_ns: rtt.map(|r| r * 7.1),
+            rtt_mean_ns: rtt.map(|r| r * 1.2),
             sent: 1_000_003,
             received: 1_000_000,
             calibration_rtt_ns: 63.123456789,
@@ -601,6 +610,8 @@ mod tests {
         assert_eq!(r.throughput_mpps.median, 1.7);
         assert!((r.throughput_gbps.median - 1.7 * 64.0 * 8.0 / 1000.0).abs() < 1e-12);
         assert_eq!(r.rtt_p50_ns.map(|s| s.median), Some(40_250.25));
+        let mean = r.rtt_mean_ns.map(|s| s.median).expect("rr mean");
+        assert!((mean - 40_250.25 * 1.2).abs() < 1e-6, "{mean}");
         assert_eq!((r.sent, r.received, r.lost), (3_000_009, 3_000_000, 7));
         let pct = r.pct_of_ceiling.as_ref().expect("pct");
         assert_eq!(pct.ceiling, "busy_poll_wake_rtt");

@@ -181,6 +181,7 @@ fn repeat_values(
         rtt_p50_ns: q(0.5),
         rtt_p99_ns: q(0.99),
         rtt_p999_ns: q(0.999),
+        rtt_mean_ns: (c.workload == Workload::Rr).then(|| o.guest.rtt_ns.mean()),
         sent: o.sent(w),
         received: o.received(w),
         calibration_rtt_ns,
