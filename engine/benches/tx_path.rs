@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engine::backend::null::{NullBackend, NullMode};
-use engine::backend::Backend;
+use engine::backend::{Backend, TxResult};
 use engine::net::tx::TxBatch;
 use engine::virtq::DeviceQueue;
 use guest_sim::driver::{Buf, DriverQueue};
@@ -38,6 +38,7 @@ struct Rig {
     bufs: Vec<u64>,
     stamp_off: Vec<usize>,
     backend: NullBackend,
+    sent: TxResult,
     batch: TxBatch,
     seq: u64,
 }
@@ -70,6 +71,7 @@ impl Rig {
             bufs,
             stamp_off,
             backend: NullBackend::new(NullMode::Sink, false),
+            sent: TxResult::default(),
             batch: TxBatch::new(BATCH),
             seq: 0,
         }
@@ -100,7 +102,10 @@ impl Rig {
             "queue error"
         );
         assert_eq!(self.batch.len(), BATCH, "the guest posted a whole batch");
-        black_box(self.backend.send(mem, self.batch.chains()).expect("send"));
+        self.backend
+            .send(mem, self.batch.chains(), &mut self.sent)
+            .expect("send");
+        black_box(&self.sent);
         self.batch.complete(&mut self.dev, mem).expect("complete");
         black_box(self.dev.needs_notification(mem));
     }

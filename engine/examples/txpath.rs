@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use engine::backend::null::{NullBackend, NullMode};
-use engine::backend::Backend;
+use engine::backend::{Backend, TxResult};
 use engine::net::tx::TxBatch;
 use engine::virtq::DeviceQueue;
 use guest_sim::driver::{Buf, DriverQueue};
@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut slot_of = vec![0u32; 256];
     let mut free: std::collections::VecDeque<u32> = (0..256).collect();
     let mut backend = NullBackend::new(NullMode::Sink, false);
+    let mut sent = TxResult::default();
     let mut batch = TxBatch::new(BATCH);
     let (mut t_guest, mut t_dev) = (0u128, 0u128);
     let mut seq = 0u64;
@@ -66,8 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(e) = batch.pop(&mut dev, mem, BATCH) {
             return Err(e.into());
         }
-        let r = backend.send(mem, batch.chains())?;
-        black_box(r);
+        backend.send(mem, batch.chains(), &mut sent)?;
+        black_box(&sent);
         batch.complete(&mut dev, mem)?;
         black_box(dev.needs_notification(mem));
         let t2 = Instant::now();

@@ -25,7 +25,8 @@ pub enum BackendError {
     Memory(#[from] vring::MemError),
 }
 
-/// What happened to a TX batch.
+/// What happened to TX frames: counts a backend adds to as it sends (the worker keeps one for a
+/// whole round and adds it to the shared counters once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TxResult {
     /// Frames the backend took.
@@ -37,6 +38,11 @@ pub struct TxResult {
 }
 
 impl TxResult {
+    /// Frames accounted for: sent or dropped.
+    pub fn frames(&self) -> u64 {
+        self.sent + self.dropped.iter().sum::<u64>()
+    }
+
     /// Counts one drop.
     #[inline]
     pub fn drop_one(&mut self, why: DropReason) {
@@ -61,8 +67,14 @@ pub trait Backend: Send {
     /// the frame (checked by [`crate::net::header::check_tx`]: no writable part, at least a
     /// header; [`tx_frame_len`] is the frame's length). Parsing the header is the backend's
     /// business, as in Linux, where vhost-net hands the chain to tun and tun reads the header.
-    /// Every frame must come back as sent or as a counted drop.
-    fn send(&mut self, mem: &GuestMemory, chains: &[Chain]) -> Result<TxResult, BackendError>;
+    /// Every frame must be added to `out` as sent or as a counted drop, on `Err` too (`out`
+    /// holds earlier batches' counts: add, do not overwrite).
+    fn send(
+        &mut self,
+        mem: &GuestMemory,
+        chains: &[Chain],
+        out: &mut TxResult,
+    ) -> Result<(), BackendError>;
 
     /// Length in bytes, virtio-net header included, of the next frame for the guest, if one is
     /// ready now (Linux `peek_head_len`).

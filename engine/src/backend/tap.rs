@@ -130,13 +130,18 @@ impl Backend for TapBackend {
         "tap"
     }
 
-    fn send(&mut self, mem: &GuestMemory, chains: &[Chain]) -> Result<TxResult, BackendError> {
+    fn send(
+        &mut self,
+        mem: &GuestMemory,
+        chains: &[Chain],
+        out: &mut TxResult,
+    ) -> Result<(), BackendError> {
         if self.poisoned {
+            out.dropped[DropReason::BackendError as usize] += chains.len() as u64;
             return Err(BackendError::Io(io::Error::other(
                 "tap io_uring failed earlier",
             )));
         }
-        let mut out = TxResult::default();
         if chains.len() == 1 {
             // One frame: io_uring only adds its own overhead to a single writev (the request/
             // response case). Batches go through the ring.
@@ -157,9 +162,11 @@ impl Backend for TapBackend {
                 }
                 _ => out.drop_one(DropReason::BackendError),
             }
-            return Ok(out);
+            return Ok(());
         }
         let n = chains.len().min(self.iovs.len());
+        // More chains than iovec slots (the worker never hands over more than a batch).
+        out.dropped[DropReason::BackendError as usize] += (chains.len() - n) as u64;
         let mut submitted = 0usize;
         for (i, c) in chains.iter().enumerate().take(n) {
             let len = c.readable_len() as usize;
@@ -197,14 +204,21 @@ impl Backend for TapBackend {
             self.iovs[i] = iov;
             match entry {
                 Some(e) => {
-                    self.push(e)?;
+                    if let Err(err) = self.push(e) {
+                        // Never submitted, and the ring is not used again: this frame, those
+                        // queued before it and those after it are all dropped.
+                        self.poisoned = true;
+                        out.dropped[DropReason::BackendError as usize] +=
+                            (submitted + n - i) as u64;
+                        return Err(err.into());
+                    }
                     submitted += 1;
                 }
                 None => out.drop_one(DropReason::BackendError),
             }
         }
         if submitted == 0 {
-            return Ok(out);
+            return Ok(());
         }
         self.stats.submits += 1;
         let mut reaped = 0;
@@ -220,7 +234,7 @@ impl Backend for TapBackend {
                     for _ in reaped..submitted {
                         out.drop_one(DropReason::BackendError);
                     }
-                    return Ok(out);
+                    return Ok(());
                 }
             }
             for cqe in self.ring.completion() {
@@ -237,7 +251,7 @@ impl Backend for TapBackend {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn rx_peek(&mut self) -> Option<usize> {

@@ -25,7 +25,7 @@ use vring::layout::QueueAddrs;
 use vring::net::{bit, Features};
 use vring::GuestMemory;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, TxResult};
 use crate::metrics::{add, get, DeviceMetrics, DropReason, QueueMetrics};
 use crate::net::rx::{Gather, RxWriter};
 use crate::net::tx::TxBatch;
@@ -254,9 +254,8 @@ const RX_POLL: usize = 3;
 /// TX counts not yet added to the shared counters.
 #[derive(Debug, Default)]
 struct TxTally {
-    sent: u64,
-    bytes: u64,
-    dropped: [u64; DropReason::COUNT],
+    /// Frames sent and dropped, as the backend counts them.
+    frames: TxResult,
     chains: u64,
     batches: u64,
 }
@@ -575,18 +574,14 @@ impl Loop {
             let n = self.tx.len();
             if n > 0 {
                 let t = &mut self.tx_tally;
-                match self.backend.send(mem, self.tx.chains()) {
-                    Ok(r) => {
-                        t.sent += r.sent;
-                        t.bytes += r.bytes;
-                        for (d, n) in t.dropped.iter_mut().zip(r.dropped) {
-                            *d += n;
-                        }
-                    }
-                    Err(e) => {
-                        t.dropped[DropReason::BackendError as usize] += n as u64;
-                        self.report.fatal = Some(backend_error(e));
-                    }
+                #[cfg(debug_assertions)]
+                let before = t.frames.frames();
+                // Every frame is counted by the backend, failure or not.
+                let sent = self.backend.send(mem, self.tx.chains(), &mut t.frames);
+                #[cfg(debug_assertions)]
+                debug_assert_eq!(t.frames.frames() - before, n as u64, "frames not counted");
+                if let Err(e) = sent {
+                    self.report.fatal = Some(backend_error(e));
                 }
                 t.chains += n as u64;
                 t.batches += 1;
@@ -655,10 +650,10 @@ impl Loop {
         let t = std::mem::take(&mut self.tx_tally);
         if t.batches > 0 {
             let m = &self.metrics;
-            add(&m.tx.packets, t.sent);
-            add(&m.tx.bytes, t.bytes);
+            add(&m.tx.packets, t.frames.sent);
+            add(&m.tx.bytes, t.frames.bytes);
             for why in DropReason::ALL {
-                m.drop_packets(why, t.dropped[why as usize]);
+                m.drop_packets(why, t.frames.dropped[why as usize]);
             }
             add(&m.tx.chains, t.chains);
             add(&m.tx.batches, t.batches);
