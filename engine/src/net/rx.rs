@@ -127,7 +127,8 @@ impl RxWriter {
         len: usize,
     ) -> Result<Gather, QueueError> {
         // The first chain: the one `prepare` holds, or popped now.
-        if self.prepare(q, mem)?.is_none() {
+        let held = self.prepared && q.broken().is_none();
+        if !held && self.prepare(q, mem)?.is_none() {
             return Ok(Gather::NoBuffers);
         }
         self.prepared = false;
