@@ -561,22 +561,21 @@ impl Guest<'_> {
                 self.recycle_rx(s2);
             }
             let f = &fb[H..at];
-            if frame::seq(f).is_none() {
+            let Some((seq, ts)) = frame::stamps(f) else {
                 // Not one of ours: traffic of the network itself (a real tap or bridge can
                 // carry some). Counted apart; it is neither delivered nor lost.
                 self.r.rx_foreign += 1;
                 self.frame_buf = fb;
                 continue;
-            }
+            };
             if self.cfg.verify_bytes && (f.len() != self.cfg.frame_len || !frame::verify(f)) {
                 self.r.rx_corrupt += 1;
             }
-            match frame::seq(f) {
-                Some(s) if s == self.rx_expect => {}
-                _ => self.r.rx_out_of_order += 1,
+            if seq != self.rx_expect {
+                self.r.rx_out_of_order += 1;
             }
-            self.rx_expect = frame::seq(f).unwrap_or(self.rx_expect).wrapping_add(1);
-            last_ts = frame::timestamp(f).unwrap_or(0);
+            self.rx_expect = seq.wrapping_add(1);
+            last_ts = ts;
             if self.cfg.workload == Workload::Echo {
                 self.echo(&fb[H..at])?;
             }

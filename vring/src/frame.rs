@@ -72,8 +72,15 @@ pub fn seq(buf: &[u8]) -> Option<u64> {
 /// The sender timestamp of a frame.
 #[inline]
 pub fn timestamp(buf: &[u8]) -> Option<u64> {
-    seq(buf)?;
-    Some(u64::from_le_bytes(buf[TS..TS + 8].try_into().ok()?))
+    stamps(buf).map(|(_, ts)| ts)
+}
+
+/// The sequence number and the sender timestamp of a frame, read together (one check of
+/// length and EtherType for both).
+#[inline]
+pub fn stamps(buf: &[u8]) -> Option<(u64, u64)> {
+    let s = seq(buf)?;
+    Some((s, u64::from_le_bytes(buf[TS..TS + 8].try_into().ok()?)))
 }
 
 /// Whether every byte of `buf` is what [`fill`] writes for its sequence number (any
@@ -102,12 +109,14 @@ mod tests {
         fill(&mut b, 42, 7);
         assert_eq!(seq(&b), Some(42));
         assert_eq!(timestamp(&b), Some(7));
+        assert_eq!(stamps(&b), Some((42, 7)));
         assert!(verify(&b));
         stamp(&mut b, 43, 8);
         assert!(verify(&b));
         b[50] ^= 1;
         assert!(!verify(&b));
         assert_eq!(seq(&b[..20]), None);
+        assert_eq!(stamps(&b[..20]), None);
         assert!(!verify(&b[..5]));
     }
 }
