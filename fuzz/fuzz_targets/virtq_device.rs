@@ -1261,7 +1261,7 @@ fn run(guest: &MockGuest, input: &Input) {
         }
         Err(e) => {
             assert!(!expect_ok, "DeviceQueue::new rejected {qa:?}: {e:?}");
-            assert!(matches!(e, QueueError::BadRing(_)), "{e:?}");
+            assert!(matches!(e, QueueError::BadRing { .. }), "{e:?}");
             return;
         }
     };

@@ -211,9 +211,13 @@ pub(crate) fn walk(
         if d.len == 0 {
             return Ok(());
         }
-        let span = mem
-            .translate(d.addr, d.len as u64)
-            .map_err(|source| QueueError::bad_address(d.addr, d.len, source))?;
+        let span =
+            mem.translate(d.addr, d.len as u64)
+                .map_err(|source| QueueError::BadAddress {
+                    addr: d.addr,
+                    len: d.len,
+                    source,
+                })?;
         chain.segs.push(span);
         chain.n_readable = usize::from(!write);
         return Ok(());
@@ -286,7 +290,11 @@ fn walk_indirect(
     }
     let span = mem
         .translate(ind.addr, bytes as u64)
-        .map_err(|source| QueueError::bad_address(ind.addr, bytes, source))?;
+        .map_err(|source| QueueError::BadAddress {
+            addr: ind.addr,
+            len: bytes,
+            source,
+        })?;
     let mut idx: u32 = 0;
     let mut ttl = n;
     loop {
@@ -315,14 +323,18 @@ fn walk_indirect(
     }
 }
 
-#[inline(always)]
+#[inline]
 fn read_desc(mem: &GuestMemory, table_off: usize, idx: u16) -> Result<Descriptor, QueueError> {
     // The table was translated as a whole, so this offset is inside it; the accessor checks
     // the mapping bounds again regardless.
     let off = table_off + idx as usize * Descriptor::SIZE;
     mem.read_words(off)
         .map(|(lo, hi)| Descriptor::from_words(lo, hi))
-        .map_err(|source| QueueError::bad_ring("desc", 0, Some(source)))
+        .map_err(|source| QueueError::BadRing {
+            part: "desc",
+            gpa: 0,
+            source: Some(source),
+        })
 }
 
 #[inline]
@@ -356,7 +368,11 @@ fn push(
     }
     let span = mem
         .translate(d.addr, d.len as u64)
-        .map_err(|source| QueueError::bad_address(d.addr, d.len, source))?;
+        .map_err(|source| QueueError::BadAddress {
+            addr: d.addr,
+            len: d.len,
+            source,
+        })?;
     if chain.segs.len() == MAX_SEGMENTS {
         return Err(QueueError::TooManySegments(MAX_SEGMENTS));
     }

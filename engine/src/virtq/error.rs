@@ -6,10 +6,6 @@
 use vring::MemError;
 
 /// Why a queue stopped. Each names the spec rule it enforces where there is one.
-///
-/// Kept to two machine words (the variants with a memory error behind them are boxed), so a
-/// `Result` of a ring index or of nothing comes back in registers on the paths that never
-/// fail; the box is only allocated when the guest does something wrong.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum QueueError {
     /// Queue size not a power of two in 1..=32768 (§2.7: "Queue Size value is always a power
@@ -17,8 +13,16 @@ pub enum QueueError {
     #[error("queue size {0} is not a power of two in 1..=32768")]
     BadSize(u16),
     /// A ring part is misaligned or not inside guest memory (§2.7 alignment table).
-    #[error(transparent)]
-    BadRing(Box<RingFault>),
+    #[error("ring part {part} at {gpa:#x} is misaligned or unmapped")]
+    BadRing {
+        /// `desc`, `avail` or `used`.
+        part: &'static str,
+        /// Its guest-physical address.
+        gpa: u64,
+        /// Translation failure, when that was the cause.
+        #[source]
+        source: Option<MemError>,
+    },
     /// `avail.idx` moved more than the queue size past the last consumed entry.
     #[error("avail.idx {avail_idx} is more than {size} ahead of {next_avail}")]
     AvailIdxJump {
@@ -60,8 +64,16 @@ pub enum QueueError {
         head: u16,
     },
     /// A buffer address/length is outside guest memory or overflows.
-    #[error(transparent)]
-    BadAddress(Box<AddressFault>),
+    #[error("buffer {addr:#x}+{len:#x} is not in guest memory")]
+    BadAddress {
+        /// Guest-physical address.
+        addr: u64,
+        /// Length.
+        len: u32,
+        /// Translation failure.
+        #[source]
+        source: MemError,
+    },
     /// `INDIRECT` used without `VIRTIO_F_RING_INDIRECT_DESC` negotiated.
     #[error("indirect descriptor without RING_INDIRECT_DESC negotiated")]
     IndirectNotNegotiated,
@@ -100,48 +112,6 @@ pub enum QueueError {
 }
 
 /// A fieldless tag for [`QueueError`], to index counters.
-/// [`QueueError::BadRing`]: which ring part, where, and why.
-#[derive(Debug, thiserror::Error, Clone)]
-#[error("ring part {part} at {gpa:#x} is misaligned or unmapped")]
-pub struct RingFault {
-    /// `desc`, `avail` or `used`.
-    pub part: &'static str,
-    /// Its guest-physical address.
-    pub gpa: u64,
-    /// Translation failure, when that was the cause.
-    #[source]
-    pub source: Option<MemError>,
-}
-
-/// [`QueueError::BadAddress`]: the buffer a descriptor named, and why it is not usable.
-#[derive(Debug, thiserror::Error, Clone)]
-#[error("buffer {addr:#x}+{len:#x} is not in guest memory")]
-pub struct AddressFault {
-    /// Guest-physical address.
-    pub addr: u64,
-    /// Length.
-    pub len: u32,
-    /// Translation failure.
-    #[source]
-    pub source: MemError,
-}
-
-impl QueueError {
-    /// A [`QueueError::BadRing`]. Out of line: only a broken ring gets here.
-    #[cold]
-    #[inline(never)]
-    pub fn bad_ring(part: &'static str, gpa: u64, source: Option<MemError>) -> Self {
-        QueueError::BadRing(Box::new(RingFault { part, gpa, source }))
-    }
-
-    /// A [`QueueError::BadAddress`]. Out of line: only a bad descriptor gets here.
-    #[cold]
-    #[inline(never)]
-    pub fn bad_address(addr: u64, len: u32, source: MemError) -> Self {
-        QueueError::BadAddress(Box::new(AddressFault { addr, len, source }))
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
 #[allow(missing_docs)]
@@ -221,13 +191,13 @@ impl QueueError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             QueueError::BadSize(_) => ErrorKind::BadSize,
-            QueueError::BadRing(_) => ErrorKind::BadRing,
+            QueueError::BadRing { .. } => ErrorKind::BadRing,
             QueueError::AvailIdxJump { .. } => ErrorKind::AvailIdxJump,
             QueueError::HeadOutOfRange { .. } => ErrorKind::HeadOutOfRange,
             QueueError::NextOutOfRange { .. } => ErrorKind::NextOutOfRange,
             QueueError::ChainLoop { .. } => ErrorKind::ChainLoop,
             QueueError::LengthOverflow { .. } => ErrorKind::LengthOverflow,
-            QueueError::BadAddress(_) => ErrorKind::BadAddress,
+            QueueError::BadAddress { .. } => ErrorKind::BadAddress,
             QueueError::IndirectNotNegotiated => ErrorKind::IndirectNotNegotiated,
             QueueError::IndirectBadLength(_) => ErrorKind::IndirectBadLength,
             QueueError::NestedIndirect => ErrorKind::NestedIndirect,
@@ -255,26 +225,5 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ErrorKind::COUNT);
-    }
-
-    #[test]
-    fn errors_fit_two_words_and_keep_their_message() {
-        assert!(std::mem::size_of::<QueueError>() <= 16);
-        let e = QueueError::bad_ring("avail", 0x1000, None);
-        assert_eq!(
-            e.to_string(),
-            "ring part avail at 0x1000 is misaligned or unmapped"
-        );
-        assert_eq!(e.kind(), ErrorKind::BadRing);
-        let e = QueueError::bad_address(
-            0x2000,
-            8,
-            MemError::Unmapped {
-                gpa: 0x2000,
-                len: 8,
-            },
-        );
-        assert_eq!(e.to_string(), "buffer 0x2000+0x8 is not in guest memory");
-        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -367,12 +367,12 @@ fn bad_queue_setup_is_rejected() {
     let (misaligned, _) = QueueAddrs::packed(8, 16);
     assert!(matches!(
         DeviceQueue::new(&g.mem, misaligned, features(false)),
-        Err(QueueError::BadRing(f)) if f.part == "desc"
+        Err(QueueError::BadRing { part: "desc", .. })
     ));
     let (outside, _) = QueueAddrs::packed(HOLE - 64, 16);
     assert!(matches!(
         DeviceQueue::new(&g.mem, outside, features(false)),
-        Err(QueueError::BadRing(_))
+        Err(QueueError::BadRing { .. })
     ));
 }
 

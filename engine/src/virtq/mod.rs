@@ -9,7 +9,7 @@ pub mod error;
 pub mod split;
 
 pub use chain::{Chain, MAX_SEGMENTS};
-pub use error::{AddressFault, ErrorKind, QueueError, RingFault};
+pub use error::{ErrorKind, QueueError};
 pub use split::{DeviceQueue, QueueStats};
 
 #[cfg(test)]

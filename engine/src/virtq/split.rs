@@ -87,11 +87,19 @@ impl DeviceQueue {
         }
         let part = |name, gpa: u64, len: u64, align: u64| {
             if !gpa.is_multiple_of(align) {
-                return Err(QueueError::bad_ring(name, gpa, None));
+                return Err(QueueError::BadRing {
+                    part: name,
+                    gpa,
+                    source: None,
+                });
             }
             mem.translate(gpa, len)
                 .map(|s| s.off)
-                .map_err(|e| QueueError::bad_ring(name, gpa, Some(e)))
+                .map_err(|e| QueueError::BadRing {
+                    part: name,
+                    gpa,
+                    source: Some(e),
+                })
         };
         let desc_off = part(
             "desc",
@@ -170,7 +178,11 @@ impl DeviceQueue {
         // descriptors it publishes are read after this load.
         let idx = mem
             .load_u16(self.avail_off + avail::IDX as usize, Ordering::Acquire)
-            .map_err(|e| QueueError::bad_ring("avail", 0, Some(e)))?;
+            .map_err(|e| QueueError::BadRing {
+                part: "avail",
+                gpa: 0,
+                source: Some(e),
+            })?;
         if idx.wrapping_sub(self.next_avail) > self.size {
             return Err(QueueError::AvailIdxJump {
                 avail_idx: idx,
@@ -325,7 +337,13 @@ impl DeviceQueue {
             }
         }
         self.stats.used += n as u64;
-        res.map_err(|e| self.fail(QueueError::bad_ring("used", 0, Some(e))))
+        res.map_err(|e| {
+            self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            })
+        })
     }
 
     /// Where the next chain's first buffer will most likely be: what the descriptor named by
@@ -348,8 +366,11 @@ impl DeviceQueue {
     #[inline(always)]
     fn next_head(&self, mem: &GuestMemory) -> Result<u16, QueueError> {
         let slot = self.avail_off + avail::ring(self.next_avail & self.mask) as usize;
-        mem.read_u16(slot)
-            .map_err(|e| QueueError::bad_ring("avail", 0, Some(e)))
+        mem.read_u16(slot).map_err(|e| QueueError::BadRing {
+            part: "avail",
+            gpa: 0,
+            source: Some(e),
+        })
     }
 
     /// Gives back the last `n` popped chains (Linux `vhost_discard_vq_desc`), for example when
@@ -374,7 +395,11 @@ impl DeviceQueue {
         let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
         let elem = (head as u64) | ((len as u64) << 32);
         if let Err(e) = mem.write_u64(off, elem) {
-            return Err(self.fail(QueueError::bad_ring("used", 0, Some(e))));
+            return Err(self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            }));
         }
         self.next_used = self.next_used.wrapping_add(1);
         self.stats.used += 1;
@@ -394,7 +419,11 @@ impl DeviceQueue {
             self.next_used,
             Ordering::Release,
         ) {
-            return Err(self.fail(QueueError::bad_ring("used", 0, Some(e))));
+            return Err(self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            }));
         }
         self.published_used = self.next_used;
         self.stats.publishes += 1;
@@ -488,7 +517,11 @@ impl DeviceQueue {
             mem.store_u16(self.used_off + used::FLAGS as usize, 0, Ordering::Relaxed)
         };
         if let Err(e) = wrote {
-            return Err(self.fail(QueueError::bad_ring("used", 0, Some(e))));
+            return Err(self.fail(QueueError::BadRing {
+                part: "used",
+                gpa: 0,
+                source: Some(e),
+            }));
         }
         // SeqCst fence: closes the lost-kick race. The guest stores `avail.idx`, fences, then
         // reads `avail_event`/`used.flags` to decide whether to kick; we store `avail_event`,
