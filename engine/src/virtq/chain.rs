@@ -149,15 +149,23 @@ pub fn read_iov(mem: &GuestMemory, iov: &[Span], skip: usize, dst: &mut [u8]) ->
 
 /// Copies `src` into the segments `iov`, starting `skip` bytes in. Returns the bytes written
 /// (fewer than `src.len()` if the segments are shorter).
+///
+/// The one-segment case (the usual RX buffer) is inlined into the caller; more segments go
+/// through an out-of-line loop.
+#[inline]
 pub fn write_iov(mem: &GuestMemory, iov: &[Span], skip: usize, src: &[u8]) -> usize {
     if let [s] = iov {
-        // One segment, the usual RX buffer: the loop below without its iterator.
         let n = s.len.saturating_sub(skip).min(src.len());
         return match n > 0 && mem.write_at(s.off + skip, &src[..n]).is_ok() {
             true => n,
             false => 0,
         };
     }
+    write_iov_segments(mem, iov, skip, src)
+}
+
+#[inline(never)]
+fn write_iov_segments(mem: &GuestMemory, iov: &[Span], skip: usize, src: &[u8]) -> usize {
     let mut done = 0;
     for s in skip_spans(iov, skip) {
         let n = s.len.min(src.len() - done);
