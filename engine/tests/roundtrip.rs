@@ -478,3 +478,78 @@ fn rx_prepared_buffer_is_used_first_and_given_back_when_not() {
         assert!(dev.broken().is_none());
     }
 }
+
+/// The reflecting null backend hands frames back in the order sent, across laps of its ring
+/// of buffers and with lengths that change; a frame beyond its capacity is a counted drop; a
+/// discard lets go of the oldest frame.
+#[test]
+fn reflect_keeps_order_across_laps_and_counts_what_does_not_fit() {
+    use engine::backend::null::{NullBackend, NullMode};
+    use engine::backend::{Backend, TxResult};
+    use engine::metrics::DropReason;
+    use engine::net::tx::TxBatch;
+    use vring::{frame, Span};
+
+    const H: usize = VirtioNetHdr::SIZE;
+    let mut g = MockGuest::new(1 << 20, &[8]).expect("guest");
+    let mut drv = DriverQueue::new(&g.mem, g.queues[0], true).expect("driver");
+    let mut dev = DeviceQueue::new(&g.mem, g.queues[0], features(true, false)).expect("dev");
+    let mut backend = NullBackend::new(NullMode::Reflect { capacity: 3 }, false);
+    let mut batch = TxBatch::new(4);
+    let mut out = TxResult::default();
+    let bufs: Vec<u64> = (0..8).map(|_| g.alloc(2048).expect("alloc")).collect();
+    let mut sent_seq = std::collections::VecDeque::new();
+    let mut seq = 0u64;
+    let rx = g.alloc(2048).expect("rx buffer");
+    let rx_span = Span {
+        off: g.mem.translate(rx, 2048).expect("t").off,
+        len: 2048,
+    };
+    for lap in 0..5 {
+        // Two frames in, of a length that changes every frame, then one back out: the ring
+        // fills, and from the third lap on the second frame finds it full.
+        for k in 0..2usize {
+            let len = 60 + (lap * 2 + k) * 37;
+            let mut f = vec![0u8; H + len];
+            frame::fill(&mut f[H..], seq, 0);
+            let gpa = bufs[(lap * 2 + k) % 8];
+            g.mem.write_gpa(gpa, &f).expect("frame");
+            drv.reap(&g.mem, |_| {}).expect("reap");
+            drv.add(&g.mem, &[Buf::read(gpa, f.len() as u32)])
+                .expect("add");
+            drv.publish(&g.mem).expect("publish");
+            assert!(batch.pop(&mut dev, &g.mem, 4).is_none());
+            let before = out;
+            backend
+                .send(&g.mem, batch.chains(), &mut out)
+                .expect("send");
+            batch.complete(&mut dev, &g.mem).expect("complete");
+            if out.sent > before.sent {
+                sent_seq.push_back((seq, len));
+            }
+            seq += 1;
+        }
+        let (want, len) = sent_seq.pop_front().expect("a frame is held");
+        assert_eq!(backend.rx_peek(), Some(H + len));
+        let n = backend.rx_recv(&g.mem, &[rx_span]).expect("recv");
+        assert_eq!(n, H + len);
+        let mut got = vec![0u8; n];
+        g.mem.read_gpa(rx, &mut got).expect("read");
+        assert_eq!(
+            VirtioNetHdr::from_bytes(got[..H].try_into().expect("hdr")).num_buffers,
+            1
+        );
+        assert_eq!(frame::seq(&got[H..]), Some(want), "lap {lap}");
+        assert!(frame::verify(&got[H..]), "lap {lap}");
+    }
+    // 10 frames sent, 5 taken back, 3 held at most: from the third lap on, each lap's second
+    // frame found the ring full (3 drops), and 2 are still held.
+    assert_eq!(out.sent + out.dropped[DropReason::BackendFull as usize], 10);
+    assert_eq!(out.dropped[DropReason::BackendFull as usize], 3);
+    assert_eq!(sent_seq.len(), 2);
+    assert!(backend.rx_discard());
+    assert!(backend.rx_discard());
+    assert!(!backend.rx_discard(), "nothing left to discard");
+    assert_eq!(backend.rx_peek(), None);
+    assert_eq!(backend.rx_recv(&g.mem, &[rx_span]).expect("recv"), 0);
+}

@@ -7,8 +7,6 @@
 //!   buffers with a valid virtio-net header.
 //! - `Reflect`: TX frames are queued and handed back on RX unchanged (request/response).
 
-use std::collections::VecDeque;
-
 use vring::frame;
 use vring::net::VirtioNetHdr;
 use vring::{GuestMemory, Span};
@@ -63,10 +61,12 @@ pub struct NullBackend {
     next_seq: u64,
     /// `Source`: header + frame, restamped per frame.
     template: Vec<u8>,
-    /// `Reflect`: queued frames, each behind the RX header it will be delivered with
-    /// ([`RX_HDR`]), and spare buffers to reuse.
-    fifo: VecDeque<Vec<u8>>,
-    spare: Vec<Vec<u8>>,
+    /// `Reflect`: a ring of `capacity` buffers, reused lap after lap, holding the queued
+    /// frames in order, each behind the RX header it will be delivered with ([`RX_HDR`]).
+    slots: Vec<Vec<u8>>,
+    /// The oldest held frame's slot, and how many are held.
+    head: usize,
+    held: usize,
     /// TX checks so far.
     pub check: SinkCheck,
 }
@@ -90,8 +90,9 @@ impl NullBackend {
             sink: vec![0u8; VirtioNetHdr::SIZE + MAX_FRAME],
             next_seq: 0,
             template,
-            fifo: VecDeque::with_capacity(cap),
-            spare: Vec::with_capacity(cap),
+            slots: vec![Vec::new(); cap],
+            head: 0,
+            held: 0,
             check: SinkCheck::default(),
         }
     }
@@ -125,6 +126,17 @@ fn check_frame(
     true
 }
 
+impl NullBackend {
+    /// Lets go of the oldest held frame (`Reflect`); its slot's buffer is kept for reuse.
+    fn pop_held(&mut self) {
+        self.held -= 1;
+        self.head += 1;
+        if self.head == self.slots.len() {
+            self.head = 0;
+        }
+    }
+}
+
 impl Backend for NullBackend {
     fn name(&self) -> &'static str {
         "null"
@@ -146,17 +158,21 @@ impl Backend for NullBackend {
             }
             match self.mode {
                 NullMode::Reflect { capacity } => {
-                    if self.fifo.len() >= capacity {
+                    if self.held >= capacity {
                         out.drop_one(DropReason::BackendFull);
                         continue;
                     }
                     // Kept as the guest will receive it: the RX header, then the frame. One
                     // copy in (the guest's header is overwritten), one copy out on RX.
-                    let mut buf = self.spare.pop().unwrap_or_default();
+                    let mut i = self.head + self.held;
+                    if i >= capacity {
+                        i -= capacity;
+                    }
+                    let buf = &mut self.slots[i];
                     buf.resize(total, 0);
-                    c.read_into(mem, 0, &mut buf);
+                    c.read_into(mem, 0, buf);
                     buf[..VirtioNetHdr::SIZE].copy_from_slice(&RX_HDR);
-                    self.fifo.push_back(buf);
+                    self.held += 1;
                 }
                 _ => {
                     // The copy a tap would make, header included, into a private buffer; the
@@ -179,7 +195,7 @@ impl Backend for NullBackend {
         match self.mode {
             NullMode::Sink => None,
             NullMode::Source { .. } => Some(self.template.len()),
-            NullMode::Reflect { .. } => self.fifo.front().map(Vec::len),
+            NullMode::Reflect { .. } => (self.held > 0).then(|| self.slots[self.head].len()),
         }
     }
 
@@ -193,11 +209,11 @@ impl Backend for NullBackend {
                 Ok(write_iov(mem, iov, 0, &self.template))
             }
             NullMode::Reflect { .. } => {
-                let Some(f) = self.fifo.pop_front() else {
+                if self.held == 0 {
                     return Ok(0);
-                };
-                let n = write_iov(mem, iov, 0, &f);
-                self.spare.push(f);
+                }
+                let n = write_iov(mem, iov, 0, &self.slots[self.head]);
+                self.pop_held();
                 Ok(n)
             }
         }
@@ -217,13 +233,13 @@ impl Backend for NullBackend {
                 self.next_seq += 1;
                 true
             }
-            NullMode::Reflect { .. } => match self.fifo.pop_front() {
-                Some(f) => {
-                    self.spare.push(f);
-                    true
+            NullMode::Reflect { .. } => {
+                if self.held == 0 {
+                    return false;
                 }
-                None => false,
-            },
+                self.pop_held();
+                true
+            }
             NullMode::Sink => false,
         }
     }
