@@ -86,7 +86,21 @@ pub struct CalibrationRecord {
     pub pingpong_rtt_max_ns: f64,
     /// Each repeat's median, ns, in order.
     pub per_repeat_ns: Vec<f64>,
+    /// `run`: the same measured again at the end of each round, ns, in order (absent in
+    /// files written before it was measured, and for `limits`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_repeat_end_ns: Vec<f64>,
+    /// `run`: rounds (0-based, as `per_repeat[].round`) whose calibration at the end differs
+    /// from the one at the start by more than [`PLACEMENT_CHANGE_RATIO`]: the host moved the
+    /// vCPUs during the round, so its runs and ceilings may have seen different placements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_changed: Vec<usize>,
 }
+
+/// How far apart (as a ratio) a round's start and end calibrations may be before the round is
+/// flagged in [`CalibrationRecord::placement_changed`]. Near and far placements on the dev
+/// machine differ 4-7x; a busy but unmoved round stays well under 2x.
+pub const PLACEMENT_CHANGE_RATIO: f64 = 2.0;
 
 impl CalibrationRecord {
     /// Combines per-repeat calibrations; `None` when there are none.
@@ -99,8 +113,31 @@ impl CalibrationRecord {
             pingpong_rtt_min_ns: Summary::from_values(&mins)?.min,
             pingpong_rtt_max_ns: Summary::from_values(&maxs)?.max,
             per_repeat_ns,
+            per_repeat_end_ns: Vec::new(),
+            placement_changed: Vec::new(),
         })
     }
+
+    /// Adds each round's end-of-round calibration (`ends[i]` for round `i`) and flags the
+    /// rounds whose placement changed between start and end.
+    pub fn with_round_ends(mut self, ends: &[Calibration]) -> Self {
+        self.per_repeat_end_ns = ends.iter().map(|c| c.pingpong_rtt_ns).collect();
+        self.placement_changed = self
+            .per_repeat_ns
+            .iter()
+            .zip(&self.per_repeat_end_ns)
+            .enumerate()
+            .filter(|(_, (&a, &b))| placement_changed(a, b))
+            .map(|(i, _)| i)
+            .collect();
+        self
+    }
+}
+
+/// Whether two calibrations (ns) are too far apart to be the same placement.
+pub fn placement_changed(a: f64, b: f64) -> bool {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    lo > 0.0 && hi / lo > PLACEMENT_CHANGE_RATIO
 }
 
 /// Traffic pattern of a record.
@@ -592,6 +629,36 @@ mod tests {
         );
         r.records.push(rec);
         r
+    }
+
+    #[test]
+    fn rounds_whose_placement_moved_are_flagged() {
+        let cal = |ns: f64| Calibration {
+            pingpong_rtt_ns: ns,
+            pingpong_rtt_min_ns: ns * 0.9,
+            pingpong_rtt_max_ns: ns * 2.0,
+            batches: 200,
+        };
+        let starts = [cal(68.0), cal(70.0), cal(450.0), cal(60.0)];
+        let ends = [cal(474.0), cal(95.0), cal(451.0), cal(29.0)];
+        let r = CalibrationRecord::from_calibrations(&starts)
+            .expect("calibration")
+            .with_round_ends(&ends);
+        assert_eq!(r.per_repeat_end_ns, vec![474.0, 95.0, 451.0, 29.0]);
+        // Near to far, and near to the closer SMT-like placement; a 1.4x drift is not a move.
+        assert_eq!(r.placement_changed, vec![0, 3]);
+        assert!(
+            !placement_changed(0.0, 100.0),
+            "no calibration is no evidence"
+        );
+        // Older files (and `limits`) have neither field and still read.
+        let text = serde_json::to_string(
+            &CalibrationRecord::from_calibrations(&starts).expect("calibration"),
+        )
+        .expect("serialize");
+        assert!(!text.contains("placement_changed"), "{text}");
+        let back: CalibrationRecord = serde_json::from_str(&text).expect("deserialize");
+        assert!(back.per_repeat_end_ns.is_empty() && back.placement_changed.is_empty());
     }
 
     #[test]

@@ -306,6 +306,9 @@ pub fn main(args: RunArgs) -> Result<()> {
     // change of vCPU placement mid-invocation moves both alike; summaries are over the rounds.
     let mut ceiling_samples: Vec<(String, String, Vec<f64>)> = Vec::new();
     let mut calibrations: Vec<Calibration> = Vec::new();
+    // Measured again after each round's runs: the host can move the vCPUs mid-round, and then
+    // the round's ceilings and runs did not all see one placement.
+    let mut round_ends: Vec<Calibration> = Vec::new();
     let mut acc: Vec<Acc> = combos.iter().map(|_| Acc::default()).collect();
     for rep in 0..repeat {
         let cal = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
@@ -358,7 +361,18 @@ pub fn main(args: RunArgs) -> Result<()> {
                 Err(e) => a.errors.push(format!("repeat {rep}: {e:#}")),
             }
         }
+        let end = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
+        if results::placement_changed(cal.pingpong_rtt_ns, end.pingpong_rtt_ns) {
+            println!(
+                "round {}: the vCPU placement changed during the round: calibration {} ns at its \
+                 start, {} ns at its end; its same-round ratios may compare two placements",
+                rep + 1,
+                fmt_num(cal.pingpong_rtt_ns),
+                fmt_num(end.pingpong_rtt_ns)
+            );
+        }
         calibrations.push(cal);
+        round_ends.push(end);
         eprintln!("repeat {}/{repeat} done", rep + 1);
     }
     let ceilings = ceiling_samples
@@ -377,7 +391,8 @@ pub fn main(args: RunArgs) -> Result<()> {
     }
 
     let calibration = CalibrationRecord::from_calibrations(&calibrations)
-        .ok_or_else(|| anyhow!("no calibration"))?;
+        .ok_or_else(|| anyhow!("no calibration"))?
+        .with_round_ends(&round_ends);
     println!(
         "calibration: cross-core cache-line round trip {} ns (min {}, max {}; per round: {})",
         fmt_num(calibration.pingpong_rtt_ns),
@@ -390,6 +405,17 @@ pub fn main(args: RunArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !calibration.placement_changed.is_empty() {
+        println!(
+            "placement changed during round(s) {}: compare their rows' per-round ratios with care",
+            calibration
+                .placement_changed
+                .iter()
+                .map(|r| (r + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let config = serde_json::json!({
         "command": "run",
         "args": &args,
