@@ -96,6 +96,15 @@ impl NullBackend {
             check: SinkCheck::default(),
         }
     }
+
+    /// Lets go of the oldest held frame (`Reflect`); its slot's buffer is kept for reuse.
+    fn pop_held(&mut self) {
+        self.held -= 1;
+        self.head += 1;
+        if self.head == self.slots.len() {
+            self.head = 0;
+        }
+    }
 }
 
 /// Checks one test frame the guest sent: order and, with `verify`, every byte. False if it is
@@ -124,17 +133,6 @@ fn check_frame(
         }
     }
     true
-}
-
-impl NullBackend {
-    /// Lets go of the oldest held frame (`Reflect`); its slot's buffer is kept for reuse.
-    fn pop_held(&mut self) {
-        self.held -= 1;
-        self.head += 1;
-        if self.head == self.slots.len() {
-            self.head = 0;
-        }
-    }
 }
 
 impl Backend for NullBackend {
