@@ -1,5 +1,6 @@
 //! The guest side of vhostbench: what a VM's virtio-net driver does, without a VM.
 //!
+//! - [`clock`]: the clock round trips are timed with (here and in the harness's ceilings).
 //! - [`driver`]: the driver side of the split virtqueue ([`driver::DriverQueue`]).
 //! - [`traffic`]: the `tx`, `rx` and `rr` workloads a vCPU runs on a device's queues.
 //! - [`mock`]: guest memory with queues and a buffer arena; raw ring writers for playing a
@@ -7,6 +8,7 @@
 //!
 //! It shares only [`vring`] (memory and wire layout) with the engine, never its internals.
 
+pub mod clock;
 pub mod driver;
 pub mod mock;
 pub mod traffic;

@@ -24,6 +24,7 @@ use vring::layout::QueueAddrs;
 use vring::net::VirtioNetHdr;
 use vring::GuestMemory;
 
+use crate::clock;
 use crate::driver::{Buf, DriverError, DriverQueue};
 use crate::mock::MockGuest;
 
@@ -635,17 +636,13 @@ impl Guest<'_> {
         Ok(())
     }
 
-    fn now_ns(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64
-    }
-
     fn step_rr(&mut self) -> Result<(), DriverError> {
         self.reap_tx()?;
         if self.allowance() == 0 {
             std::hint::spin_loop();
             return Ok(());
         }
-        let t0 = self.now_ns();
+        let t0 = clock::now_ns();
         if !self.post_tx(t0)? {
             return self.wait_used(true);
         }
@@ -676,13 +673,13 @@ impl Guest<'_> {
                 }
                 let (n, ts) = self.reap_rx()?;
                 if n > 0 {
-                    let rtt = self.now_ns().saturating_sub(ts).max(1);
+                    let rtt = clock::now_ns().saturating_sub(ts).max(1);
                     let _ = self.r.rtt_ns.record(rtt);
                     return Ok(());
                 }
             }
             polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(256) && self.now_ns() > give_up {
+            if polls.is_multiple_of(256) && clock::now_ns() > give_up {
                 // The response was lost: it shows up as sent − received.
                 return Ok(());
             }

@@ -30,7 +30,8 @@
 //!
 //! Every loop verifies what it transfers (sequence numbers, stamps in the packet bytes,
 //! eventfd counts, write lengths and the tap's receive counter); a mismatch is an error. The
-//! RTT samples include one `Instant::now()` pair (~20–40 ns with the TSC clocksource).
+//! RTT samples include one pair of [`guest_sim::clock::now_ns`] reads (~20–40 ns with the TSC
+//! clocksource), the clock the guest's `rr` round trips are timed with.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -47,6 +48,7 @@ use crate::pin::{spawn_pinned, VCPU_CORE, WORKER_CORE};
 use crate::stats::Summary;
 use crate::topology::{self, Netns, UringWriter};
 use engine::sys;
+use guest_sim::clock;
 use std::fs::File;
 use std::io::Write;
 
@@ -491,10 +493,6 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).context("histogram")
 }
 
-fn elapsed_ns(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// Two flags on separate lines: A's request (a sequence number) and B's answer (the same).
 struct Flags {
     request: CachePadded<AtomicU64>,
@@ -544,7 +542,9 @@ fn busy_rtt_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
         let mut hist = new_histogram()?;
         let deadline = Instant::now() + RTT_WARMUP_BUDGET + duration;
         for seq in 1..=RTT_WARMUP + RTT_SAMPLES {
-            let t0 = Instant::now();
+            // The clock the guest's rr workload stamps its requests with, so both round trips
+            // carry the same clock overhead.
+            let t0 = clock::now_ns();
             f.request.store(seq, Ordering::Release);
             loop {
                 let a = f.answer.load(Ordering::Acquire);
@@ -557,7 +557,7 @@ fn busy_rtt_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
                 std::hint::spin_loop();
             }
             if seq > RTT_WARMUP {
-                hist.saturating_record(elapsed_ns(t0).max(1));
+                hist.saturating_record(clock::now_ns().saturating_sub(t0).max(1));
             }
             if seq % 64 == 0 && Instant::now() >= deadline {
                 break;
@@ -633,10 +633,10 @@ fn blocking_rtt_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
         let mut hist = new_histogram()?;
         let deadline = Instant::now() + RTT_WARMUP_BUDGET + duration;
         for i in 0..warmup + RTT_SAMPLES {
-            let t0 = Instant::now();
+            let t0 = clock::now_ns();
             sys::signal(&w.request).context("write request eventfd")?;
             let n = sys::wait(&w.answer).context("read answer eventfd")?;
-            let ns = elapsed_ns(t0);
+            let ns = clock::now_ns().saturating_sub(t0).max(1);
             ensure!(
                 n == 1,
                 "round trip {i}: answer eventfd count {n} (responder gone?)"
