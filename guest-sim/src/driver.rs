@@ -573,6 +573,12 @@ impl DriverQueue {
         Ok(self.last_used != self.used_idx)
     }
 
+    /// Host offset of `avail.idx`: a hint for taking its line before [`DriverQueue::publish`]
+    /// stores to it.
+    pub fn avail_idx_offset(&self) -> usize {
+        self.avail_off + avail::IDX as usize
+    }
+
     /// Host offset of the used element the device writes next: a hint for prefetching.
     pub fn next_used_offset(&self) -> usize {
         self.used_off + used::ring(self.last_used & self.mask) as usize

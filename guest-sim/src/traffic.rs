@@ -642,6 +642,19 @@ impl Guest<'_> {
             std::hint::spin_loop();
             return Ok(());
         }
+        // The post stores to two lines the polling device keeps reading: the frame's stamp
+        // (it prefetches the next frame) and `avail.idx`. Ask for both for writing now, while
+        // the clock is read, so their ownership requests are in flight together rather than
+        // each store waiting for its own in turn (x86 makes stores visible in order, so the
+        // index's store would wait behind the stamp's).
+        if let Some(&off) = self
+            .tx
+            .next_free_head()
+            .and_then(|h| self.tx_stamp_off.get(h as usize))
+        {
+            self.nic.mem.prefetch_write(off);
+        }
+        self.nic.mem.prefetch_write(self.tx.avail_idx_offset());
         let t0 = clock::now_ns();
         if !self.post_tx(t0)? {
             return self.wait_used(true);
