@@ -380,6 +380,12 @@ impl DeviceQueue {
         self.next_avail = self.next_avail.wrapping_sub(n);
     }
 
+    /// Host offset of `used.idx`: a hint for taking its line before [`DeviceQueue::publish_used`]
+    /// stores to it.
+    pub fn used_idx_offset(&self) -> usize {
+        self.used_off + used::IDX as usize
+    }
+
     /// Host offset of the used element the next [`DeviceQueue::add_used`] writes: a hint for
     /// taking its line ahead of time.
     pub fn next_used_offset(&self) -> usize {
