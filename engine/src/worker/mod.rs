@@ -567,6 +567,8 @@ impl Loop {
     }
 
     fn handle_tx(&mut self, mem: &GuestMemory, m: &DeviceMetrics) -> Ran {
+        mem.prefetch_write(self.txq.used_idx_offset());
+        mem.prefetch_write(self.txq.next_used_offset());
         self.txq.disable_notifications(mem);
         let (mut pkts, mut bytes) = (0u64, 0u64);
         loop {
