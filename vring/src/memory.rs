@@ -231,9 +231,12 @@ impl GuestMemory {
 
     #[inline]
     fn check(&self, off: usize, len: usize) -> Result<*mut u8, MemError> {
-        match off.checked_add(len) {
-            Some(end) if end <= self.map.len() => {
-                // SAFETY: `off <= end <= map.len()`, so the result stays inside (or one past
+        // `off <= map.len() - len` rather than `off + len <= map.len()`: the same test without
+        // the overflow check, and with `len` a constant (the fixed-size accessors) the
+        // subtraction folds into one compare.
+        match self.map.len().checked_sub(len) {
+            Some(last) if off <= last => {
+                // SAFETY: `off + len <= map.len()`, so the result stays inside (or one past
                 // the end of) the mapping's allocation.
                 Ok(unsafe { self.map.as_mut_ptr().add(off) })
             }
@@ -639,6 +642,26 @@ mod tests {
         let mut b = [0u8; 4];
         assert!(m.read_at(end - 3, &mut b).is_err());
         assert!(m.host_ptr(Span { off: end, len: 1 }).is_err());
+        // The whole mapping is one valid span; anything longer, or wrapping, is not.
+        assert!(m.host_ptr(Span { off: 0, len: end }).is_ok());
+        assert!(m
+            .host_ptr(Span {
+                off: 0,
+                len: end + 1
+            })
+            .is_err());
+        assert!(m
+            .host_ptr(Span {
+                off: 1,
+                len: usize::MAX
+            })
+            .is_err());
+        assert!(m
+            .host_ptr(Span {
+                off: usize::MAX,
+                len: 2
+            })
+            .is_err());
     }
 
     #[test]
