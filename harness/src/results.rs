@@ -190,10 +190,11 @@ pub struct PctOfCeiling {
     /// Name of the limit in `limits` (e.g. `spsc_copy_64`).
     pub ceiling: String,
     /// 100 means "at the ceiling". Throughput: Mpps / ceiling Mpps × 100. Latency (`ns`
-    /// ceilings): ceiling ns / `rtt_p50_ns` × 100. Each ratio is taken within one round (the
-    /// repeat against the ceiling measured in the same round), and this is their median, so
-    /// a placement change between rounds moves both sides of every ratio alike. Records
-    /// without round indices fall back to the ratio of the two medians.
+    /// ceilings): ceiling ns / `rtt_p50_ns` × 100. Each ratio is taken per repeat, against
+    /// the ceiling measured right before that repeat ran ([`RepeatValues::ceiling_sample`]; in
+    /// older files, the sample of the same round), and this is their median, so a change of
+    /// placement or of the host's load moves both sides of every ratio alike. Records without
+    /// either fall back to the ratio of the two medians.
     pub median_pct: f64,
     /// The same-round ratios, in round order (empty for the fallback).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -238,6 +239,12 @@ pub struct RepeatValues {
     /// limit's `samples`. Absent in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<usize>,
+    /// The record's ceiling (the limit `pct_of_ceiling.ceiling` names) measured once more
+    /// right before this repeat ran, in the limit's unit; the repeat's ratio is taken against
+    /// it. Absent in files written before it was recorded (their ratios use the round's sample
+    /// in `limits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_sample: Option<f64>,
 }
 
 /// One measured combination, summarised over its repeats.
@@ -377,12 +384,16 @@ impl Record {
             }
             .filter(|p| p.is_finite())
         };
-        // Same-round ratios, when every repeat knows its round and that round has a sample.
+        // Per-repeat ratios: against the ceiling measured right before the repeat, or (older
+        // files) the round's sample, when every repeat has one.
         let per_round: Option<Vec<f64>> = self
             .per_repeat
             .iter()
             .map(|r| {
-                let limit = *ceiling.samples.get(r.round?)?;
+                let limit = match r.ceiling_sample {
+                    Some(adjacent) => adjacent,
+                    None => *ceiling.samples.get(r.round?)?,
+                };
                 pct(limit, r.throughput_mpps, r.rtt_p50_ns)
             })
             .collect();
@@ -593,6 +604,7 @@ mod tests {
             duration_s: 1.0000021,
             chains_per_batch: Some(40.5),
             round: None,
+            ceiling_sample: None,
         }
     }
 
@@ -702,6 +714,53 @@ mod tests {
             BTreeMap::new()
         )
         .is_err());
+    }
+
+    #[test]
+    fn ceiling_ratios_use_the_sample_taken_before_each_repeat() {
+        // The host got busy after the round's ceilings were measured: round 1's run slowed, and
+        // so did the ceiling measured right before it, which the round's own sample missed.
+        // Round 2's repeat comes from an older file, without its own sample.
+        let rows = [
+            (0, 60.0, Some(90.0)),
+            (1, 35.0, Some(62.5)),
+            (2, 57.0, None),
+        ];
+        let repeats: Vec<RepeatValues> = rows
+            .iter()
+            .map(|&(k, mpps, adjacent)| RepeatValues {
+                round: Some(k),
+                ceiling_sample: adjacent,
+                ..repeat(mpps, None)
+            })
+            .collect();
+        let rec = Record::from_repeats(
+            "null",
+            Workload::Tx,
+            64,
+            &repeats,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .expect("record");
+        let copy = LimitResult::from_samples("spsc_copy_64", UNIT_MPPS, vec![90.0, 90.0, 95.0])
+            .expect("limit");
+        let pct = rec.clone().with_ceiling(&copy).pct_of_ceiling.expect("pct");
+        assert_eq!(
+            pct.per_round_pct,
+            vec![
+                60.0 / 90.0 * 100.0,
+                35.0 / 62.5 * 100.0,
+                57.0 / 95.0 * 100.0
+            ],
+            "each repeat against its own sample, else its round's"
+        );
+        assert_eq!(pct.median_pct, 57.0 / 95.0 * 100.0);
+        // The sample survives a round trip through the file; an absent one stays absent.
+        let back: Record =
+            serde_json::from_str(&serde_json::to_string(&rec).expect("json")).expect("parse");
+        assert_eq!(back.per_repeat[1].ceiling_sample, Some(62.5));
+        assert_eq!(back.per_repeat[2].ceiling_sample, None);
     }
 
     #[test]

@@ -150,6 +150,7 @@ fn repeat_values(
     o: &RunOutcome,
     calibration_rtt_ns: f64,
     round: usize,
+    ceiling_sample: Option<f64>,
 ) -> Result<RepeatValues> {
     let w = guest_workload(c.workload);
     let window = o.guest.window.as_secs_f64();
@@ -192,21 +193,65 @@ fn repeat_values(
             (batches > 0).then(|| chains as f64 / batches as f64)
         },
         round: Some(round),
+        ceiling_sample,
     })
 }
 
-/// The ceiling a combination is compared with: the ring + copy of the same frame size for
-/// throughput, the busy-poll wake round trip for rr latency.
-fn ceiling_name(c: &Combo) -> String {
+/// The kinds of ceiling a combination is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ceiling {
+    /// The busy-poll wake round trip (rr latency).
+    Wake,
+    /// The ring + copy of the same frame size (null throughput).
+    Copy,
+    /// The same frames written to a tap one `write(2)` each (what emulated does).
+    TapWrite,
+    /// The same frames written to a tap in io_uring batches on a fixed file (tap-vhost).
+    TapUring,
+}
+
+fn ceiling_of(c: &Combo) -> Ceiling {
     match (c.mode, c.workload) {
-        (_, Workload::Rr) => "busy_poll_wake_rtt".into(),
-        // The tap modes against the tap's own ceilings: the same frames written one syscall
-        // each (what emulated does), or in io_uring batches on a fixed file (tap-vhost).
-        (Mode::Emulated, Workload::Tx) => format!("tap_write_{}", c.size),
-        (Mode::TapVhost, Workload::Tx) => format!("tap_uring_{}", c.size),
-        (Mode::Emulated | Mode::TapVhost, Workload::Rx) => format!("tap_write_{}", c.size),
-        _ => format!("spsc_copy_{}", c.size),
+        (_, Workload::Rr) => Ceiling::Wake,
+        (Mode::TapVhost, Workload::Tx) => Ceiling::TapUring,
+        (Mode::Emulated, Workload::Tx) | (Mode::Emulated | Mode::TapVhost, Workload::Rx) => {
+            Ceiling::TapWrite
+        }
+        _ => Ceiling::Copy,
     }
+}
+
+/// The name of the limit a combination is compared with.
+fn ceiling_name(c: &Combo) -> String {
+    match ceiling_of(c) {
+        Ceiling::Wake => "busy_poll_wake_rtt".into(),
+        Ceiling::Copy => format!("spsc_copy_{}", c.size),
+        Ceiling::TapWrite => format!("tap_write_{}", c.size),
+        Ceiling::TapUring => format!("tap_uring_{}", c.size),
+    }
+}
+
+/// A tap takes frames of 30..=1514 bytes; the tap ceilings exist for those sizes only.
+fn tap_size(size: u32) -> bool {
+    (30..=1514).contains(&size)
+}
+
+/// `c`'s ceiling measured once, to be taken right before `c` runs. The ratio of a run to its
+/// ceiling then compares two measurements a moment apart rather than up to a round apart: on
+/// these shared hosts the other tenants' load comes and goes within a round, and a ceiling
+/// measured in a quiet moment against a run in a busy one (or the reverse) gave same-round
+/// ratios of 40 % and 89 % for the same code. `None` when the combination has no ceiling (a
+/// tap ceiling for a frame size a tap cannot take).
+fn measure_adjacent_ceiling(c: &Combo) -> Result<Option<f64>> {
+    let size = c.size as usize;
+    let l = match ceiling_of(c) {
+        Ceiling::Wake => limits::busy_poll_wake_rtt(LIMIT_DURATION, 1)?.p50,
+        Ceiling::Copy => limits::spsc_copy(size, LIMIT_DURATION, 1)?,
+        Ceiling::TapWrite | Ceiling::TapUring if !tap_size(c.size) => return Ok(None),
+        Ceiling::TapWrite => limits::tap_write(size, LIMIT_DURATION, 1)?,
+        Ceiling::TapUring => limits::tap_uring(size, LIMIT_DURATION, 1)?,
+    };
+    Ok(l.samples.first().copied())
 }
 
 fn measure_ceilings(combos: &[Combo], repeat: usize) -> Result<Vec<LimitResult>> {
@@ -219,7 +264,7 @@ fn measure_ceilings(combos: &[Combo], repeat: usize) -> Result<Vec<LimitResult>>
         .any(|c| matches!(c.mode, Mode::Emulated | Mode::TapVhost));
     for s in sizes {
         out.push(limits::spsc_copy(s as usize, LIMIT_DURATION, repeat)?);
-        if taps && (30..=1514).contains(&s) {
+        if taps && tap_size(s) {
             out.push(limits::tap_write(s as usize, LIMIT_DURATION, repeat)?);
             out.push(limits::tap_uring(s as usize, LIMIT_DURATION, repeat)?);
         }
@@ -327,6 +372,8 @@ pub fn main(args: RunArgs) -> Result<()> {
         }
         for (c, a) in combos.iter().zip(acc.iter_mut()) {
             let cfg = pair_config(&args, c);
+            let ceiling = measure_adjacent_ceiling(c)
+                .with_context(|| format!("{}: measuring its ceiling", label(c)))?;
             let o = run_once(c, &cfg).with_context(|| label(c))?;
             let w = guest_workload(c.workload);
             for (reason, n) in o.drops_by_reason() {
@@ -356,7 +403,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             if let Some(b) = o.engine_overhead_bytes() {
                 a.engine_overhead_bytes.push(b);
             }
-            match repeat_values(c, &o, cal.pingpong_rtt_ns, rep) {
+            match repeat_values(c, &o, cal.pingpong_rtt_ns, rep, ceiling) {
                 Ok(v) => a.repeats.push(v),
                 Err(e) => a.errors.push(format!("repeat {rep}: {e:#}")),
             }
@@ -578,7 +625,8 @@ pub fn render(doc: &Results) -> String {
          % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
          rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
          tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
-         Each ratio is taken within one round (against that round's ceiling); the median is shown.\n\
+         Each ratio is taken per repeat, against the ceiling measured right before it ran; the\n\
+         median is shown.\n\
          x emulated: tap-vhost throughput / emulated throughput, same row otherwise. ns/pkt: thread CPU time\n\
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
          chains/batch: chains the worker moved per used-ring publish (how full its batches were).\n\
