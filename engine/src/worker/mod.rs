@@ -567,6 +567,9 @@ impl Loop {
     }
 
     fn handle_tx(&mut self, mem: &GuestMemory, m: &DeviceMetrics) -> Ran {
+        // The lines the run's TX completion will store to (`used.idx` and the next used
+        // element): the guest reads them to reap, so they are shared by then, and the
+        // completion's stores (and the round's closing fence behind them) would wait for them.
         mem.prefetch_write(self.txq.used_idx_offset());
         mem.prefetch_write(self.txq.next_used_offset());
         self.txq.disable_notifications(mem);
