@@ -347,8 +347,10 @@ pub fn main(args: RunArgs) -> Result<()> {
         bail!("nothing to run");
     }
 
-    // The ceilings are measured in every round, next to the runs they are compared with, so a
-    // change of vCPU placement mid-invocation moves both alike; summaries are over the rounds.
+    // The ceilings are measured at the start of every round (the `limits` of the file, their
+    // summaries over the rounds), and each run's own ceiling once more right before it runs
+    // (`measure_adjacent_ceiling`, what its ratio is taken against), so a change of vCPU
+    // placement or of the host's load mid-invocation moves both sides alike.
     let mut ceiling_samples: Vec<(String, String, Vec<f64>)> = Vec::new();
     let mut calibrations: Vec<Calibration> = Vec::new();
     // Measured again after each round's runs: the host can move the vCPUs mid-round, and then
