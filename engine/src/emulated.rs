@@ -1,8 +1,9 @@
 //! The `emulated` mode: the VMM's own userspace virtio-net on a tap (QEMU `-net tap` with
 //! ioeventfd and irqfd), modeled on QEMU's `hw/net/virtio-net.c` and `net/tap.c`.
 //!
-//! One event-loop thread (QEMU's main loop) waits in `epoll_wait` on the kick eventfds, the tap
-//! fd and a stop eventfd. It uses the same virtqueue code as the vhost worker, so the comparison
+//! One event-loop thread (QEMU's main loop) waits in `epoll_wait` on the kick eventfds and the
+//! tap fd of every queue pair (QEMU's multiqueue virtio-net: one tap queue per pair) and a stop
+//! eventfd. It uses the same virtqueue code as the vhost worker, so the comparison
 //! isolates the data-path design, not the ring implementation:
 //!
 //! - TX (`virtio_net_flush_tx`): with kicks suppressed, pop up to `tx_burst` (256) chains; each
@@ -24,20 +25,24 @@ use std::sync::Arc;
 
 use rustix::event::epoll;
 use vring::net::{bit, VirtioNetHdr};
-use vring::GuestMemory;
+use vring::{Direction, GuestMemory};
 
-use crate::metrics::{add, DeviceMetrics, DropReason};
+use crate::backend::tap::apply_offloads;
+use crate::datapath::queue_failed;
+use crate::device::{Device, DeviceError, DeviceReport, DeviceSpec};
+use crate::metrics::{add, DeviceMetrics, DropReason, QueueMetrics};
 use crate::net::header::pop_tx;
 use crate::net::rx::{RxOutcome, RxWriter};
 use crate::sys::{self, IoVecs};
 use crate::virtq::{Chain, DeviceQueue, QueueError};
-use crate::worker::{DeviceSpec, Worker, WorkerError, WorkerReport};
 
 /// QEMU's default `tx_burst` (`TX_BURST`).
 pub const TX_BURST: usize = 256;
 /// Frames one RX pass reads before letting the loop run other work (QEMU's `tap_send` stops
 /// after 50).
 const RX_BUDGET: usize = 50;
+/// Largest frame a tap hands over: 64 KiB of GSO frame plus headers.
+const BOUNCE_LEN: usize = VirtioNetHdr::SIZE + 65_550;
 
 /// Why a receive pass stopped.
 enum RxStop {
@@ -70,50 +75,75 @@ impl Default for EmulatedConfig {
     }
 }
 
-const TX_KICK: u64 = 0;
-const RX_KICK: u64 = 1;
-const STOP: u64 = 2;
-const TAP: u64 = 3;
+/// epoll key of the stop eventfd; pair `n`'s fds are `3n` (TX kick), `3n + 1` (RX kick) and
+/// `3n + 2` (its tap).
+const STOP: u64 = u64::MAX;
 
-/// Starts the emulated device's event loop on `tap` (non-blocking, `IFF_VNET_HDR`, 12-byte
-/// header).
-pub fn spawn(spec: DeviceSpec, tap: File, cfg: EmulatedConfig) -> Result<Worker, WorkerError> {
-    let txq = DeviceQueue::new(&spec.mem, spec.tx, spec.features)?;
-    let rxq = DeviceQueue::new(&spec.mem, spec.rx, spec.features)?;
+/// Starts the emulated device's event loop, pair `n` on `taps[n]` (non-blocking,
+/// `IFF_VNET_HDR`, 12-byte header). Like QEMU, the device sets each tap's offloads from the
+/// negotiated features (`TUNSETOFFLOAD`).
+pub fn spawn(
+    spec: DeviceSpec,
+    taps: Vec<File>,
+    cfg: EmulatedConfig,
+) -> Result<Device, DeviceError> {
+    if spec.pairs.is_empty() {
+        return Err(DeviceError::Config(
+            "a device needs at least one queue pair",
+        ));
+    }
+    if taps.len() != spec.pairs.len() {
+        return Err(DeviceError::Config("one tap per queue pair"));
+    }
     let stop_fd = sys::eventfd()?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io::Error::from)?;
     let watch = |fd: std::os::fd::BorrowedFd<'_>, k: u64| {
         epoll::add(&ep, fd, epoll::EventData::new_u64(k), epoll::EventFlags::IN)
             .map_err(io::Error::from)
     };
-    watch(spec.tx_kick.as_fd(), TX_KICK)?;
-    watch(spec.rx_kick.as_fd(), RX_KICK)?;
     watch(stop_fd.as_fd(), STOP)?;
-    watch(tap.as_fd(), TAP)?;
+    let mut pairs = Vec::with_capacity(taps.len());
+    for (i, (w, tap)) in spec.pairs.into_iter().zip(taps).enumerate() {
+        apply_offloads(&tap, spec.features)?;
+        let k = 3 * i as u64;
+        watch(w.tx.kick.as_fd(), k)?;
+        watch(w.rx.kick.as_fd(), k + 1)?;
+        watch(tap.as_fd(), k + 2)?;
+        pairs.push(EmuPair {
+            index: i,
+            txq: DeviceQueue::new(&spec.mem, w.tx.addrs, spec.features)?,
+            rxq: DeviceQueue::new(&spec.mem, w.rx.addrs, spec.features)?,
+            tx_kick: w.tx.kick,
+            rx_kick: w.rx.kick,
+            tx_call: w.tx.call,
+            rx_call: w.rx.call,
+            tap,
+            bounce: vec![0u8; BOUNCE_LEN],
+            held: None,
+            tap_watched: true,
+            tx_more: true,
+            rx_more: true,
+            tx_dead: false,
+            rx_dead: false,
+        });
+    }
     let metrics = Arc::new(DeviceMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mrg = spec.features.has(bit::MRG_RXBUF);
     let mut l = EmuLoop {
-        mem: spec.mem,
-        txq,
-        rxq,
-        tx_kick: spec.tx_kick,
-        rx_kick: spec.rx_kick,
-        tx_call: spec.tx_call,
-        rx_call: spec.rx_call,
+        pairs,
+        sh: Shared {
+            mem: spec.mem,
+            metrics: metrics.clone(),
+            chain: Chain::with_capacity(8),
+            rxw: RxWriter::new(mrg),
+            iov: IoVecs::with_capacity(8),
+            tx_burst: cfg.tx_burst.max(1),
+            report: DeviceReport::default(),
+        },
         stop_read: stop_fd.try_clone()?,
-        tap,
         ep,
-        metrics: metrics.clone(),
         stop: stop.clone(),
-        chain: Chain::with_capacity(8),
-        rxw: RxWriter::new(mrg),
-        iov: IoVecs::with_capacity(8),
-        bounce: vec![0u8; VirtioNetHdr::SIZE + 65_550],
-        tx_burst: cfg.tx_burst.max(1),
-        held: None,
-        tap_watched: true,
-        report: WorkerReport::default(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("emul-{}", cfg.name))
@@ -122,38 +152,56 @@ pub fn spawn(spec: DeviceSpec, tap: File, cfg: EmulatedConfig) -> Result<Worker,
                 sys::pin_to(c);
             }
             l.run();
-            l.report.cpu_ns = sys::thread_cpu_ns();
-            l.metrics
+            l.sh.report.cpu_ns = sys::thread_cpu_ns();
+            l.sh.metrics
                 .worker_cpu_ns
-                .store(l.report.cpu_ns, Ordering::Relaxed);
-            std::mem::take(&mut l.report)
+                .store(l.sh.report.cpu_ns, Ordering::Relaxed);
+            std::mem::take(&mut l.sh.report)
         })?;
-    Ok(Worker::from_parts(thread, stop, stop_fd, metrics))
+    Ok(Device::from_parts(thread, stop, stop_fd, metrics))
 }
 
 struct EmuLoop {
+    pairs: Vec<EmuPair>,
+    sh: Shared,
+    stop_read: File,
+    ep: std::os::fd::OwnedFd,
+    stop: Arc<AtomicBool>,
+}
+
+/// What every pair's handlers use: the loop's scratch space, counters and report.
+struct Shared {
     mem: Arc<GuestMemory>,
+    metrics: Arc<DeviceMetrics>,
+    chain: Chain,
+    rxw: RxWriter,
+    iov: IoVecs,
+    tx_burst: usize,
+    report: DeviceReport,
+}
+
+/// One queue pair of the emulated device and its tap queue.
+struct EmuPair {
+    index: usize,
     txq: DeviceQueue,
     rxq: DeviceQueue,
     tx_kick: File,
     rx_kick: File,
     tx_call: File,
     rx_call: File,
-    stop_read: File,
     tap: File,
-    ep: std::os::fd::OwnedFd,
-    metrics: Arc<DeviceMetrics>,
-    stop: Arc<AtomicBool>,
-    chain: Chain,
-    rxw: RxWriter,
-    iov: IoVecs,
+    /// QEMU's receive buffer: a frame is read here, then copied into the guest's buffers.
     bounce: Vec<u8>,
-    tx_burst: usize,
     /// Length of a frame in `bounce` still waiting for guest buffers.
     held: Option<usize>,
     /// The tap is in the epoll set with `EPOLLIN`.
     tap_watched: bool,
-    report: WorkerReport,
+    /// Work scheduled without an event: a TX burst that ran out, RX the guest has room for
+    /// again.
+    tx_more: bool,
+    rx_more: bool,
+    tx_dead: bool,
+    rx_dead: bool,
 }
 
 /// Drains an eventfd that epoll reported readable.
@@ -168,33 +216,15 @@ fn drain(fd: &File) -> u64 {
 impl EmuLoop {
     fn run(&mut self) {
         self.event_loop();
-        // A frame read from the tap but never delivered is accounted, not lost.
-        if self.held.take().is_some() {
-            self.metrics.drop_packets(DropReason::Stopped, 1);
-        }
-    }
-
-    fn watch_tap(&mut self, on: bool) {
-        if self.tap_watched == on {
-            return;
-        }
-        let flags = if on {
-            epoll::EventFlags::IN
-        } else {
-            epoll::EventFlags::empty()
-        };
-        if epoll::modify(&self.ep, &self.tap, epoll::EventData::new_u64(TAP), flags).is_ok() {
-            self.tap_watched = on;
+        // A frame read from a tap but never delivered is accounted, not lost.
+        for p in &mut self.pairs {
+            if p.held.take().is_some() {
+                self.sh.metrics.drop_packets(DropReason::Stopped, 1);
+            }
         }
     }
 
     fn event_loop(&mut self) {
-        let mut tx_dead = false;
-        let mut rx_dead = false;
-        // Work that is scheduled without an event: a TX burst that ran out, RX the guest has
-        // room for again.
-        let mut tx_more = true;
-        let mut rx_more = true;
         let mut events = [epoll::Event {
             flags: epoll::EventFlags::empty(),
             data: epoll::EventData::new_u64(0),
@@ -207,90 +237,108 @@ impl EmuLoop {
                 tv_sec: 0,
                 tv_nsec: 0,
             };
-            let timeout = if tx_more || rx_more {
-                Some(&zero)
-            } else {
-                None
-            };
+            let busy = self.pairs.iter().any(|p| p.tx_more || p.rx_more);
+            let timeout = if busy { Some(&zero) } else { None };
             let n = match epoll::wait(&self.ep, &mut events[..], timeout) {
                 Ok(n) => n,
                 Err(rustix::io::Errno::INTR) => 0,
                 Err(e) => {
-                    self.report.fatal = Some(format!("epoll_wait: {e}"));
+                    self.sh.report.fatal = Some(format!("epoll_wait: {e}"));
                     return;
                 }
             };
             if timeout.is_none() {
-                add(&self.metrics.wakeups, 1);
+                add(&self.sh.metrics.wakeups, 1);
             }
             for ev in &events[..n] {
-                match ev.data.u64() {
-                    TX_KICK => {
-                        add(&self.metrics.tx.kicks, drain(&self.tx_kick).min(1));
-                        tx_more = true;
+                let k = ev.data.u64();
+                if k == STOP {
+                    drain(&self.stop_read);
+                    return;
+                }
+                let Some(p) = self.pairs.get_mut((k / 3) as usize) else {
+                    continue;
+                };
+                let m = &self.sh.metrics;
+                match k % 3 {
+                    0 => {
+                        add(&m.tx.kicks, drain(&p.tx_kick).min(1));
+                        p.tx_more = true;
                     }
-                    RX_KICK => {
-                        add(&self.metrics.rx.kicks, drain(&self.rx_kick).min(1));
-                        rx_more = !rx_dead;
+                    1 => {
+                        add(&m.rx.kicks, drain(&p.rx_kick).min(1));
+                        p.rx_more = !p.rx_dead;
                     }
-                    STOP => {
-                        drain(&self.stop_read);
-                        return;
-                    }
-                    _ => rx_more = true,
+                    _ => p.rx_more = true,
                 }
             }
-            if tx_more && !tx_dead {
-                match self.flush_tx() {
-                    Ok(more) => tx_more = more,
-                    Err(()) => {
-                        tx_dead = true;
-                        tx_more = false;
-                    }
-                }
-            } else {
-                tx_more = false;
+            for p in &mut self.pairs {
+                p.run_once(&mut self.sh, &self.ep);
             }
-            if rx_more && !rx_dead {
-                rx_more = false;
-                match self.receive() {
-                    Ok(RxStop::TapEmpty) => self.watch_tap(true),
-                    // QEMU's tap_send reads a bounded number per wake-up, then lets TX run.
-                    Ok(RxStop::Budget) => rx_more = true,
-                    // virtio_net_can_receive false: stop reading the tap (tap_read_poll off)
-                    // until the guest posts buffers, or epoll would report it readable forever.
-                    Ok(RxStop::NeedBuffers) => self.watch_tap(false),
-                    Err(()) => {
-                        rx_dead = true;
-                        self.watch_tap(false);
-                    }
-                }
-            } else {
-                rx_more = false;
-            }
-            if self.report.fatal.is_some() {
+            if self.sh.report.fatal.is_some() {
                 return;
             }
         }
     }
+}
 
-    fn failed(&mut self, tx: bool, e: QueueError) {
-        add(&self.metrics.queue_errors[e.kind() as usize], 1);
-        let slot = if tx {
-            &mut self.report.tx_error
+impl EmuPair {
+    /// One turn of this pair in the event loop: a TX flush and an RX pass where due.
+    fn run_once(&mut self, sh: &mut Shared, ep: &std::os::fd::OwnedFd) {
+        if self.tx_more && !self.tx_dead {
+            match self.flush_tx(sh) {
+                Ok(more) => self.tx_more = more,
+                Err(()) => {
+                    self.tx_dead = true;
+                    self.tx_more = false;
+                }
+            }
         } else {
-            &mut self.report.rx_error
-        };
-        slot.get_or_insert(e.to_string());
-        let _ = sys::signal(if tx { &self.tx_call } else { &self.rx_call });
+            self.tx_more = false;
+        }
+        if self.rx_more && !self.rx_dead {
+            self.rx_more = false;
+            match self.receive(sh) {
+                Ok(RxStop::TapEmpty) => self.watch_tap(ep, true),
+                // QEMU's tap_send reads a bounded number per wake-up, then lets TX run.
+                Ok(RxStop::Budget) => self.rx_more = true,
+                // virtio_net_can_receive false: stop reading the tap (tap_read_poll off)
+                // until the guest posts buffers, or epoll would report it readable forever.
+                Ok(RxStop::NeedBuffers) => self.watch_tap(ep, false),
+                Err(()) => {
+                    self.rx_dead = true;
+                    self.watch_tap(ep, false);
+                }
+            }
+        } else {
+            self.rx_more = false;
+        }
     }
 
-    fn notify(
-        q: &mut DeviceQueue,
-        mem: &GuestMemory,
-        call: &File,
-        m: &crate::metrics::QueueMetrics,
-    ) {
+    fn watch_tap(&mut self, ep: &std::os::fd::OwnedFd, on: bool) {
+        if self.tap_watched == on {
+            return;
+        }
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        let key = epoll::EventData::new_u64(3 * self.index as u64 + 2);
+        if epoll::modify(ep, &self.tap, key, flags).is_ok() {
+            self.tap_watched = on;
+        }
+    }
+
+    fn failed(&mut self, dir: Direction, e: QueueError, sh: &mut Shared) {
+        let (q, call) = match dir {
+            Direction::Tx => (&self.txq, &self.tx_call),
+            Direction::Rx => (&self.rxq, &self.rx_call),
+        };
+        queue_failed(self.index, dir, q, call, e, &sh.metrics, &mut sh.report);
+    }
+
+    fn notify(q: &mut DeviceQueue, mem: &GuestMemory, call: &File, m: &QueueMetrics) {
         if q.needs_notification(mem) {
             let _ = sys::signal(call);
             add(&m.calls, 1);
@@ -298,31 +346,25 @@ impl EmuLoop {
             add(&m.calls_suppressed, 1);
         }
     }
-
     /// One `virtio_net_flush_tx`. `Ok(true)`: the burst ran out with work left.
-    fn flush_tx(&mut self) -> Result<bool, ()> {
-        let mem = self.mem.clone();
-        let m = self.metrics.clone();
+    fn flush_tx(&mut self, sh: &mut Shared) -> Result<bool, ()> {
+        let mem = sh.mem.clone();
+        let m = sh.metrics.clone();
         self.txq.disable_notifications(&mem);
         let mut n = 0;
         loop {
-            while n < self.tx_burst {
-                let f = match pop_tx(&mut self.txq, &mem, &mut self.chain) {
+            while n < sh.tx_burst {
+                let f = match pop_tx(&mut self.txq, &mem, &mut sh.chain) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        self.failed(true, e);
+                        self.failed(Direction::Tx, e, sh);
                         return Err(());
                     }
                 };
                 // One syscall per frame, straight from guest memory (tap_receive_iov).
-                match sys::writev_guest(
-                    self.tap.as_fd(),
-                    &mem,
-                    self.chain.readable(),
-                    &mut self.iov,
-                ) {
-                    Ok(w) if w == self.chain.readable_len() as usize => {
+                match sys::writev_guest(self.tap.as_fd(), &mem, sh.chain.readable(), &mut sh.iov) {
+                    Ok(w) if w == sh.chain.readable_len() as usize => {
                         add(&m.tx.packets, 1);
                         add(&m.tx.bytes, f.len as u64);
                     }
@@ -332,14 +374,14 @@ impl EmuLoop {
                     _ => m.drop_packets(DropReason::BackendError, 1),
                 }
                 // virtqueue_push: fill and flush one element; then virtio_notify.
-                let _ = self.txq.add_used(&mem, self.chain.head(), 0);
+                let _ = self.txq.add_used(&mem, sh.chain.head(), 0);
                 let _ = self.txq.publish_used(&mem);
                 Self::notify(&mut self.txq, &mem, &self.tx_call, &m.tx);
                 add(&m.tx.chains, 1);
                 n += 1;
             }
             add(&m.tx.batches, 1);
-            if n >= self.tx_burst {
+            if n >= sh.tx_burst {
                 add(&m.tx.weight_exhausted, 1);
                 return Ok(true);
             }
@@ -350,7 +392,7 @@ impl EmuLoop {
                 }
                 Ok(false) => return Ok(false),
                 Err(e) => {
-                    self.failed(true, e);
+                    self.failed(Direction::Tx, e, sh);
                     return Err(());
                 }
             }
@@ -359,23 +401,23 @@ impl EmuLoop {
 
     /// `tap_send`: read frames while the guest has room, copy each into its buffers. A frame
     /// that finds too few buffers is held (QEMU queues it) until the guest posts more.
-    fn receive(&mut self) -> Result<RxStop, ()> {
-        let mem = self.mem.clone();
-        let m = self.metrics.clone();
+    fn receive(&mut self, sh: &mut Shared) -> Result<RxStop, ()> {
+        let mem = sh.mem.clone();
+        let m = sh.metrics.clone();
         for _ in 0..RX_BUDGET {
             let n = match self.held.take() {
                 Some(n) => n,
                 None => {
                     // virtio_net_can_receive: no buffers → leave the tap unread, ask for kicks.
                     match self.rxq.pending(&mem) {
-                        Ok(0) => match self.rearm_rx() {
+                        Ok(0) => match self.rearm_rx(sh) {
                             Ok(true) => continue,
                             Ok(false) => return Ok(RxStop::NeedBuffers),
                             Err(()) => return Err(()),
                         },
                         Ok(_) => {}
                         Err(e) => {
-                            self.failed(false, e);
+                            self.failed(Direction::Rx, e, sh);
                             return Err(());
                         }
                     }
@@ -390,7 +432,7 @@ impl EmuLoop {
                             return Ok(RxStop::TapEmpty)
                         }
                         Err(e) => {
-                            self.report.fatal = Some(format!("tap read: {e}"));
+                            sh.report.fatal = Some(format!("tap read: {e}"));
                             return Err(());
                         }
                     }
@@ -400,7 +442,7 @@ impl EmuLoop {
             raw.copy_from_slice(&self.bounce[..VirtioNetHdr::SIZE]);
             let hdr = VirtioNetHdr::from_bytes(&raw);
             let frame = &self.bounce[VirtioNetHdr::SIZE..n];
-            match self.rxw.deliver(&mut self.rxq, &mem, &hdr, frame) {
+            match sh.rxw.deliver(&mut self.rxq, &mem, &hdr, frame) {
                 Ok(RxOutcome::Delivered { buffers }) => {
                     add(&m.rx.packets, 1);
                     add(&m.rx.bytes, (n - VirtioNetHdr::SIZE) as u64);
@@ -411,7 +453,7 @@ impl EmuLoop {
                 }
                 Ok(RxOutcome::NoBuffers) => {
                     self.held = Some(n);
-                    match self.rearm_rx() {
+                    match self.rearm_rx(sh) {
                         Ok(true) => continue,
                         Ok(false) => return Ok(RxStop::NeedBuffers),
                         Err(()) => return Err(()),
@@ -420,7 +462,7 @@ impl EmuLoop {
                 Ok(RxOutcome::TooLarge) => m.drop_packets(DropReason::RxTooLarge, 1),
                 Err(e) => {
                     m.drop_packets(DropReason::QueueBroken, 1);
-                    self.failed(false, e);
+                    self.failed(Direction::Rx, e, sh);
                     return Err(());
                 }
             }
@@ -429,15 +471,15 @@ impl EmuLoop {
     }
 
     /// Asks for RX kicks and re-checks; true if buffers arrived meanwhile.
-    fn rearm_rx(&mut self) -> Result<bool, ()> {
-        match self.rxq.enable_notifications(&self.mem) {
+    fn rearm_rx(&mut self, sh: &mut Shared) -> Result<bool, ()> {
+        match self.rxq.enable_notifications(&sh.mem) {
             Ok(true) => {
-                self.rxq.disable_notifications(&self.mem);
+                self.rxq.disable_notifications(&sh.mem);
                 Ok(true)
             }
             Ok(false) => Ok(false),
             Err(e) => {
-                self.failed(false, e);
+                self.failed(Direction::Rx, e, sh);
                 Err(())
             }
         }

@@ -3,8 +3,11 @@
 //! - [`virtq`]: the device side of the split virtqueue, hardened against a hostile guest.
 //! - [`net`]: virtio-net on top of it: feature negotiation, the TX header, RX delivery with
 //!   mergeable buffers.
-//! - [`worker`]: the vhost worker thread (`vhost-<dev>`): io_uring kick waits, TX/RX handlers,
-//!   batching, weights, busy polling, notification suppression.
+//! - [`device`]: a device as its data paths see it: guest memory, features and a list of queue
+//!   pairs ([`device::DeviceSpec`]); the running device and its report.
+//! - [`datapath`]: one queue pair's TX/RX work ([`datapath::NetQueuePair`]), with no thread.
+//! - [`worker`]: the vhost worker thread (`vhost-<dev>`) serving a device's pairs: io_uring
+//!   kick waits, batching, weights, busy polling, notification suppression.
 //! - [`backend`]: where frames go ([`backend::Backend`]); [`backend::null`] is the engine alone,
 //!   [`backend::tap`] a tun/tap device through io_uring.
 //! - [`emulated`]: the QEMU-style userspace virtio-net event loop (epoll, a syscall per frame),
@@ -17,6 +20,8 @@
 //! it.
 
 pub mod backend;
+pub mod datapath;
+pub mod device;
 pub mod emulated;
 pub mod metrics;
 pub mod net;

@@ -18,6 +18,23 @@ pub fn eventfd() -> io::Result<File> {
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// `TUNSETOFFLOAD`: which offloads (`TUN_F_*`) the reader of a tap fd accepts.
+pub fn tun_set_offload(tap: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long); no memory is
+    // passed, and `tap` is a valid descriptor for the call's duration.
+    let r = unsafe {
+        libc::ioctl(
+            tap.as_raw_fd(),
+            libc::TUNSETOFFLOAD as _,
+            libc::c_ulong::from(flags),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Adds 1 to an eventfd (a kick or an interrupt).
 #[inline]
 pub fn signal(fd: &File) -> io::Result<()> {

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use vring::frame;
 use vring::layout::QueueAddrs;
 use vring::net::VirtioNetHdr;
-use vring::GuestMemory;
+use vring::{GuestMemory, QueuePair};
 
 use crate::clock;
 use crate::driver::{Buf, DriverError, DriverQueue};
@@ -123,29 +123,21 @@ pub struct TrafficReport {
     pub error: Option<String>,
 }
 
-/// The guest's view of one virtio-net device.
+/// The guest's side of one queue pair: what one vCPU's driver instance drives (a multiqueue
+/// guest runs one per pair, each on its own vCPU).
 #[derive(Debug)]
-pub struct GuestNic {
+pub struct GuestPair {
     /// Guest memory.
     pub mem: Arc<GuestMemory>,
-    /// Transmit queue addresses.
-    pub tx: QueueAddrs,
-    /// Receive queue addresses.
-    pub rx: QueueAddrs,
-    /// Kick eventfds (the guest writes).
-    pub tx_kick: File,
-    /// RX kick.
-    pub rx_kick: File,
-    /// Call eventfds (the guest reads).
-    pub tx_call: File,
-    /// RX call.
-    pub rx_call: File,
+    /// The pair's two queues, with the guest's ends of their eventfds (it writes `kick` and
+    /// waits on `call`).
+    pub pair: QueuePair,
     /// The buffers the driver posts.
     pub bufs: NicBuffers,
 }
 
-/// Buffers carved out of guest memory for one device.
-#[derive(Debug, Clone)]
+/// Buffers carved out of guest memory for one queue pair.
+#[derive(Debug, Clone, Default)]
 pub struct NicBuffers {
     /// TX buffers, one per descriptor: header + frame.
     pub tx: Vec<u64>,
@@ -158,14 +150,15 @@ pub struct NicBuffers {
 }
 
 impl NicBuffers {
-    /// Carves buffers for a device out of `guest` (whose queues 0 and 1 are RX and TX), sized
-    /// for `frame_len` frames.
+    /// Carves buffers for the pair with queues `rx` and `tx` out of `guest`, sized for
+    /// `frame_len` frames.
     pub fn carve(
         guest: &mut MockGuest,
+        rx: QueueAddrs,
+        tx: QueueAddrs,
         frame_len: usize,
         mrg_rxbuf: bool,
     ) -> Result<NicBuffers, DriverError> {
-        let (rx, tx) = (guest.queues[0], guest.queues[1]);
         let tx_len = (H + frame_len) as u64;
         // Mergeable: 2 KiB buffers (a frame may span several); otherwise each buffer holds a
         // whole frame.
@@ -191,7 +184,7 @@ impl NicBuffers {
 }
 
 struct Guest<'a> {
-    nic: &'a GuestNic,
+    nic: &'a GuestPair,
     cfg: &'a TrafficConfig,
     tx: DriverQueue,
     rx: DriverQueue,
@@ -217,7 +210,7 @@ struct Guest<'a> {
 /// buffers and reaps until the device goes quiet, calls `quiesce` (which must stop the device),
 /// and reaps what the device completed before it stopped.
 pub fn run(
-    nic: &GuestNic,
+    nic: &GuestPair,
     cfg: &TrafficConfig,
     stop: &AtomicBool,
     quiesce: &mut dyn FnMut(),
@@ -239,10 +232,10 @@ pub fn run(
         rx_foreign: 0,
         error: None,
     };
-    let tx =
-        DriverQueue::new(&nic.mem, nic.tx, cfg.event_idx).map(|q| q.with_in_order(cfg.in_order));
-    let rx =
-        DriverQueue::new(&nic.mem, nic.rx, cfg.event_idx).map(|q| q.with_in_order(cfg.in_order));
+    let tx = DriverQueue::new(&nic.mem, nic.pair.tx.addrs, cfg.event_idx)
+        .map(|q| q.with_in_order(cfg.in_order));
+    let rx = DriverQueue::new(&nic.mem, nic.pair.rx.addrs, cfg.event_idx)
+        .map(|q| q.with_in_order(cfg.in_order));
     let (tx, rx) = match (tx, rx) {
         (Ok(t), Ok(r)) => (t, r),
         (Err(e), _) | (_, Err(e)) => {
@@ -254,7 +247,7 @@ pub fn run(
         nic,
         cfg,
         tx_stamp_off: Vec::new(),
-        rx_slot: vec![u32::MAX; nic.rx.size as usize],
+        rx_slot: vec![u32::MAX; nic.pair.rx.addrs.size as usize],
         rx_off: Vec::new(),
         tx,
         rx,
@@ -263,7 +256,7 @@ pub fn run(
         clock: Instant::now(),
         frame_buf: vec![0u8; 65_536 + H],
         repost: true,
-        rx_refill: Vec::with_capacity(nic.rx.size as usize),
+        rx_refill: Vec::with_capacity(nic.pair.rx.addrs.size as usize),
         r,
     };
     if let Err(e) = g.main(stop) {
@@ -358,9 +351,9 @@ impl Guest<'_> {
 
     fn kick(&mut self, tx: bool) -> Result<(), DriverError> {
         let (q, fd) = if tx {
-            (&mut self.tx, &self.nic.tx_kick)
+            (&mut self.tx, &self.nic.pair.tx.kick)
         } else {
-            (&mut self.rx, &self.nic.rx_kick)
+            (&mut self.rx, &self.nic.pair.rx.kick)
         };
         if q.publish(&self.nic.mem)? {
             self.r.kicks += 1;
@@ -459,7 +452,7 @@ impl Guest<'_> {
     fn step_tx(&mut self) -> Result<(), DriverError> {
         self.reap_tx()?;
         let allowed = self.allowance();
-        let burst = (TX_BURST as u64).min(self.nic.tx.size as u64);
+        let burst = (TX_BURST as u64).min(self.nic.pair.tx.addrs.size as u64);
         let free = self.tx.num_free();
         if allowed >= burst && (free as u64) < burst {
             // Like a DPDK guest's tx_burst: wait until a whole burst fits rather than publish
@@ -471,7 +464,7 @@ impl Guest<'_> {
             }
             return Ok(());
         }
-        let budget = allowed.min(self.nic.tx.size as u64) as usize;
+        let budget = allowed.min(self.nic.pair.tx.addrs.size as u64) as usize;
         let posted = self.post_tx_burst(budget)?;
         if posted > 0 {
             self.kick(true)?;
@@ -503,7 +496,8 @@ impl Guest<'_> {
     /// Gives the queued RX buffers back once at least half the ring is waiting (Linux refills
     /// when more than half its receive ring is free), then publishes and kicks if asked.
     fn refill_rx(&mut self) -> Result<(), DriverError> {
-        if !self.repost || self.rx_refill.len() < (self.nic.rx.size as usize).div_ceil(2) {
+        if !self.repost || self.rx_refill.len() < (self.nic.pair.rx.addrs.size as usize).div_ceil(2)
+        {
             return Ok(());
         }
         let mut slots = std::mem::take(&mut self.rx_refill);
@@ -708,9 +702,9 @@ impl Guest<'_> {
             return Ok(());
         }
         let (q, call) = if tx {
-            (&mut self.tx, &self.nic.tx_call)
+            (&mut self.tx, &self.nic.pair.tx.call)
         } else {
-            (&mut self.rx, &self.nic.rx_call)
+            (&mut self.rx, &self.nic.pair.rx.call)
         };
         // TX waits only when the ring is full: wake once most of it is done (Linux start_xmit's
         // `virtqueue_enable_cb_delayed`). RX wants the first frame.

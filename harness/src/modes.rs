@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use engine::backend::tap::TapBackend;
+use engine::device::{Device, DeviceSpec};
 use engine::emulated::{self, EmulatedConfig};
-use engine::worker::{DeviceSpec, Worker, WorkerConfig};
+use engine::worker::{self, WorkerConfig};
 use guest_sim::traffic::Workload;
 use vring::frame;
-use vring::net::{bit, Features};
 
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::topology::{self, Netns, Tap};
@@ -49,12 +49,12 @@ impl TapDevice {
         }
     }
 
-    fn start(self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Worker> {
+    fn start(self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
         match self {
             TapDevice::Vhost => {
-                let be = TapBackend::new(tap, &spec.mem, wcfg.batch, guest_gso(spec.features))
+                let be = TapBackend::new(tap, spec.mem.clone(), wcfg.batch, spec.features)
                     .context("tap backend")?;
-                Ok(Worker::spawn(spec, Box::new(be), wcfg)?)
+                Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
             }
             TapDevice::Emulated => {
                 let ecfg = EmulatedConfig {
@@ -62,31 +62,10 @@ impl TapDevice {
                     core: wcfg.core,
                     ..EmulatedConfig::default()
                 };
-                Ok(emulated::spawn(spec, tap, ecfg)?)
+                Ok(emulated::spawn(spec, vec![tap], ecfg)?)
             }
         }
     }
-}
-
-/// `TUNSETOFFLOAD` flags for a negotiated feature set: the offloads the guest accepts on
-/// receive are the ones the tap may hand us (QEMU's `virtio_net_apply_guest_offloads`).
-pub fn tap_offloads(f: Features) -> u32 {
-    let mut o = 0;
-    if f.has(bit::GUEST_CSUM) {
-        o |= topology::TUN_F_CSUM;
-    }
-    if f.has(bit::GUEST_TSO4) {
-        o |= topology::TUN_F_TSO4;
-    }
-    if f.has(bit::GUEST_TSO6) {
-        o |= topology::TUN_F_TSO6;
-    }
-    o
-}
-
-/// Whether the tap may deliver GSO frames (up to 64 KiB) for this feature set.
-fn guest_gso(f: Features) -> bool {
-    f.has(bit::GUEST_TSO4) || f.has(bit::GUEST_TSO6)
 }
 
 /// Test frames left in a tap's queue when the device stopped: read and counted, so they are
@@ -168,7 +147,8 @@ fn dup(t: &Tap) -> Result<File> {
 /// One run of `dev` on a fresh tap topology for `cfg.workload`.
 pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
     let ns = Netns::create().context("network namespace")?;
-    let offloads = tap_offloads(cfg.features());
+    // No offloads yet: the device sets them from the negotiated features.
+    let offloads = 0;
     let tap0 = topology::open_tap(&ns, "tap0", offloads)?;
     let keep0 = dup(&tap0)?;
     let mut out = match cfg.workload {
@@ -209,13 +189,14 @@ pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
             // The far guest's problems are this run's problems.
             for (what, err) in [
                 ("echo guest", &e.guest.error),
-                ("echo device tx", &e.worker.tx_error),
-                ("echo device rx", &e.worker.rx_error),
                 ("echo device", &e.worker.fatal),
             ] {
                 if let Some(err) = err {
                     o.notes.push(format!("{what}: {err}"));
                 }
+            }
+            for f in &e.worker.queue_failures {
+                o.notes.push(format!("echo device: {f}"));
             }
             if e.guest.echo_dropped > 0 {
                 o.extra_drops
@@ -259,7 +240,10 @@ mod tests {
     use super::*;
     use engine::net::device::{negotiate, DEFAULT_OFFER};
     use engine::sys;
+    use guest_sim::testbed::Testbed;
+    use guest_sim::traffic::NicBuffers;
     use guest_sim::{Buf, DriverQueue, MockGuest};
+    use vring::net::{bit, Features};
     use vring::net::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 
     use crate::topology::{packet_socket_with, wait_readable, PacketOptions};
@@ -304,17 +288,6 @@ mod tests {
     }
 
     #[test]
-    fn tap_offloads_follow_the_guest_features() {
-        let v1 = Features::of(&[bit::VERSION_1]);
-        assert_eq!(tap_offloads(v1), 0);
-        let f = v1.with(bit::GUEST_CSUM, true).with(bit::GUEST_TSO4, true);
-        assert_eq!(tap_offloads(f), topology::TUN_F_CSUM | topology::TUN_F_TSO4);
-        assert!(guest_gso(f) && !guest_gso(v1));
-        // Host-side offloads (the guest sending partial checksums) need no tap flag.
-        assert_eq!(tap_offloads(v1.with(bit::CSUM, true)), 0);
-    }
-
-    #[test]
     fn guest_frames_reach_the_tap_with_bytes_and_offload_metadata() {
         if !can_run("guest_frames_reach_the_tap_with_bytes_and_offload_metadata") {
             return;
@@ -333,8 +306,15 @@ mod tests {
             let mut g = MockGuest::new(1 << 20, &[64, 64]).expect("guest");
             let buf = g.alloc(128).expect("alloc");
             let queues = g.queues.clone();
-            let mem = Arc::new(g.mem);
-            let (spec, fds) = pair::wire(mem.clone(), features, &queues).expect("wire");
+            let tb =
+                Testbed::from_guest(g.mem, &queues, vec![NicBuffers::default()]).expect("wire");
+            let mem = tb.mem.clone();
+            let spec = DeviceSpec {
+                mem: tb.mem,
+                features,
+                pairs: tb.device,
+            };
+            let fds = &tb.guest[0].pair;
             let mut txq = DriverQueue::new(&mem, queues[1], true).expect("driver");
             let w = dev
                 .start(tap.file, spec, WorkerConfig::default())
@@ -355,7 +335,7 @@ mod tests {
             )
             .expect("add");
             if txq.publish(&mem).expect("publish") {
-                sys::signal(&fds.tx_kick).expect("kick");
+                sys::signal(&fds.tx.kick).expect("kick");
             }
             let mut got = None;
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -374,7 +354,7 @@ mod tests {
             let m = w.metrics().clone();
             let report = w.stop();
             assert!(
-                report.tx_error.is_none() && report.fatal.is_none(),
+                report.queue_failures.is_empty() && report.fatal.is_none(),
                 "{report:?}"
             );
             let got = got.unwrap_or_else(|| panic!("{}: frame never reached the tap", dev.name()));
@@ -403,7 +383,7 @@ mod tests {
             let o = run_tap(dev, &c).expect("run");
             let w = Workload::Rx;
             assert!(
-                o.guest.error.is_none() && o.worker.rx_error.is_none(),
+                o.guest.error.is_none() && o.worker.queue_failures.is_empty(),
                 "{o:?}"
             );
             assert!(

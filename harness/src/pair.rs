@@ -2,20 +2,19 @@
 //! engine's worker on a backend, and the guest's view of the NIC — what a VMM sets up between a
 //! guest driver and a vhost device. Then one timed run of a workload over it.
 
-use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use engine::backend::null::{NullBackend, NullMode};
+use engine::device::{Device, DeviceReport, DeviceSpec};
 use engine::metrics::{get, DeviceMetrics};
 use engine::net::device::{negotiate, DEFAULT_OFFER};
 use engine::sys;
-use engine::worker::{DeviceSpec, Worker, WorkerConfig, WorkerReport};
-use guest_sim::traffic::{self, GuestNic, NicBuffers, TrafficConfig, TrafficReport, Workload};
-use guest_sim::MockGuest;
-use vring::layout::QueueAddrs;
+use engine::worker::{self, WorkerConfig};
+use guest_sim::testbed::{Testbed, TestbedConfig};
+use guest_sim::traffic::{self, TrafficConfig, TrafficReport, Workload};
 use vring::net::{bit, Features};
 
 use crate::host::{process_rss, Rss};
@@ -78,7 +77,7 @@ pub struct RunOutcome {
     /// The guest's side.
     pub guest: TrafficReport,
     /// The worker's side.
-    pub worker: WorkerReport,
+    pub worker: DeviceReport,
     /// The device counters at the end.
     pub metrics: Arc<DeviceMetrics>,
     /// vCPU thread CPU time, ns.
@@ -150,54 +149,6 @@ impl RunOutcome {
     }
 }
 
-/// The guest's ends of a device's four eventfds.
-#[derive(Debug)]
-pub(crate) struct GuestFds {
-    pub tx_kick: File,
-    pub rx_kick: File,
-    pub tx_call: File,
-    pub rx_call: File,
-}
-
-/// Wires a device: its half of the set-up (`VHOST_SET_VRING_*`) with fresh kick and call
-/// eventfds, and the guest's ends of the same eventfds. Queue 0 is RX, queue 1 TX.
-pub(crate) fn wire(
-    mem: Arc<vring::GuestMemory>,
-    features: Features,
-    queues: &[QueueAddrs],
-) -> Result<(DeviceSpec, GuestFds)> {
-    let (tx_kick_dev, tx_kick) = eventfd_pair()?;
-    let (rx_kick_dev, rx_kick) = eventfd_pair()?;
-    let (tx_call_dev, tx_call) = eventfd_pair()?;
-    let (rx_call_dev, rx_call) = eventfd_pair()?;
-    let spec = DeviceSpec {
-        mem,
-        features,
-        rx: queues[0],
-        tx: queues[1],
-        tx_kick: tx_kick_dev,
-        rx_kick: rx_kick_dev,
-        tx_call: tx_call_dev,
-        rx_call: rx_call_dev,
-    };
-    Ok((
-        spec,
-        GuestFds {
-            tx_kick,
-            rx_kick,
-            tx_call,
-            rx_call,
-        },
-    ))
-}
-
-/// An eventfd and a second handle to it: one for the device, one for the guest.
-fn eventfd_pair() -> Result<(File, File)> {
-    let a = sys::eventfd().context("eventfd")?;
-    let b = a.try_clone().context("dup eventfd")?;
-    Ok((a, b))
-}
-
 /// The null backend for a workload: sink for tx, source for rx, reflector for rr.
 pub fn null_backend(cfg: &PairConfig) -> NullBackend {
     let mode = match cfg.workload {
@@ -216,7 +167,7 @@ pub fn null_backend(cfg: &PairConfig) -> NullBackend {
 pub fn run_null(cfg: &PairConfig) -> Result<RunOutcome> {
     let backend = null_backend(cfg);
     run(cfg, move |spec, wcfg| {
-        Ok(Worker::spawn(spec, Box::new(backend), wcfg)?)
+        Ok(worker::spawn(spec, vec![Box::new(backend)], wcfg)?)
     })
 }
 
@@ -224,7 +175,7 @@ pub fn run_null(cfg: &PairConfig) -> Result<RunOutcome> {
 /// worker settings) and runs the workload once.
 pub fn run(
     cfg: &PairConfig,
-    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Worker>,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Device>,
 ) -> Result<RunOutcome> {
     start(cfg, 0, start_device)?.join()
 }
@@ -234,8 +185,8 @@ pub fn run(
 pub struct Running {
     vcpu: std::thread::JoinHandle<(TrafficReport, u64)>,
     stop: Arc<AtomicBool>,
-    slot: Arc<Mutex<Option<Worker>>>,
-    report: Arc<Mutex<Option<WorkerReport>>>,
+    slot: Arc<Mutex<Option<Device>>>,
+    report: Arc<Mutex<Option<DeviceReport>>>,
     rss: Arc<Mutex<Option<Rss>>>,
     rss_before: Option<Rss>,
     metrics: Arc<DeviceMetrics>,
@@ -246,26 +197,26 @@ pub struct Running {
 pub fn start(
     cfg: &PairConfig,
     n: usize,
-    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Worker>,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Device>,
 ) -> Result<Running> {
     let rss_before = process_rss();
     let features = negotiate(DEFAULT_OFFER, cfg.features()).context("feature negotiation")?;
-    // Queue 0 is RX, queue 1 TX (virtio-net's order).
-    let mut guest = MockGuest::new(cfg.guest_mem_bytes, &[cfg.queue_size, cfg.queue_size])
-        .context("guest memory")?;
-    let bufs =
-        NicBuffers::carve(&mut guest, cfg.frame_len, cfg.mrg_rxbuf).context("guest buffers")?;
-    let mem = Arc::new(guest.mem);
-    let (spec, fds) = wire(mem.clone(), features, &guest.queues)?;
-    let nic = GuestNic {
-        mem,
-        rx: guest.queues[0],
-        tx: guest.queues[1],
-        tx_kick: fds.tx_kick,
-        rx_kick: fds.rx_kick,
-        tx_call: fds.tx_call,
-        rx_call: fds.rx_call,
-        bufs,
+    // One queue pair per device: one vCPU drives it.
+    let tb = Testbed::new(&TestbedConfig {
+        guest_mem_bytes: cfg.guest_mem_bytes,
+        queue_size: cfg.queue_size,
+        pairs: 1,
+        frame_len: cfg.frame_len,
+        mrg_rxbuf: cfg.mrg_rxbuf,
+    })
+    .context("guest memory and queues")?;
+    let spec = DeviceSpec {
+        mem: tb.mem,
+        features,
+        pairs: tb.device,
+    };
+    let Some(nic) = tb.guest.into_iter().next() else {
+        return Err(anyhow!("the testbed built no queue pair"));
     };
     let tcfg = TrafficConfig {
         workload: cfg.workload,
@@ -294,8 +245,8 @@ pub fn start(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let vcpu_core = cfg.vcpu_core;
     let stop2 = stop.clone();
-    let slot: Arc<Mutex<Option<Worker>>> = Arc::new(Mutex::new(None));
-    let report: Arc<Mutex<Option<WorkerReport>>> = Arc::new(Mutex::new(None));
+    let slot: Arc<Mutex<Option<Device>>> = Arc::new(Mutex::new(None));
+    let report: Arc<Mutex<Option<DeviceReport>>> = Arc::new(Mutex::new(None));
     let rss: Arc<Mutex<Option<Rss>>> = Arc::new(Mutex::new(None));
     let (slot2, report2, rss2) = (slot.clone(), report.clone(), rss.clone());
     let vcpu = std::thread::Builder::new()
@@ -375,7 +326,7 @@ impl Running {
                 .take()
             {
                 Some(w) => w.stop(),
-                None => WorkerReport::default(),
+                None => DeviceReport::default(),
             },
         };
         let rss_running = *self.rss.lock().map_err(|_| anyhow!("rss slot poisoned"))?;
@@ -425,6 +376,10 @@ mod tests {
     //! once with the right bytes.
     use super::*;
     use engine::layout::{Descriptor, VIRTQ_DESC_F_NEXT};
+    use engine::virtq::ErrorKind;
+    use guest_sim::traffic::NicBuffers;
+    use guest_sim::MockGuest;
+    use vring::Direction;
 
     fn cfg(workload: Workload) -> PairConfig {
         test_config(workload)
@@ -434,11 +389,7 @@ mod tests {
         let o = run_null(c).expect("run");
         let w = c.workload;
         assert!(o.guest.error.is_none(), "{:?}", o.guest.error);
-        assert!(
-            o.worker.tx_error.is_none() && o.worker.rx_error.is_none(),
-            "{:?}",
-            o.worker
-        );
+        assert!(o.worker.queue_failures.is_empty(), "{:?}", o.worker);
         assert!(o.worker.fatal.is_none(), "{:?}", o.worker.fatal);
         assert!(
             o.sent(w) > 100,
@@ -544,7 +495,7 @@ mod tests {
         let started = Instant::now();
         let o = run(&c, |spec, w| {
             let source = NullBackend::new(NullMode::Source { frame_len: 4000 }, false);
-            Ok(Worker::spawn(spec, Box::new(source), w)?)
+            Ok(worker::spawn(spec, vec![Box::new(source)], w)?)
         })
         .expect("run");
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -579,29 +530,32 @@ mod tests {
             .expect("desc");
         guest.write_avail_slot(1, 0, 0).expect("slot");
         guest.set_avail_idx(1, 1).expect("idx");
-        let mem = Arc::new(guest.mem);
-        let (spec, fds) = wire(mem, features, &guest.queues).expect("wire");
-        let w = Worker::spawn(
+        let queues = guest.queues.clone();
+        let tb =
+            Testbed::from_guest(guest.mem, &queues, vec![NicBuffers::default()]).expect("wire");
+        let spec = DeviceSpec {
+            mem: tb.mem,
+            features,
+            pairs: tb.device,
+        };
+        let w = worker::spawn(
             spec,
-            Box::new(NullBackend::new(NullMode::Sink, true)),
+            vec![Box::new(NullBackend::new(NullMode::Sink, true))],
             WorkerConfig::default(),
         )
         .expect("worker");
-        sys::signal(&fds.tx_kick).expect("kick");
+        let g = &tb.guest[0].pair;
+        sys::signal(&g.tx.kick).expect("kick");
         // The worker tells the guest (an interrupt) when the queue breaks.
         let t0 = Instant::now();
-        assert_eq!(sys::wait(&fds.tx_call).expect("call"), 1);
+        assert_eq!(sys::wait(&g.tx.call).expect("call"), 1);
         assert!(t0.elapsed() < Duration::from_secs(5));
         let m = w.metrics().clone();
         let report = w.stop();
-        assert!(
-            report
-                .tx_error
-                .as_deref()
-                .is_some_and(|e| e.contains("loop")),
-            "{report:?}"
-        );
-        assert!(report.rx_error.is_none());
+        let f = report.failure(Direction::Tx).expect("tx failure");
+        assert_eq!((f.pair, f.kind), (0, ErrorKind::ChainLoop), "{report:?}");
+        assert!(f.message.contains("loop"), "{f}");
+        assert!(report.failure(Direction::Rx).is_none());
         assert_eq!(m.queue_errors_by_kind(), vec![("chain_loop", 1)]);
     }
 }

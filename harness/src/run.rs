@@ -160,8 +160,8 @@ fn repeat_values(
             o.sent(w),
             o.received(w),
             o.guest.error,
-            o.worker.tx_error,
-            o.worker.rx_error
+            o.worker.queue_failures,
+            o.worker.fatal
         );
     }
     // The unit everything is "per": a frame for tx and rx, a transaction for rr.
@@ -387,16 +387,11 @@ pub fn main(args: RunArgs) -> Result<()> {
             for (kind, n) in o.metrics.queue_errors_by_kind() {
                 *a.queue_errors.entry(kind.into()).or_default() += n;
             }
-            for e in [
-                &o.guest.error,
-                &o.worker.tx_error,
-                &o.worker.rx_error,
-                &o.worker.fatal,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for e in [&o.guest.error, &o.worker.fatal].into_iter().flatten() {
                 a.errors.push(format!("repeat {rep}: {e}"));
+            }
+            for f in &o.worker.queue_failures {
+                a.errors.push(format!("repeat {rep}: {f}"));
             }
             if o.lost(w) > 0 {
                 a.errors

@@ -6,6 +6,8 @@
 //! - [`layout`]: the split-virtqueue wire layout (virtio 1.2 §2.7): descriptor, avail and used
 //!   rings, flags, and the event-index arithmetic.
 //! - [`net`]: the virtio-net feature bits and the `virtio_net_hdr_v1` wire layout (§5.1).
+//! - [`wiring`]: a device as a list of queue pairs, each queue with its rings and eventfds —
+//!   the one wiring type both sides hold.
 //!
 //! The two sides never call into each other; they meet only in guest memory, through these
 //! definitions — the way a real guest kernel and a real vhost worker do.
@@ -14,5 +16,7 @@ pub mod frame;
 pub mod layout;
 pub mod memory;
 pub mod net;
+pub mod wiring;
 
 pub use memory::{GuestMemory, MemError, RegionSpec, Span};
+pub use wiring::{Direction, QueuePair, Virtqueue};

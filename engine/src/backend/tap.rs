@@ -12,16 +12,23 @@
 //!   fd is non-blocking: `EAGAIN` means "no frame", and the worker then waits for readability
 //!   with an io_uring poll.
 //!
+//! Like Firecracker's net device (`build_tap_offload_features`) and QEMU, the device sets the
+//! tap's offloads itself from the negotiated features ([`offload_flags`], [`apply_offloads`]):
+//! what the guest accepts on receive is what the tap may hand over.
+//!
 //! The `unsafe` here is io_uring's contract: buffers handed to the kernel stay valid until the
 //! operation completes. Every write of a batch is reaped before `send` returns, and every
-//! pointer comes from [`GuestMemory::host_ptr`], inside a mapping that outlives the call.
+//! pointer comes from [`GuestMemory::host_ptr`], inside a mapping that outlives the call. The
+//! guest memory registered with the ring is owned by the backend (an `Arc`), so it outlives the
+//! registration whatever the owner of the backend does.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
 
 use io_uring::{opcode, types, IoUring};
-use vring::net::VirtioNetHdr;
+use vring::net::{bit, Features, VirtioNetHdr};
 use vring::{GuestMemory, Span};
 
 use super::{tx_frame_len, Backend, BackendError, TxResult};
@@ -36,9 +43,43 @@ pub const MAX_FRAME_NO_GSO: usize = 1514;
 /// Largest frame with GSO offloads on (64 KiB plus headers).
 pub const MAX_FRAME_GSO: usize = 65_550;
 
+/// `TUNSETOFFLOAD` flags for a negotiated feature set: the offloads the guest accepts on
+/// receive are the ones the tap may hand over (QEMU's `virtio_net_apply_guest_offloads`).
+/// Host-side offloads (the guest sending partial checksums or GSO frames) need no tap flag:
+/// the tap takes `NEEDS_CSUM` and GSO headers from writers whatever its flags.
+pub fn offload_flags(f: Features) -> u32 {
+    let mut o = 0;
+    if f.has(bit::GUEST_CSUM) {
+        o |= libc::TUN_F_CSUM;
+    }
+    if f.has(bit::GUEST_TSO4) {
+        o |= libc::TUN_F_TSO4;
+    }
+    if f.has(bit::GUEST_TSO6) {
+        o |= libc::TUN_F_TSO6;
+    }
+    o
+}
+
+/// Whether the tap may deliver GSO frames (up to 64 KiB) for this feature set.
+pub fn guest_gso(f: Features) -> bool {
+    f.has(bit::GUEST_TSO4) || f.has(bit::GUEST_TSO6)
+}
+
+/// Sets the tap's offloads for the negotiated features ([`offload_flags`]). A feature set that
+/// asks for none makes no call: a tap starts with none, and a datagram socket standing in for
+/// a tap (in tests without privileges) takes none.
+pub fn apply_offloads(tap: &File, f: Features) -> io::Result<()> {
+    match offload_flags(f) {
+        0 => Ok(()),
+        flags => sys::tun_set_offload(tap.as_fd(), flags),
+    }
+}
+
 /// The tap backend. See the module documentation.
 pub struct TapBackend {
     tap: File,
+    /// Dropped before `mem`: the ring holds guest memory registered as a fixed buffer.
     ring: IoUring,
     /// One iovec array per batch slot, reused; stable while the batch is in flight.
     iovs: Vec<sys::IoVecs>,
@@ -54,6 +95,8 @@ pub struct TapBackend {
     /// A ring error left writes unaccounted: refuse further batches.
     poisoned: bool,
     stats: TapStats,
+    /// The guest memory registered with `ring`, kept mapped while the registration lives.
+    _mem: Arc<GuestMemory>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,10 +118,17 @@ impl std::fmt::Debug for TapBackend {
 }
 
 impl TapBackend {
-    /// Wraps a tap fd (non-blocking, `IFF_VNET_HDR`, vnet header size 12). `batch` is the most
-    /// frames per `send`; `gso` whether the tap may deliver GSO frames (guest TSO offloads on).
-    /// Guest memory is registered with the ring when the kernel allows it.
-    pub fn new(tap: File, mem: &GuestMemory, batch: usize, gso: bool) -> io::Result<Self> {
+    /// Wraps a tap fd (non-blocking, `IFF_VNET_HDR`, vnet header size 12) for a device with the
+    /// negotiated `features`, and sets the tap's offloads from them. `batch` is the most frames
+    /// per `send`. Guest memory is registered with the ring when the kernel allows it; the
+    /// backend keeps `mem` for as long as the registration lives.
+    pub fn new(
+        tap: File,
+        mem: Arc<GuestMemory>,
+        batch: usize,
+        features: Features,
+    ) -> io::Result<Self> {
+        apply_offloads(&tap, features)?;
         let ring = IoUring::new((batch as u32).next_power_of_two().max(8))?;
         ring.submitter().register_files(&[tap.as_raw_fd()])?;
         let base = mem
@@ -91,9 +141,9 @@ impl TapBackend {
             iov_base: base.cast(),
             iov_len: mem.mapped_len(),
         };
-        // SAFETY: the iovec covers exactly the guest-memory mapping, which `mem` keeps mapped;
-        // the caller keeps `mem` alive as long as this backend (the worker owns both, and
-        // drops the backend, and with it the ring and its registration, first).
+        // SAFETY: the iovec covers exactly the guest-memory mapping, which stays mapped while
+        // any `Arc` of `mem` lives; the backend holds one in `self.mem`, and its `ring` field
+        // (and with it the registration) is dropped before that field.
         let fixed_mem = match unsafe { ring.submitter().register_buffers(&[region]) } {
             Ok(()) => Some((base as usize, mem.mapped_len())),
             Err(_) => None,
@@ -104,11 +154,17 @@ impl TapBackend {
             iovs: (0..batch).map(|_| sys::IoVecs::with_capacity(8)).collect(),
             rx_iov: sys::IoVecs::with_capacity(64),
             fixed_mem,
-            rx_room: VirtioNetHdr::SIZE + if gso { MAX_FRAME_GSO } else { MAX_FRAME_NO_GSO },
+            rx_room: VirtioNetHdr::SIZE
+                + if guest_gso(features) {
+                    MAX_FRAME_GSO
+                } else {
+                    MAX_FRAME_NO_GSO
+                },
             rx_ready: true,
             scratch: Vec::new(),
             poisoned: false,
             stats: TapStats::default(),
+            _mem: mem,
         })
     }
 
@@ -307,5 +363,22 @@ impl Backend for TapBackend {
                 u64::from(self.has_fixed_buffers()),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_offloads_follow_the_guest_features() {
+        let v1 = Features::of(&[bit::VERSION_1]);
+        assert_eq!(offload_flags(v1), 0);
+        let f = v1.with(bit::GUEST_CSUM, true).with(bit::GUEST_TSO4, true);
+        assert_eq!(offload_flags(f), libc::TUN_F_CSUM | libc::TUN_F_TSO4);
+        assert!(guest_gso(f) && !guest_gso(v1));
+        assert!(guest_gso(v1.with(bit::GUEST_TSO6, true)));
+        // Host-side offloads (the guest sending partial checksums) need no tap flag.
+        assert_eq!(offload_flags(v1.with(bit::CSUM, true)), 0);
     }
 }

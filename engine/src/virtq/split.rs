@@ -209,17 +209,13 @@ impl DeviceQueue {
 
     /// Whether the guest published entries since the device last read `avail.idx` (not merely
     /// whether entries are waiting). Used while waiting for more RX buffers than are posted.
-    pub fn has_new_avail(&mut self, mem: &GuestMemory) -> bool {
-        if self.broken.is_some() {
-            return false;
-        }
+    /// An invalid index breaks the queue and is returned with its own kind.
+    pub fn has_new_avail(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+        self.check_live()?;
         let seen = self.avail_idx;
         match self.read_avail_idx(mem) {
-            Ok(idx) => idx != seen,
-            Err(e) => {
-                self.fail(e);
-                true
-            }
+            Ok(idx) => Ok(idx != seen),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
