@@ -1,102 +1,13 @@
 #![no_main]
 //! The virtio-net header codec and feature negotiation.
 //!
-//! - Every 12-byte window of the input is decoded with `VirtioNetHdr::from_bytes`; encoding it
-//!   again must give the same bytes, and decoding those the same header.
-//! - The input is also read as (offered, acked, mode) triples for `net::device::negotiate`. A
-//!   success must be exactly `acked`, a subset of `offered`, and pass `check_dependencies`; a
-//!   failure must be the right one (`NotOffered` with exactly the extra bits, or the
-//!   dependency error `check_dependencies` gives).
+//! Every 12-byte window of the input must survive `VirtioNetHdr` decode and encode unchanged,
+//! and the input read as feature pairs must negotiate to exactly what was acked or fail with
+//! the right error. The replay and its oracles live in `fuzz/common` (`net_header`), where the
+//! regression tests replay the same bytes.
 
-use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-use engine::net::device::{negotiate, NetConfig, DEFAULT_OFFER};
-use vring::net::{bit, FeatureError, Features, VirtioNetHdr};
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Pair {
-    /// Anything.
-    Raw { offered: u64, acked: u64 },
-    /// A driver that acks only what was offered (so dependencies decide).
-    Subset { offered: u64, mask: u64 },
-    /// The device's default offer; acks within it, VERSION_1 forced on or off.
-    Default { mask: u64, v1: bool },
-}
-
-impl Pair {
-    fn get(self) -> (Features, Features) {
-        match self {
-            Pair::Raw { offered, acked } => (Features(offered), Features(acked)),
-            Pair::Subset { offered, mask } => (Features(offered), Features(offered & mask)),
-            Pair::Default { mask, v1 } => (
-                DEFAULT_OFFER,
-                Features(DEFAULT_OFFER.0 & mask).with(bit::VERSION_1, v1),
-            ),
-        }
-    }
-}
-
-fn check_header(b: &[u8; 12]) {
-    let h = VirtioNetHdr::from_bytes(b);
-    assert_eq!(&h.to_bytes(), b, "to_bytes(from_bytes(b)) != b");
-    assert_eq!(VirtioNetHdr::from_bytes(&h.to_bytes()), h);
-    assert_eq!(h.flags, b[0]);
-    assert_eq!(h.gso_type, b[1]);
-    let at = VirtioNetHdr::NUM_BUFFERS_OFFSET;
-    assert_eq!(h.num_buffers, u16::from_le_bytes([b[at], b[at + 1]]));
-}
-
-fn check_negotiation(offered: Features, acked: Features) {
-    match negotiate(offered, acked) {
-        Ok(f) => {
-            assert_eq!(f, acked, "negotiated set is not what the driver acked");
-            assert!(
-                f.is_subset_of(offered),
-                "negotiated {f:?} not offered {offered:?}"
-            );
-            assert_eq!(
-                f.check_dependencies(),
-                Ok(()),
-                "negotiated an invalid set {f:?}"
-            );
-            let cfg = NetConfig::new(f);
-            assert_eq!(cfg.mrg_rxbuf(), f.has(bit::MRG_RXBUF));
-            assert_eq!(cfg.event_idx(), f.has(bit::RING_EVENT_IDX));
-            assert_eq!(cfg.indirect(), f.has(bit::RING_INDIRECT_DESC));
-        }
-        Err(FeatureError::NotOffered(extra)) => {
-            assert_ne!(extra, 0, "NotOffered with no extra bits");
-            assert_eq!(
-                extra,
-                acked.0 & !offered.0,
-                "NotOffered names the wrong bits"
-            );
-        }
-        Err(e) => {
-            assert!(acked.is_subset_of(offered), "{e:?} hides NotOffered");
-            assert_eq!(
-                acked.check_dependencies(),
-                Err(e),
-                "wrong negotiation error"
-            );
-        }
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    for w in data.windows(12) {
-        check_header(w.try_into().expect("12-byte window"));
-    }
-    let mut u = Unstructured::new(data);
-    for _ in 0..64 {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(p) = Pair::arbitrary(&mut u) else {
-            break;
-        };
-        let (offered, acked) = p.get();
-        check_negotiation(offered, acked);
-    }
+    fuzz_common::net_header::replay(data);
 });
