@@ -358,6 +358,8 @@ impl EmuPair {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
+                        // The malformed chain itself: popped, never sent, and not returnable.
+                        m.drop_packets(DropReason::QueueBroken, 1);
                         self.failed(Direction::Tx, e, sh);
                         return Err(());
                     }

@@ -494,12 +494,8 @@ fn a_descriptor_loop_breaks_the_tx_queue_with_its_own_kind() {
             vec![("chain_loop", 1)],
             "{kind:?}"
         );
-        // The worker counts the malformed chain as a `queue_broken` drop; the emulated loop's
-        // TX error path (`EmuPair::flush_tx`) counts none, so there it is `lost`. Not asserted
-        // for the emulated loop until the two agree.
-        if let Kind::Worker = kind {
-            assert_eq!(m.drops_by_reason(), vec![("queue_broken", 1)]);
-        }
+        // Both count the malformed chain as a `queue_broken` drop, so it is not `lost`.
+        assert_eq!(m.drops_by_reason(), vec![("queue_broken", 1)], "{kind:?}");
     }
 }
 
