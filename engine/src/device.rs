@@ -27,6 +27,25 @@ pub struct DeviceSpec {
     pub pairs: Vec<QueuePair>,
 }
 
+impl DeviceSpec {
+    /// Checks there is at least one pair and `given` (backends, taps, …) is one per pair.
+    pub(crate) fn check_pairs(
+        &self,
+        given: usize,
+        one_per_pair: &'static str,
+    ) -> Result<(), DeviceError> {
+        if self.pairs.is_empty() {
+            return Err(DeviceError::Config(
+                "a device needs at least one queue pair",
+            ));
+        }
+        if given != self.pairs.len() {
+            return Err(DeviceError::Config(one_per_pair));
+        }
+        Ok(())
+    }
+}
+
 /// Device setup failures.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

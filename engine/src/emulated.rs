@@ -87,14 +87,7 @@ pub fn spawn(
     taps: Vec<File>,
     cfg: EmulatedConfig,
 ) -> Result<Device, DeviceError> {
-    if spec.pairs.is_empty() {
-        return Err(DeviceError::Config(
-            "a device needs at least one queue pair",
-        ));
-    }
-    if taps.len() != spec.pairs.len() {
-        return Err(DeviceError::Config("one tap per queue pair"));
-    }
+    spec.check_pairs(taps.len(), "one tap per queue pair")?;
     let stop_fd = sys::eventfd()?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(io::Error::from)?;
     let watch = |fd: std::os::fd::BorrowedFd<'_>, k: u64| {

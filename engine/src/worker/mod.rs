@@ -82,14 +82,7 @@ pub fn spawn(
     backends: Vec<Box<dyn Backend>>,
     cfg: WorkerConfig,
 ) -> Result<Device, DeviceError> {
-    if spec.pairs.is_empty() {
-        return Err(DeviceError::Config(
-            "a device needs at least one queue pair",
-        ));
-    }
-    if backends.len() != spec.pairs.len() {
-        return Err(DeviceError::Config("one backend per queue pair"));
-    }
+    spec.check_pairs(backends.len(), "one backend per queue pair")?;
     let stop_fd = sys::eventfd()?;
     let mut reads = vec![stop_fd.try_clone()?];
     let mut polls = Vec::new();
