@@ -1,18 +1,11 @@
-//! The results file (schema version 1; documented field by field in `results/SCHEMA.md`).
-//!
-//! One JSON document per invocation: what was run (`config`), where (`host`), from which
-//! source (`git_revision`), the machine's yardsticks measured in the same run (`calibration`,
-//! `limits`), and one [`Record`] per (mode, workload, size, busy-poll setting) with min /
-//! median / max over repeats and the raw per-repeat values.
+//! The serde types of a results file and the summaries and ratios computed from them.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, ensure, Context};
+use anyhow::{anyhow, ensure};
 use serde::{Deserialize, Serialize};
 
+use super::UtcTime;
 use crate::calibrate::Calibration;
 use crate::host::{self, HostInfo};
 use crate::limits::{LimitResult, UNIT_MPPS, UNIT_NS};
@@ -98,8 +91,9 @@ pub struct CalibrationRecord {
 }
 
 /// How far apart (as a ratio) a round's start and end calibrations may be before the round is
-/// flagged in [`CalibrationRecord::placement_changed`]. Near and far placements on the dev
-/// machine differ 4-7x; a busy but unmoved round stays well under 2x.
+/// flagged in [`CalibrationRecord::placement_changed`]. Moving a thread to a core at another
+/// distance changes the round trip several-fold; load alone, with the threads where they were,
+/// changes it by less than this.
 pub const PLACEMENT_CHANGE_RATIO: f64 = 2.0;
 
 impl CalibrationRecord {
@@ -448,143 +442,8 @@ fn check_finite(i: usize, r: &RepeatValues) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `results` as pretty JSON to `path`, creating parent directories. The text is
-/// parsed back first, so a value JSON cannot hold (NaN, infinity) is an error here rather
-/// than an unreadable file later. The file appears whole or not at all (write, then rename).
-pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(results).context("serializing results")?;
-    let back: Results = serde_json::from_str(&text)
-        .context("results do not survive a JSON round trip (a NaN or infinite number?)")?;
-    ensure!(
-        &back == results,
-        "results do not survive a JSON round trip (a NaN or infinite number?)"
-    );
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
-/// Reads a results file, rejecting other schema versions.
-pub fn read_results(path: &Path) -> anyhow::Result<Results> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let version = v.get("schema_version").and_then(serde_json::Value::as_u64);
-    ensure!(
-        version == Some(u64::from(SCHEMA_VERSION)),
-        "{}: schema_version {version:?}, this build reads {SCHEMA_VERSION}",
-        path.display()
-    );
-    serde_json::from_value(v).with_context(|| format!("decoding {}", path.display()))
-}
-
-/// The workspace root: the nearest ancestor of the current directory whose `Cargo.toml` has a
-/// `[workspace]` table; the current directory if there is none.
-pub fn workspace_root() -> PathBuf {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    cwd.ancestors()
-        .find(|d| is_workspace_root(d))
-        .map_or_else(|| cwd.clone(), Path::to_path_buf)
-}
-
-fn is_workspace_root(dir: &Path) -> bool {
-    fs::read_to_string(dir.join("Cargo.toml"))
-        .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
-}
-
-/// `<workspace root>/results/run-<YYYYMMDDTHHMMSSZ>.json`.
-pub fn default_results_path(started: &UtcTime) -> PathBuf {
-    workspace_root()
-        .join("results")
-        .join(format!("run-{}.json", started.compact()))
-}
-
-/// A UTC civil time with one-second resolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct UtcTime {
-    /// Year (proleptic Gregorian).
-    pub year: i64,
-    /// 1..=12.
-    pub month: u32,
-    /// 1..=31.
-    pub day: u32,
-    /// 0..=23.
-    pub hour: u32,
-    /// 0..=59.
-    pub minute: u32,
-    /// 0..=59.
-    pub second: u32,
-}
-
-impl UtcTime {
-    /// The current time.
-    pub fn now() -> Self {
-        Self::from_system_time(SystemTime::now())
-    }
-
-    /// Converts a `SystemTime`, truncating to the second.
-    pub fn from_system_time(t: SystemTime) -> Self {
-        let secs = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            // Before 1970: round down to the whole second at or before `t`.
-            Err(e) => {
-                let d = e.duration();
-                let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-                -s - i64::from(d.subsec_nanos() > 0)
-            }
-        };
-        Self::from_unix_secs(secs)
-    }
-
-    /// Converts seconds since 1970-01-01T00:00:00Z.
-    pub fn from_unix_secs(secs: i64) -> Self {
-        let days = secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400) as u32;
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097); // [0, 146096]
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-        let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Self {
-            year,
-            month,
-            day,
-            hour: sod / 3600,
-            minute: sod / 60 % 60,
-            second: sod % 60,
-        }
-    }
-
-    /// RFC 3339: `2025-11-25T18:31:02Z`.
-    pub fn rfc3339(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
-
-    /// ISO 8601 basic format, for file names: `20251125T183102Z`.
-    pub fn compact(&self) -> String {
-        format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn repeat(mpps: f64, rtt: Option<f64>) -> RepeatValues {
@@ -608,7 +467,7 @@ mod tests {
         }
     }
 
-    fn sample_results() -> Results {
+    pub(crate) fn sample_results() -> Results {
         let repeats = [
             repeat(1.7, Some(41_000.0)),
             repeat(1.6, Some(39_500.5)),
@@ -800,54 +659,5 @@ mod tests {
         let pct = rec.with_ceiling(&short).pct_of_ceiling.expect("pct");
         assert!(pct.per_round_pct.is_empty());
         assert_eq!(pct.median_pct, 250.0 / 260.0 * 100.0);
-    }
-
-    #[test]
-    fn write_and_read_back() {
-        let dir = std::env::temp_dir().join(format!("vhostbench-test-{}", std::process::id()));
-        let path = dir.join("nested/run.json");
-        let r = sample_results();
-        write_results(&path, &r).expect("write");
-        assert_eq!(read_results(&path).expect("read"), r);
-        let mut nan = r.clone();
-        nan.calibration.pingpong_rtt_ns = f64::NAN;
-        assert!(write_results(&dir.join("nan.json"), &nan).is_err());
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn utc_dates() {
-        let t = UtcTime::from_unix_secs(0);
-        assert_eq!(t.rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            UtcTime::from_unix_secs(951_782_400).rfc3339(),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            UtcTime::from_unix_secs(1_764_095_462).rfc3339(),
-            "2025-11-25T18:31:02Z"
-        );
-        assert_eq!(
-            UtcTime::from_unix_secs(1_764_095_462).compact(),
-            "20251125T183102Z"
-        );
-        assert_eq!(
-            UtcTime::from_unix_secs(-1).rfc3339(),
-            "1969-12-31T23:59:59Z"
-        );
-        assert_eq!(
-            UtcTime::from_unix_secs(4_102_444_800).rfc3339(),
-            "2100-01-01T00:00:00Z"
-        );
-    }
-
-    #[test]
-    fn default_path_is_under_results() {
-        let p = default_results_path(&UtcTime::from_unix_secs(0));
-        assert!(
-            p.ends_with("results/run-19700101T000000Z.json"),
-            "{}",
-            p.display()
-        );
     }
 }

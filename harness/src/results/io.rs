@@ -1,0 +1,117 @@
+//! Reading and writing results files, and where they go by default.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context};
+
+use super::{Results, UtcTime, SCHEMA_VERSION};
+
+/// Writes `results` as pretty JSON to `path`, creating parent directories. The text is
+/// parsed back first, so a value JSON cannot hold (NaN, infinity) is an error here rather
+/// than an unreadable file later. The file appears whole or not at all (write, then rename).
+pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(results).context("serializing results")?;
+    let back: Results = serde_json::from_str(&text)
+        .context("results do not survive a JSON round trip (a NaN or infinite number?)")?;
+    ensure!(
+        &back == results,
+        "results do not survive a JSON round trip (a NaN or infinite number?)"
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a results file, rejecting other schema versions.
+pub fn read_results(path: &Path) -> anyhow::Result<Results> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let version = v.get("schema_version").and_then(serde_json::Value::as_u64);
+    ensure!(
+        version == Some(u64::from(SCHEMA_VERSION)),
+        "{}: schema_version {version:?}, this build reads {SCHEMA_VERSION}",
+        path.display()
+    );
+    serde_json::from_value(v).with_context(|| format!("decoding {}", path.display()))
+}
+
+/// The workspace root: the nearest ancestor of the current directory whose `Cargo.toml` has a
+/// `[workspace]` table; the current directory if there is none.
+pub fn workspace_root() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|d| is_workspace_root(d))
+        .map_or_else(|| cwd.clone(), Path::to_path_buf)
+}
+
+fn is_workspace_root(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+}
+
+/// `<workspace root>/results/run-<YYYYMMDDTHHMMSSZ>.json`.
+pub fn default_results_path(started: &UtcTime) -> PathBuf {
+    workspace_root()
+        .join("results")
+        .join(format!("run-{}.json", started.compact()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::schema::tests::sample_results;
+
+    #[test]
+    fn write_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("vhostbench-test-{}", std::process::id()));
+        let path = dir.join("nested/run.json");
+        let r = sample_results();
+        write_results(&path, &r).expect("write");
+        assert_eq!(read_results(&path).expect("read"), r);
+        let mut nan = r.clone();
+        nan.calibration.pingpong_rtt_ns = f64::NAN;
+        assert!(write_results(&dir.join("nan.json"), &nan).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn committed_results_read_and_write_back_unchanged() {
+        let dir = workspace_root().join("results");
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .expect("results directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no results files in {}", dir.display());
+        for path in files {
+            let r = read_results(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            // The layout is unchanged: the file is exactly what `write_results` would write.
+            let text = fs::read_to_string(&path).expect("read");
+            let again = serde_json::to_string_pretty(&r).expect("serialize") + "\n";
+            assert!(
+                text == again,
+                "{} does not write back the same",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn default_path_is_under_results() {
+        let p = default_results_path(&UtcTime::from_unix_secs(0));
+        assert!(
+            p.ends_with("results/run-19700101T000000Z.json"),
+            "{}",
+            p.display()
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The results file (schema version 1; documented field by field in `results/SCHEMA.md`).
+//!
+//! One JSON document per invocation: what was run (`config`), where (`host`), from which
+//! source (`git_revision`), the machine's yardsticks measured in the same run (`calibration`,
+//! `limits`), and one [`Record`] per (mode, workload, size, busy-poll setting) with min /
+//! median / max over repeats and the raw per-repeat values.
+//!
+//! - `schema`: the serde types, and the summaries and ratios computed from them; nothing here
+//!   measures, so a tool that compares or reports on files reads them with these alone.
+//! - `io`: reading and writing files, the workspace's `results/` directory.
+//! - `clock`: the UTC timestamp of a run.
+
+mod clock;
+mod io;
+mod schema;
+
+pub use clock::UtcTime;
+pub use io::{default_results_path, read_results, workspace_root, write_results};
+pub use schema::{
+    gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, PctOfCeiling, Record, RepeatValues,
+    Results, Workload, PLACEMENT_CHANGE_RATIO, SCHEMA_VERSION, TOOL,
+};
