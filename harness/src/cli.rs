@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::Serialize;
 
+use std::str::FromStr;
+
+use crate::modes::Selector;
 use crate::results::Workload;
 
 /// vhostbench: a userspace vhost-net worker, measured against the alternatives side by side.
@@ -58,30 +61,14 @@ pub struct LimitsArgs {
     pub json: Option<PathBuf>,
 }
 
-/// A data path to measure (see DESIGN.md, "Modes").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Every mode this host supports.
-    All,
-    /// `tap-vhost` when the host allows it, else `emulated`, saying why.
-    Auto,
-    /// The engine with no kernel I/O: its own floor.
-    Null,
-    /// QEMU-style userspace virtio-net on a tap.
-    Emulated,
-    /// The vhost worker on a tap.
-    TapVhost,
-    /// The vhost worker on a VF (packet socket / macvtap).
-    DirectVf,
-}
-
 /// Options of `vhostbench run`.
 #[derive(Clone, Debug, Args, Serialize)]
 pub struct RunArgs {
-    /// Modes to measure, comma separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
-    pub modes: Vec<Mode>,
+    /// Modes to measure, comma separated: `all` (every mode this host can run), `auto`
+    /// (tap-vhost when the host allows it, else emulated), or data paths by name (null,
+    /// emulated, tap-vhost, direct-vf).
+    #[arg(long, value_delimiter = ',', default_value = "all", value_parser = Selector::from_str)]
+    pub modes: Vec<Selector>,
     /// Workloads, comma separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tx,rx,rr")]
     pub workloads: Vec<Workload>,
@@ -191,7 +178,7 @@ mod tests {
     #[test]
     fn defaults() {
         let a = RunArgs::default();
-        assert_eq!(a.modes, [Mode::All]);
+        assert_eq!(a.modes, [Selector::All]);
         assert_eq!(a.workloads, [Workload::Tx, Workload::Rx, Workload::Rr]);
         assert_eq!(a.sizes, [64, 1500]);
         assert_eq!((a.duration_ms, a.repeat), (1000, 3));
@@ -219,7 +206,8 @@ mod tests {
         let Command::Run(a) = c.into_command() else {
             panic!("expected run");
         };
-        assert_eq!(a.modes, [Mode::Null, Mode::TapVhost]);
+        let names: Vec<&str> = a.modes.iter().map(|m| m.name()).collect();
+        assert_eq!(names, ["null", "tap-vhost"]);
         assert_eq!(a.busy_poll_us, [0, 50]);
         assert!(!a.event_idx);
     }
@@ -238,6 +226,7 @@ mod tests {
             &["vhostbench", "run", "--workloads", "tx,zz"],
             &["vhostbench", "limits", "--repeat", "0"],
             &["vhostbench", "--modes", "null", "limits"],
+            &["vhostbench", "--modes", "tap"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
         }

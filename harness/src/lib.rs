@@ -3,19 +3,23 @@
 //! `src/main.rs` is the CLI edge; everything it calls lives here so that tests, benches and
 //! later subcommands can use it.
 //!
-//! - [`cli`]: arguments; [`run`]: the benchmark matrix; [`limits`]: machine ceilings;
-//!   [`calibrate`]: the cross-core round trip every result is normalised by.
-//! - [`results`]: the results file (schema in `results/SCHEMA.md`); [`stats`]: summaries and
-//!   tables; [`host`]: host and build description.
-//! - [`pair`]: one device with both sides wired, and one timed run over it.
+//! - [`cli`]: arguments; [`modes`]: the data paths, one file each ([`modes::Mode`]), and the
+//!   selector (`all`, `auto`, a name); [`run`]: the comparison as plan → execute → aggregate →
+//!   render; [`ceilings`]: the machine's yardsticks ([`ceilings::Ceiling`]) and their measuring
+//!   code; [`calibrate`]: the cross-core round trip every result is normalised by.
+//! - [`results`]: the results file (schema in `results/SCHEMA.md`, file I/O, clock);
+//!   [`stats`]: summaries and tables; [`host`]: host and build description.
+//! - [`pair`]: one device with both sides wired (on `guest_sim::testbed`), and one timed run
+//!   over it.
 //! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
-//!   every exit path; its `sys` module holds the harness's only `unsafe` (ioctls, setns).
+//!   every exit path; its `sys` module holds its `unsafe` (ioctls, setns). The tap ceiling's
+//!   io_uring writer keeps its own in [`ceilings`].
 //! - [`pin`]: pinned, named threads; [`padded`]: cache-line padding.
 
 pub mod calibrate;
+pub mod ceilings;
 pub mod cli;
 pub mod host;
-pub mod limits;
 pub mod modes;
 pub mod padded;
 pub mod pair;

@@ -8,10 +8,11 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 
 use harness::calibrate::{self, Calibration};
+use harness::ceilings::Ceiling;
 use harness::cli::{Cli, Command, LimitsArgs};
-use harness::limits;
 use harness::results::{self, CalibrationRecord, Results, UtcTime};
 use harness::stats::{fmt_num, Align, Table};
+use harness::topology;
 
 /// Round trips per calibration (in batches of 1000; well under 0.5 s).
 const CALIBRATION_ROUND_TRIPS: u64 = 200_000;
@@ -30,20 +31,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// `vhostbench limits`: calibration line, then the limits table; optionally a results file.
+/// `vhostbench limits`: calibration line, then the ceilings table; optionally a results file.
 fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
     let started = UtcTime::now();
     let repeat = usize::try_from(args.repeat).context("--repeat")?;
     let duration = Duration::from_millis(args.duration_ms);
-    if let Some(bad) = args
+    // Asked for by name: every one must parse, and a tap ceiling that cannot run is an error.
+    // By default: the standard set, tap ceilings skipped with the reason where they cannot run.
+    let asked = args
         .only
         .iter()
-        .find(|n| !limits::NAMES.contains(&n.as_str()))
-    {
-        bail!(
-            "unknown limit {bad:?} (known: {})",
-            limits::NAMES.join(", ")
-        );
+        .map(|n| n.parse::<Ceiling>().map_err(|e| anyhow!(e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A round trip asked for by either row (`_p99` too) is measured once, giving both.
+    let mut ceilings = Vec::new();
+    for c in if asked.is_empty() {
+        Ceiling::standard()
+    } else {
+        asked.clone()
+    } {
+        if !ceilings.contains(&c) {
+            ceilings.push(c);
+        }
+    }
+    if ceilings.iter().any(Ceiling::needs_tap) {
+        let stale = topology::cleanup_stale();
+        if !stale.is_empty() {
+            eprintln!(
+                "deleted network namespaces of processes that are gone: {}",
+                stale.join(", ")
+            );
+        }
+        let host = topology::probe();
+        if !host.can_run && asked.is_empty() {
+            let (skip, keep): (Vec<Ceiling>, Vec<Ceiling>) =
+                ceilings.into_iter().partition(Ceiling::needs_tap);
+            let names: Vec<String> = skip.iter().map(Ceiling::name).collect();
+            eprintln!("skipping {}: {}", names.join(", "), host.summary());
+            ceilings = keep;
+        } else if !host.can_run {
+            bail!("tap ceilings need a tap: {}", host.summary());
+        }
     }
 
     let calibrations = (0..repeat)
@@ -59,12 +87,13 @@ fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
         fmt_num(calibration.pingpong_rtt_max_ns),
     );
 
-    let measured = if args.only.is_empty() {
-        limits::measure_all(duration, repeat)
-    } else {
-        measure_only(&args.only, duration, repeat)
+    let mut measured = Vec::new();
+    for c in &ceilings {
+        measured.extend(
+            c.measure(duration, repeat)
+                .with_context(|| format!("measuring {c}"))?,
+        );
     }
-    .context("measuring limits")?;
     let mut table = Table::new(&[
         ("name", Align::Left),
         ("unit", Align::Left),
@@ -90,20 +119,4 @@ fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// The limits named in `names`, in that order; an RTT limit and its `_p99` are measured once.
-fn measure_only(
-    names: &[String],
-    duration: Duration,
-    repeat: usize,
-) -> anyhow::Result<Vec<limits::LimitResult>> {
-    let mut out: Vec<limits::LimitResult> = Vec::new();
-    for name in names {
-        if out.iter().any(|l| &l.name == name) {
-            continue;
-        }
-        out.extend(limits::measure_by_name(name, duration, repeat)?);
-    }
-    Ok(out)
 }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::UtcTime;
 use crate::calibrate::Calibration;
+use crate::ceilings::{LimitResult, UNIT_MPPS, UNIT_NS};
 use crate::host::{self, HostInfo};
-use crate::limits::{LimitResult, UNIT_MPPS, UNIT_NS};
 use crate::stats::Summary;
 
 /// Version of the layout below; bump it on any incompatible change and update SCHEMA.md.

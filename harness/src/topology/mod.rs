@@ -17,7 +17,7 @@
 //!   the other's.
 //!
 //! [`probe`] says whether this host allows any of it. All `unsafe` of the layer (`setns`,
-//! `ioctl`, sockets, the io_uring writer of the tap limits) is in the private `sys` module.
+//! `ioctl`, sockets) is in the private `sys` module.
 
 mod netns;
 mod probe;
@@ -31,5 +31,3 @@ pub use tap::{
     LinkStats, PacketOptions, Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM,
     TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
 };
-
-pub(crate) use sys::UringWriter;

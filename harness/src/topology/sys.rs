@@ -1,6 +1,6 @@
 //! The OS calls of the topology layer, each behind a safe function. **All of the harness's
 //! `unsafe` is here**: `setns`, the tun and interface `ioctl`s, `AF_PACKET` sockets, `poll`,
-//! `kill`, `sigaction`, and the io_uring writer of the tap limits.
+//! `kill` and `sigaction`.
 //!
 //! Every function takes descriptors by reference (`AsFd`) and returns owned ones (`File`), so
 //! no raw descriptor outlives its owner.
@@ -11,8 +11,6 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
-
-use io_uring::{opcode, types, IoUring};
 
 /// `PACKET_VNET_HDR` (linux/if_packet.h): frames on the socket carry a `struct virtio_net_hdr`.
 const PACKET_VNET_HDR: c_int = 15;
@@ -235,148 +233,6 @@ pub(crate) fn signal_ignored(sig: c_int) -> bool {
     r == 0 && old.sa_sigaction == libc::SIG_IGN
 }
 
-/// Writes a fixed set of equal-length buffers to one file with io_uring: one `WRITE` SQE per
-/// buffer on registered (fixed) file 0, one `submit_and_wait` per batch. The tap limits'
-/// io_uring path.
-///
-/// The kernel reads the buffers while writes are in flight; they are owned here, handed out
-/// only while nothing is in flight ([`UringWriter::buf_mut`]), and `Drop` waits for every
-/// outstanding write before they are freed (or leaks them if it cannot).
-pub(crate) struct UringWriter {
-    ring: IoUring,
-    /// Boxed: their addresses are in the kernel's hands while writes are in flight.
-    bufs: Vec<Box<[u8]>>,
-    /// Writes submitted whose completions have not been reaped.
-    in_flight: usize,
-    /// The registered file (the ring holds its own reference too).
-    _file: File,
-}
-
-impl std::fmt::Debug for UringWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringWriter")
-            .field("bufs", &self.bufs.len())
-            .field("in_flight", &self.in_flight)
-            .finish()
-    }
-}
-
-impl UringWriter {
-    /// A ring with room for `count` writes of `len`-byte buffers (zeroed) to `file`.
-    pub(crate) fn new(file: File, count: usize, len: usize) -> io::Result<Self> {
-        let entries = u32::try_from(count.max(1).next_power_of_two())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many buffers"))?;
-        let ring = IoUring::new(entries)?;
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
-        Ok(Self {
-            ring,
-            bufs: (0..count)
-                .map(|_| vec![0u8; len].into_boxed_slice())
-                .collect(),
-            in_flight: 0,
-            _file: file,
-        })
-    }
-
-    /// Buffer `i`, or `None` if `i` is out of range or writes are in flight (after a failed
-    /// [`UringWriter::write_all`]).
-    pub(crate) fn buf_mut(&mut self, i: usize) -> Option<&mut [u8]> {
-        if self.in_flight != 0 {
-            return None;
-        }
-        self.bufs.get_mut(i).map(|b| &mut b[..])
-    }
-
-    /// Writes every buffer once (in order of submission; completion order is the kernel's),
-    /// waits for all completions, and checks that each wrote the whole buffer.
-    pub(crate) fn write_all(&mut self) -> io::Result<()> {
-        if self.in_flight != 0 {
-            return Err(io::Error::other(
-                "writes from a failed batch still in flight",
-            ));
-        }
-        let n = self.bufs.len();
-        for (i, b) in self.bufs.iter().enumerate() {
-            let len = u32::try_from(b.len())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too long"))?;
-            // Offset -1: the file position, as write(2) does (a tap ignores it).
-            let e = opcode::Write::new(types::Fixed(0), b.as_ptr(), len)
-                .offset(u64::MAX)
-                .build()
-                .user_data(i as u64);
-            // SAFETY: the write reads `len` bytes at `b.as_ptr()`, a boxed slice owned by
-            // `self.bufs` that is neither moved, freed nor handed out (`buf_mut` refuses while
-            // `in_flight` != 0) until its completion is reaped below or in `Drop`. Fixed file
-            // 0 is registered in `new`.
-            if unsafe { self.ring.submission().push(&e) }.is_err() {
-                // Not reached: the queue has a power-of-two >= n entries and is empty here.
-                // The entries pushed so far are submitted and reaped below.
-                break;
-            }
-            self.in_flight += 1;
-        }
-        let mut first_err: Option<io::Error> = None;
-        let pushed = self.in_flight;
-        while self.in_flight > 0 {
-            match self.ring.submit_and_wait(self.in_flight) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-            let mut cq = self.ring.completion();
-            cq.sync();
-            for cqe in &mut cq {
-                self.in_flight -= 1;
-                let want = self
-                    .bufs
-                    .get(cqe.user_data() as usize)
-                    .map_or(usize::MAX, |b| b.len());
-                let res = cqe.result();
-                if first_err.is_none() {
-                    if res < 0 {
-                        first_err = Some(io::Error::from_raw_os_error(-res));
-                    } else if res as usize != want {
-                        first_err = Some(io::Error::other(format!(
-                            "short write: {res} of {want} bytes"
-                        )));
-                    }
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        if pushed != n {
-            return Err(io::Error::other("submission queue full"));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for UringWriter {
-    fn drop(&mut self) {
-        // Reap what is still in flight so the kernel no longer reads `bufs`. Bounded: a tap
-        // write completes promptly; if it does not, leak the buffers rather than free memory
-        // the kernel may still read.
-        for _ in 0..100 {
-            if self.in_flight == 0 {
-                return;
-            }
-            if self.ring.submit_and_wait(self.in_flight).is_err() {
-                break;
-            }
-            let mut cq = self.ring.completion();
-            cq.sync();
-            for _ in &mut cq {
-                self.in_flight -= 1;
-            }
-        }
-        if self.in_flight != 0 {
-            std::mem::forget(std::mem::take(&mut self.bufs));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,30 +244,6 @@ mod tests {
         assert!(ifreq("nul\0").is_err());
         let r = ifreq("tap0").expect("ifreq");
         assert_eq!(ifreq_name(&r), "tap0");
-    }
-
-    #[test]
-    fn uring_writer_writes_every_buffer() {
-        let dir = std::env::temp_dir().join(format!("vhb-uring-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&dir)
-            .expect("temp file");
-        let _ = std::fs::remove_file(&dir);
-        let check = file.try_clone().expect("dup");
-        let mut w = UringWriter::new(file, 4, 10).expect("ring");
-        for i in 0..4 {
-            w.buf_mut(i).expect("buffer").fill(b'a' + i as u8);
-        }
-        assert!(w.buf_mut(4).is_none());
-        w.write_all().expect("write");
-        w.write_all().expect("write");
-        drop(w);
-        // Writes without an offset append at the file position: 2 batches x 4 x 10 bytes.
-        assert_eq!(check.metadata().expect("stat").len(), 80);
     }
 
     #[test]

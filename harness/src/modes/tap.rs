@@ -1,10 +1,4 @@
-//! The modes, as devices and topologies: what `run` builds for one run of one mode.
-//!
-//! | mode | device | backend / topology |
-//! |---|---|---|
-//! | `null` | vhost worker | null backend (no kernel I/O) |
-//! | `tap-vhost` | vhost worker (io_uring, batches, busy poll) | tap in a private namespace |
-//! | `emulated` | QEMU-style event loop (epoll, a syscall per frame) | the same tap topology |
+//! The tap topology the tap modes share (`emulated` and `tap-vhost`: a [`TapDevice`] each).
 //!
 //! Tap topologies, built fresh in a namespace per run and deleted after it:
 //! - `tx`: one tap; the kernel consumes what the guest sends (not addressed to it: dropped).
@@ -21,51 +15,34 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use engine::backend::tap::TapBackend;
 use engine::device::{Device, DeviceSpec};
-use engine::emulated::{self, EmulatedConfig};
-use engine::worker::{self, WorkerConfig};
+use engine::worker::WorkerConfig;
 use guest_sim::traffic::Workload;
 use vring::frame;
 
 use crate::pair::{self, PairConfig, RunOutcome};
+use crate::results::Workload as ResultsWorkload;
 use crate::topology::{self, Netns, Tap};
 
-/// A device on a tap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TapDevice {
-    /// The vhost worker with the tap backend.
-    Vhost,
-    /// The emulated (QEMU-style) device.
-    Emulated,
+/// A device that runs on a tap queue (the tap modes: `emulated`, `tap-vhost`).
+pub trait TapDevice: Sync {
+    /// The mode's name.
+    fn name(&self) -> &'static str;
+    /// Starts the device on `tap` with the device's half of the wiring.
+    fn start(&self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device>;
 }
 
-impl TapDevice {
-    /// The mode's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            TapDevice::Vhost => "tap-vhost",
-            TapDevice::Emulated => "emulated",
-        }
-    }
-
-    fn start(self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
-        match self {
-            TapDevice::Vhost => {
-                let be = TapBackend::new(tap, spec.mem.clone(), wcfg.batch, spec.features)
-                    .context("tap backend")?;
-                Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
-            }
-            TapDevice::Emulated => {
-                let ecfg = EmulatedConfig {
-                    name: wcfg.name.clone(),
-                    core: wcfg.core,
-                    ..EmulatedConfig::default()
-                };
-                Ok(emulated::spawn(spec, vec![tap], ecfg)?)
-            }
-        }
-    }
+/// Why a tap mode's combination cannot give a meaningful number here, if it cannot: `rr` runs
+/// two guests and two devices (four threads); with busy polling on both sides they all spin,
+/// and with fewer than four cores they only take turns in scheduler time slices (round trips
+/// of milliseconds that measure the scheduler, not the data path).
+pub fn oversubscribed(workload: ResultsWorkload, polling: bool, cores: usize) -> Option<String> {
+    (workload == ResultsWorkload::Rr && polling && cores < 4).then(|| {
+        format!(
+            "rr across the bridge with polling needs 4 spinning threads (2 vCPUs, 2 devices); \
+             this machine has {cores} cores"
+        )
+    })
 }
 
 /// Test frames left in a tap's queue when the device stopped: read and counted, so they are
@@ -145,7 +122,7 @@ fn dup(t: &Tap) -> Result<File> {
 }
 
 /// One run of `dev` on a fresh tap topology for `cfg.workload`.
-pub fn run_tap(dev: TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
+pub fn run_tap(dev: &dyn TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
     let ns = Netns::create().context("network namespace")?;
     // No offloads yet: the device sets them from the negotiated features.
     let offloads = 0;
@@ -238,6 +215,7 @@ mod tests {
     //! The tap modes end to end, on real taps in a private namespace. They need root (or
     //! CAP_NET_ADMIN + CAP_SYS_ADMIN) and /dev/net/tun; without them they skip, saying why.
     use super::*;
+    use crate::modes::{emulated::Emulated, tap_vhost::TapVhost};
     use engine::net::device::{negotiate, DEFAULT_OFFER};
     use engine::sys;
     use guest_sim::testbed::Testbed;
@@ -247,6 +225,8 @@ mod tests {
     use vring::net::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 
     use crate::topology::{packet_socket_with, wait_readable, PacketOptions};
+
+    const DEVICES: [&dyn TapDevice; 2] = [&TapVhost, &Emulated];
 
     fn can_run(test: &str) -> bool {
         let p = topology::probe();
@@ -292,7 +272,7 @@ mod tests {
         if !can_run("guest_frames_reach_the_tap_with_bytes_and_offload_metadata") {
             return;
         }
-        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+        for dev in DEVICES {
             let ns = Netns::create().expect("netns");
             let tap = topology::open_tap(&ns, "tap0", 0).expect("tap");
             let opts = PacketOptions {
@@ -378,7 +358,7 @@ mod tests {
         if !can_run("injected_frames_arrive_in_the_guest") {
             return;
         }
-        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+        for dev in DEVICES {
             let c = cfg(Workload::Rx);
             let o = run_tap(dev, &c).expect("run");
             let w = Workload::Rx;
@@ -411,7 +391,7 @@ mod tests {
         if !can_run("two_guests_on_a_bridge_exchange_without_loss") {
             return;
         }
-        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+        for dev in DEVICES {
             let mut c = cfg(Workload::Rr);
             c.rate_pps = Some(1000);
             let o = run_tap(dev, &c).expect("run");
@@ -436,7 +416,7 @@ mod tests {
         if !can_run("guest_stream_into_the_tap_is_fully_accounted") {
             return;
         }
-        for dev in [TapDevice::Vhost, TapDevice::Emulated] {
+        for dev in DEVICES {
             let o = run_tap(dev, &cfg(Workload::Tx)).expect("run");
             let w = Workload::Tx;
             assert!(o.guest.sent > 300);

@@ -1,0 +1,397 @@
+//! The machine's ceilings: what the same work costs with no device around it, measured the way
+//! the engine is measured. `vhostbench limits` prints them; `run` measures each combination's own
+//! ceiling in the same invocation and puts the combination against it. A ceiling is a
+//! [`Ceiling`]; its measuring code is in the private modules `ring`, `rtt` and `tap`.
+//!
+//! Every limit but the tap ones runs a producer (or requester) pinned to [`VCPU_CORE`](crate::pin::VCPU_CORE) and a
+//! consumer (or responder) pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE), threads named `limit-*`; the tap limits
+//! run one thread, `limit-tap`, on [`WORKER_CORE`](crate::pin::WORKER_CORE):
+//!
+//! - `spsc_handoff` (Mpps): a shared-memory single-producer single-consumer ring of 256 `u64`
+//!   slots; both sides keep local copies of the indices and publish once per batch of up to
+//!   64, like the virtqueue. The most a split ring could move with zero work per packet.
+//! - `spsc_copy_64`, `spsc_copy_1500` (Mpps): the same ring, each slot naming a buffer in a
+//!   shared 256-buffer pool (a memfd mapping, the same [`vring::GuestMemory`] copy path the
+//!   engine uses). The producer copies the packet in, the consumer copies it out into a
+//!   private sink: guest-fills-buffer plus vhost-copies-out, one copy on each side.
+//! - `busy_poll_wake_rtt` / `_p99` (ns): A sets a flag, B busy-polls, sees it and answers
+//!   on a second cache line, A busy-polls for the answer. Median and p99 of per-sample round
+//!   trips (hdrhistogram), up to 100 000 samples per repeat, capped by the duration.
+//! - `blocking_wake_rtt` / `_p99` (ns): the same with B blocked in `read` on an eventfd and A
+//!   blocked in `read` on a second one: the cost of waking a sleeping thread, twice.
+//! - `tap_write_64`, `tap_write_1500` (Mpps): one `write(2)` per frame of a 12-byte zero
+//!   virtio-net header plus a 64- or 1500-byte test frame ([`vring::frame`], EtherType 0x88b5,
+//!   not addressed to the namespace) into a tap in a fresh network namespace, whose stack
+//!   consumes (drops) it. One thread pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE): the worker's side of
+//!   `tap-vhost`/`emulated` tx with nothing else to do.
+//! - `tap_uring_64`, `tap_uring_1500` (Mpps): the same frames written with io_uring, batches of
+//!   64 `WRITE` SQEs on a registered (fixed) file and one `submit_and_wait` per batch, every
+//!   completion checked to equal the frame length.
+//!
+//! The tap ceilings need root ([`crate::topology::probe`]): [`Ceiling::needs_tap`] says which;
+//! measuring one without it fails with the reason. Each creates and deletes its own namespace.
+//!
+//! Every loop verifies what it transfers (sequence numbers, stamps in the packet bytes,
+//! eventfd counts, write lengths and the tap's receive counter); a mismatch is an error. The
+//! RTT samples include one pair of [`guest_sim::clock::now_ns`] reads (~20–40 ns with the TSC
+//! clocksource), the clock the guest's `rr` round trips are timed with.
+
+mod ring;
+mod rtt;
+mod tap;
+
+use std::fmt;
+use std::str::FromStr;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Summary;
+
+/// Unit of throughput ceilings: millions of packets per second.
+pub const UNIT_MPPS: &str = "mpps";
+/// Unit of latency ceilings: nanoseconds.
+pub const UNIT_NS: &str = "ns";
+
+/// Frame sizes a tap takes: an Ethernet header and test-frame stamp up to MTU 1500 + header.
+const TAP_SIZES: std::ops::RangeInclusive<u32> = 30..=1514;
+/// Packet sizes of the copy ring: two 8-byte stamps up to 64 KiB.
+const COPY_SIZES: std::ops::RangeInclusive<u32> = 16..=65_536;
+
+/// One ceiling of this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ceiling {
+    /// A shared-memory SPSC ring of `u64` slots, batches of 64, no work per packet (Mpps).
+    SpscHandoff,
+    /// The same ring with one copy of a `size`-byte packet in and one out (Mpps).
+    SpscCopy {
+        /// Packet bytes.
+        size: u32,
+    },
+    /// Round trip between two busy-polling threads (ns; also a `_p99` row).
+    BusyPollWakeRtt,
+    /// Round trip between two threads blocked on eventfds (ns; also a `_p99` row).
+    BlockingWakeRtt,
+    /// One `write(2)` per frame (12-byte header + `size`-byte frame) into a tap (Mpps).
+    TapWrite {
+        /// Frame bytes.
+        size: u32,
+    },
+    /// The same frames in io_uring batches of 64 on a fixed file (Mpps).
+    TapUring {
+        /// Frame bytes.
+        size: u32,
+    },
+}
+
+impl Ceiling {
+    /// [`Ceiling::SpscCopy`] of `size`, if the ring takes that size (16..=65536).
+    pub fn spsc_copy(size: u32) -> Option<Ceiling> {
+        COPY_SIZES
+            .contains(&size)
+            .then_some(Ceiling::SpscCopy { size })
+    }
+
+    /// [`Ceiling::TapWrite`] of `size`, if a tap takes that size (30..=1514).
+    pub fn tap_write(size: u32) -> Option<Ceiling> {
+        TAP_SIZES
+            .contains(&size)
+            .then_some(Ceiling::TapWrite { size })
+    }
+
+    /// [`Ceiling::TapUring`] of `size`, if a tap takes that size (30..=1514).
+    pub fn tap_uring(size: u32) -> Option<Ceiling> {
+        TAP_SIZES
+            .contains(&size)
+            .then_some(Ceiling::TapUring { size })
+    }
+
+    /// What `vhostbench limits` measures by default, in the order it reports them.
+    pub fn standard() -> Vec<Ceiling> {
+        vec![
+            Ceiling::SpscHandoff,
+            Ceiling::SpscCopy { size: 64 },
+            Ceiling::SpscCopy { size: 1500 },
+            Ceiling::BusyPollWakeRtt,
+            Ceiling::BlockingWakeRtt,
+            Ceiling::TapWrite { size: 64 },
+            Ceiling::TapWrite { size: 1500 },
+            Ceiling::TapUring { size: 64 },
+            Ceiling::TapUring { size: 1500 },
+        ]
+    }
+
+    /// Its name in tables and results files (`spsc_copy_64`, `busy_poll_wake_rtt`).
+    pub fn name(&self) -> String {
+        match self {
+            Ceiling::SpscHandoff => "spsc_handoff".into(),
+            Ceiling::SpscCopy { size } => format!("spsc_copy_{size}"),
+            Ceiling::BusyPollWakeRtt => "busy_poll_wake_rtt".into(),
+            Ceiling::BlockingWakeRtt => "blocking_wake_rtt".into(),
+            Ceiling::TapWrite { size } => format!("tap_write_{size}"),
+            Ceiling::TapUring { size } => format!("tap_uring_{size}"),
+        }
+    }
+
+    /// The rows a measurement gives: a round trip's median and its 99th percentile
+    /// (`<name>_p99`), a throughput's one row.
+    pub fn rows(&self) -> Vec<String> {
+        if self.is_rtt() {
+            vec![self.name(), format!("{}_p99", self.name())]
+        } else {
+            vec![self.name()]
+        }
+    }
+
+    fn is_rtt(&self) -> bool {
+        matches!(self, Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt)
+    }
+
+    /// [`UNIT_MPPS`] or [`UNIT_NS`].
+    pub fn unit(&self) -> &'static str {
+        if self.is_rtt() {
+            UNIT_NS
+        } else {
+            UNIT_MPPS
+        }
+    }
+
+    /// The packet or frame size it is measured with, if it has one.
+    pub fn size(&self) -> Option<u32> {
+        match *self {
+            Ceiling::SpscCopy { size }
+            | Ceiling::TapWrite { size }
+            | Ceiling::TapUring { size } => Some(size),
+            Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
+        }
+    }
+
+    /// Whether it needs a tap (root and `/dev/net/tun`).
+    pub fn needs_tap(&self) -> bool {
+        matches!(self, Ceiling::TapWrite { .. } | Ceiling::TapUring { .. })
+    }
+
+    /// Measures it `repeat` times for `duration` each: one [`LimitResult`] per row
+    /// ([`Ceiling::rows`]), one sample per repeat.
+    pub fn measure(&self, duration: Duration, repeat: usize) -> anyhow::Result<Vec<LimitResult>> {
+        let name = self.name();
+        let per_repeat = |f: &mut dyn FnMut() -> anyhow::Result<f64>| {
+            (0..repeat)
+                .map(|_| f())
+                .collect::<anyhow::Result<Vec<f64>>>()
+        };
+        let one = |samples| Ok(vec![LimitResult::from_samples(&name, UNIT_MPPS, samples)?]);
+        match *self {
+            Ceiling::SpscHandoff => one(per_repeat(&mut || ring::handoff_once(duration))?),
+            Ceiling::SpscCopy { size } => {
+                let size = Self::checked(&name, size, COPY_SIZES)?;
+                one(per_repeat(&mut || ring::copy_once(size, duration))?)
+            }
+            Ceiling::BusyPollWakeRtt => rtt::limit(&name, repeat, || rtt::busy_once(duration)),
+            Ceiling::BlockingWakeRtt => rtt::limit(&name, repeat, || rtt::blocking_once(duration)),
+            Ceiling::TapWrite { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                one(tap::measure(
+                    &name,
+                    size,
+                    duration,
+                    repeat,
+                    tap::write_once,
+                )?)
+            }
+            Ceiling::TapUring { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                one(tap::measure(
+                    &name,
+                    size,
+                    duration,
+                    repeat,
+                    tap::uring_once,
+                )?)
+            }
+        }
+    }
+
+    /// One measurement of its first row (a round trip's median): the yardstick `run` takes
+    /// right before each repeat of a combination.
+    pub fn sample(&self, duration: Duration) -> anyhow::Result<f64> {
+        let rows = self.measure(duration, 1)?;
+        rows.first()
+            .and_then(|r| r.samples.first().copied())
+            .ok_or_else(|| anyhow!("{}: no sample", self.name()))
+    }
+
+    fn checked(
+        name: &str,
+        size: u32,
+        sizes: std::ops::RangeInclusive<u32>,
+    ) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            sizes.contains(&size),
+            "{name}: size {size} outside {}..={}",
+            sizes.start(),
+            sizes.end()
+        );
+        Ok(size as usize)
+    }
+}
+
+impl fmt::Display for Ceiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl FromStr for Ceiling {
+    type Err = String;
+
+    /// A ceiling by name, or by one of its rows' names (`busy_poll_wake_rtt_p99`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let sized = |prefix: &str, make: fn(u32) -> Option<Ceiling>| -> Option<Ceiling> {
+            s.strip_prefix(prefix)?.parse().ok().and_then(make)
+        };
+        let found = match s.strip_suffix("_p99").unwrap_or(s) {
+            "spsc_handoff" if s == "spsc_handoff" => Some(Ceiling::SpscHandoff),
+            "busy_poll_wake_rtt" => Some(Ceiling::BusyPollWakeRtt),
+            "blocking_wake_rtt" => Some(Ceiling::BlockingWakeRtt),
+            _ => sized("spsc_copy_", Ceiling::spsc_copy)
+                .or_else(|| sized("tap_write_", Ceiling::tap_write))
+                .or_else(|| sized("tap_uring_", Ceiling::tap_uring)),
+        };
+        found.ok_or_else(|| {
+            format!(
+                "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
+                 busy_poll_wake_rtt[_p99], blocking_wake_rtt[_p99], tap_write_<30..1514>, \
+                 tap_uring_<30..1514>)"
+            )
+        })
+    }
+}
+
+/// One ceiling row, measured `repeat` times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitResult {
+    /// Row name ([`Ceiling::rows`]).
+    pub name: String,
+    /// `"mpps"` or `"ns"`.
+    pub unit: String,
+    /// Smallest of `samples`.
+    pub min: f64,
+    /// Median of `samples`.
+    pub median: f64,
+    /// Largest of `samples`.
+    pub max: f64,
+    /// One value per repeat, in measurement order.
+    pub samples: Vec<f64>,
+}
+
+impl LimitResult {
+    /// Summarises per-repeat `samples`; an error if there are none.
+    pub fn from_samples(name: &str, unit: &str, samples: Vec<f64>) -> anyhow::Result<Self> {
+        let s =
+            Summary::from_values(&samples).ok_or_else(|| anyhow!("limit {name}: no samples"))?;
+        Ok(Self {
+            name: name.to_string(),
+            unit: unit.to_string(),
+            min: s.min,
+            median: s.median,
+            max: s.max,
+            samples,
+        })
+    }
+}
+
+pub(crate) fn join<T>(h: JoinHandle<anyhow::Result<T>>, name: &str) -> anyhow::Result<T> {
+    h.join()
+        .map_err(|_| anyhow!("{name} panicked"))?
+        .with_context(|| format!("{name} failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology;
+
+    #[test]
+    fn every_ceiling_measures_something() {
+        let can_tap = topology::probe().can_run;
+        for c in Ceiling::standard() {
+            if c.needs_tap() && !can_tap {
+                eprintln!("skipping {c}: {}", topology::probe().summary());
+                continue;
+            }
+            let rows = c.measure(Duration::from_millis(20), 1).expect("measure");
+            let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+            assert_eq!(names, c.rows());
+            for r in &rows {
+                assert_eq!(r.unit, c.unit(), "{r:?}");
+                assert_eq!(r.samples.len(), 1);
+                for v in [r.min, r.median, r.max] {
+                    assert!(v.is_finite() && v > 0.0, "{r:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for c in Ceiling::standard().into_iter().chain([
+            Ceiling::SpscCopy { size: 9000 },
+            Ceiling::TapUring { size: 30 },
+        ]) {
+            for row in c.rows() {
+                assert_eq!(row.parse::<Ceiling>(), Ok(c), "{row}");
+            }
+        }
+        for bad in [
+            "nope",
+            "spsc_copy_8",
+            "spsc_copy_x",
+            "tap_write_9000",
+            "spsc_handoff_p99",
+            "tap_uring_",
+        ] {
+            let e = bad.parse::<Ceiling>().expect_err(bad);
+            assert!(e.contains("known:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes_out_of_range_have_no_ceiling_and_do_not_measure() {
+        assert_eq!(Ceiling::spsc_copy(8), None);
+        assert_eq!(Ceiling::tap_write(9000), None);
+        assert_eq!(Ceiling::tap_uring(29), None);
+        let d = Duration::from_millis(5);
+        assert!(Ceiling::SpscCopy { size: 8 }.measure(d, 1).is_err());
+        assert!(Ceiling::TapWrite { size: 8 }.measure(d, 1).is_err());
+        assert!(Ceiling::TapUring { size: 9000 }.measure(d, 1).is_err());
+        let r = Ceiling::SpscCopy { size: 64 }
+            .measure(d, 2)
+            .expect("measure");
+        assert_eq!((r.len(), r[0].samples.len()), (1, 2));
+        assert!(Ceiling::SpscCopy { size: 64 }.sample(d).expect("sample") > 0.0);
+    }
+
+    #[test]
+    fn tap_ceilings_measure_or_give_the_reason() {
+        let d = Duration::from_millis(5);
+        let p = topology::probe();
+        for c in Ceiling::standard().into_iter().filter(Ceiling::needs_tap) {
+            match c.measure(d, 2) {
+                Ok(r) => {
+                    assert!(p.can_run);
+                    assert_eq!(r.len(), 1);
+                    assert_eq!(r[0].name, c.name());
+                    assert_eq!(r[0].samples.len(), 2);
+                    assert!(r[0].min > 0.0, "{r:?}");
+                }
+                Err(e) => {
+                    assert!(!p.can_run, "{c}: {e:#}");
+                    assert!(format!("{e:#}").contains(&p.summary()), "{e:#}");
+                }
+            }
+        }
+    }
+}

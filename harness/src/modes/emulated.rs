@@ -1,0 +1,67 @@
+//! `emulated`: the VMM's own userspace virtio-net on a tap (QEMU `-net tap` with ioeventfd and
+//! irqfd): [`engine::emulated`]'s event loop, a syscall per frame, on the shared tap topology.
+
+use std::fs::File;
+
+use anyhow::Result;
+use engine::device::{Device, DeviceSpec};
+use engine::emulated::{self, EmulatedConfig};
+use engine::worker::WorkerConfig;
+
+use super::tap::{self, TapDevice};
+use super::Mode;
+use crate::ceilings::Ceiling;
+use crate::pair::{PairConfig, RunOutcome};
+use crate::results::Workload;
+use crate::topology::Privileges;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Emulated;
+
+impl TapDevice for Emulated {
+    fn name(&self) -> &'static str {
+        "emulated"
+    }
+
+    fn start(&self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
+        let ecfg = EmulatedConfig {
+            name: wcfg.name,
+            core: wcfg.core,
+            ..EmulatedConfig::default()
+        };
+        Ok(emulated::spawn(spec, vec![tap], ecfg)?)
+    }
+}
+
+impl Mode for Emulated {
+    fn name(&self) -> &'static str {
+        TapDevice::name(self)
+    }
+
+    /// Taps are enough: the event loop needs no io_uring.
+    fn unavailable(&self, host: &Privileges) -> Option<String> {
+        (!host.taps).then(|| host.summary())
+    }
+
+    /// A `write(2)` (TX) or `read(2)` (RX) per frame on the tap is what the loop does: its
+    /// ceiling is the tap written one frame per syscall.
+    fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
+        match workload {
+            Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
+            Workload::Tx | Workload::Rx => Ceiling::tap_write(size),
+        }
+    }
+
+    fn oversubscribed(&self, workload: Workload, polling: bool, cores: usize) -> Option<String> {
+        tap::oversubscribed(workload, polling, cores)
+    }
+
+    fn vs_emulated(&self) -> bool {
+        false
+    }
+
+    fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
+        tap::run_tap(self, cfg)
+    }
+}

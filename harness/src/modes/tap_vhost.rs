@@ -1,0 +1,62 @@
+//! `tap-vhost`: the vhost worker on a tap (`-net tap,vhost=on`): [`engine::worker`] with the
+//! tap backend (io_uring batches from guest memory, `readv` into guest buffers), on the shared
+//! tap topology.
+
+use std::fs::File;
+
+use anyhow::{Context, Result};
+use engine::backend::tap::TapBackend;
+use engine::device::{Device, DeviceSpec};
+use engine::worker::{self, WorkerConfig};
+
+use super::tap::{self, TapDevice};
+use super::Mode;
+use crate::ceilings::Ceiling;
+use crate::pair::{PairConfig, RunOutcome};
+use crate::results::Workload;
+use crate::topology::Privileges;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct TapVhost;
+
+impl TapDevice for TapVhost {
+    fn name(&self) -> &'static str {
+        "tap-vhost"
+    }
+
+    fn start(&self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
+        let be = TapBackend::new(tap, spec.mem.clone(), wcfg.batch, spec.features)
+            .context("tap backend")?;
+        Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
+    }
+}
+
+impl Mode for TapVhost {
+    fn name(&self) -> &'static str {
+        TapDevice::name(self)
+    }
+
+    /// Taps and io_uring.
+    fn unavailable(&self, host: &Privileges) -> Option<String> {
+        (!host.can_run).then(|| host.summary())
+    }
+
+    /// TX goes out in io_uring batches on a fixed file: its ceiling is the tap written that
+    /// way. RX reads one frame per `readv`, as the emulated loop does.
+    fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
+        match workload {
+            Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
+            Workload::Tx => Ceiling::tap_uring(size),
+            Workload::Rx => Ceiling::tap_write(size),
+        }
+    }
+
+    fn oversubscribed(&self, workload: Workload, polling: bool, cores: usize) -> Option<String> {
+        tap::oversubscribed(workload, polling, cores)
+    }
+
+    fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
+        tap::run_tap(self, cfg)
+    }
+}

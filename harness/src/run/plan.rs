@@ -1,0 +1,262 @@
+//! What a run will measure, decided before anything is measured: the modes (resolved against
+//! the host), the matrix of combinations, the combinations left out and why, and the ceilings
+//! each round measures. `compare` and `report` can rebuild the same plan from a results file's
+//! configuration without running anything.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use guest_sim::traffic::Workload as GuestWorkload;
+
+use crate::ceilings::Ceiling;
+use crate::cli::RunArgs;
+use crate::modes::{self, Mode, Resolved};
+use crate::pair::PairConfig;
+use crate::pin::{VCPU_CORE, WORKER_CORE};
+use crate::results::Workload;
+use crate::topology::Privileges;
+
+/// One cell of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Combo {
+    /// The data path.
+    pub mode: &'static dyn Mode,
+    /// The traffic.
+    pub workload: Workload,
+    /// Frame size, bytes.
+    pub size: u32,
+    /// Worker busy-poll window, µs.
+    pub busy_poll_us: u64,
+    /// Chains per backend submission.
+    pub batch: u32,
+}
+
+impl Combo {
+    /// `mode/workload/sizeB/busy-poll Nus/batch N`.
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{}/{}B/busy-poll {}us/batch {}",
+            self.mode.name(),
+            self.workload.as_str(),
+            self.size,
+            self.busy_poll_us,
+            self.batch
+        )
+    }
+
+    /// The ceiling this combination is compared with, if it has one.
+    pub fn ceiling(&self) -> Option<Ceiling> {
+        self.mode.ceiling(self.workload, self.size)
+    }
+}
+
+/// The guest's workload for one of the results' workloads.
+pub fn guest_workload(w: Workload) -> GuestWorkload {
+    match w {
+        Workload::Tx => GuestWorkload::Tx,
+        Workload::Rx => GuestWorkload::Rx,
+        Workload::Rr => GuestWorkload::Rr,
+    }
+}
+
+/// A run, planned.
+#[derive(Debug)]
+pub struct Plan {
+    /// The options it was planned from.
+    pub args: RunArgs,
+    /// Which modes run, which were skipped and why, what `auto` chose.
+    pub modes: Resolved,
+    /// The combinations to run, in the order each round runs them.
+    pub combos: Vec<Combo>,
+    /// `"<combination>: <why>"` for each combination left out.
+    pub left_out: Vec<String>,
+    /// Rounds (every combination once per round).
+    pub repeat: usize,
+}
+
+impl Plan {
+    /// Plans `args` for a host with `host`'s privileges and `cores` usable cores.
+    pub fn new(args: &RunArgs, host: &Privileges, cores: usize) -> Result<Plan> {
+        let modes = modes::resolve(&args.modes, host)?;
+        let repeat = usize::try_from(args.repeat).context("--repeat")?;
+        let mut combos = Vec::new();
+        let mut left_out = Vec::new();
+        for &mode in &modes.run {
+            for &workload in &args.workloads {
+                for &size in &args.sizes {
+                    for &busy_poll_us in &args.busy_poll_us {
+                        for &batch in &args.batch {
+                            let c = Combo {
+                                mode,
+                                workload,
+                                size,
+                                busy_poll_us,
+                                batch,
+                            };
+                            match mode.oversubscribed(workload, guest_polls(args, &c), cores) {
+                                None => combos.push(c),
+                                Some(why) => left_out.push(format!("{}: {why}", c.label())),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if combos.is_empty() {
+            bail!("nothing to run");
+        }
+        Ok(Plan {
+            args: args.clone(),
+            modes,
+            combos,
+            left_out,
+            repeat,
+        })
+    }
+
+    /// Whether the guest polls its used rings in `c`.
+    pub fn guest_polls(&self, c: &Combo) -> bool {
+        guest_polls(&self.args, c)
+    }
+
+    /// How long each repeat runs, and the part of it left out at the start.
+    pub fn timing(&self) -> (Duration, Duration) {
+        let duration = Duration::from_millis(self.args.duration_ms);
+        let warmup = (duration / 10).max(Duration::from_millis(20));
+        (duration, warmup)
+    }
+
+    /// Everything one run of `c` needs.
+    pub fn pair_config(&self, c: &Combo) -> PairConfig {
+        let args = &self.args;
+        let (duration, warmup) = self.timing();
+        PairConfig {
+            workload: guest_workload(c.workload),
+            frame_len: c.size as usize,
+            queue_size: args.queue_size,
+            guest_mem_bytes: args.guest_mem_mb << 20,
+            event_idx: args.event_idx,
+            indirect: args.indirect,
+            mrg_rxbuf: args.mrg_rxbuf,
+            in_order: args.in_order,
+            batch: c.batch as usize,
+            busy_poll_us: c.busy_poll_us,
+            guest_poll: self.guest_polls(c),
+            rate_pps: args.rate_pps,
+            duration: duration + warmup,
+            warmup,
+            verify_bytes: false,
+            exit_cost_ns: args.exit_cost_ns,
+            vcpu_core: Some(VCPU_CORE),
+            worker_core: Some(WORKER_CORE),
+        }
+    }
+
+    /// The ceilings measured at the start of every round: each combination's own, and the
+    /// ring-and-copy ceiling of every frame size (the in-run limit of the machine itself), each
+    /// once, in the order first needed (by size, then the round trips last).
+    pub fn round_ceilings(&self) -> Vec<Ceiling> {
+        let mut sizes: Vec<u32> = self.combos.iter().map(|c| c.size).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut out: Vec<Ceiling> = Vec::new();
+        let mut push = |c: Ceiling| {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        };
+        for s in sizes {
+            if let Some(c) = Ceiling::spsc_copy(s) {
+                push(c);
+            }
+            for c in self.combos.iter().filter(|c| c.size == s) {
+                match c.ceiling() {
+                    Some(l) if l.size().is_some() => push(l),
+                    _ => {}
+                }
+            }
+        }
+        for c in &self.combos {
+            match c.ceiling() {
+                Some(l) if l.size().is_none() => push(l),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Whether the guest polls its used rings: forced by `--guest-poll`, otherwise exactly when the
+/// worker busy-polls (the low-latency set-up on both sides).
+fn guest_polls(args: &RunArgs, c: &Combo) -> bool {
+    args.guest_poll || c.busy_poll_us > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Privileges {
+        Privileges {
+            can_run: true,
+            reasons: vec![],
+            taps: true,
+            io_uring: true,
+        }
+    }
+
+    #[test]
+    fn the_matrix_and_what_it_leaves_out() {
+        let args = RunArgs {
+            busy_poll_us: vec![0, 20],
+            ..RunArgs::default()
+        };
+        let p = Plan::new(&args, &host(), 2).expect("plan");
+        let names: Vec<&str> = p.modes.run.iter().map(|m| m.name()).collect();
+        assert_eq!(names, ["null", "emulated", "tap-vhost"]);
+        assert!(p.modes.skipped.iter().any(|s| s.starts_with("direct-vf")));
+        // rr with polling across the bridge needs four cores: left out for both tap modes.
+        assert_eq!(p.left_out.len(), 2 * 2, "{:?}", p.left_out);
+        assert!(p.left_out.iter().all(|s| s.contains("/rr/")));
+        assert_eq!(p.combos.len(), 3 * 3 * 2 * 2 - 4);
+        // With four cores nothing is left out.
+        assert!(Plan::new(&args, &host(), 4)
+            .expect("plan")
+            .left_out
+            .is_empty());
+    }
+
+    #[test]
+    fn each_round_measures_each_ceiling_once() {
+        let mut args = RunArgs::default();
+        let p = Plan::new(&args, &host(), 2).expect("plan");
+        let names: Vec<String> = p.round_ceilings().iter().map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "spsc_copy_64",
+                "tap_write_64",
+                "tap_uring_64",
+                "spsc_copy_1500",
+                "tap_write_1500",
+                "tap_uring_1500",
+                "busy_poll_wake_rtt",
+            ]
+        );
+        // A size a tap cannot take has no tap ceiling.
+        args.sizes = vec![9000];
+        let p = Plan::new(&args, &host(), 2).expect("plan");
+        let names: Vec<String> = p.round_ceilings().iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["spsc_copy_9000", "busy_poll_wake_rtt"]);
+    }
+
+    #[test]
+    fn guest_polls_with_the_worker_or_when_asked() {
+        let args = RunArgs::default();
+        let p = Plan::new(&args, &host(), 2).expect("plan");
+        let mut c = p.combos[0];
+        assert!(!p.guest_polls(&c));
+        c.busy_poll_us = 20;
+        assert!(p.guest_polls(&c) && p.pair_config(&c).guest_poll);
+    }
+}

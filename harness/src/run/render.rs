@@ -1,0 +1,142 @@
+//! The side-by-side table of a results document, and the notes under it.
+
+use crate::modes;
+use crate::results::{Record, Results};
+use crate::stats::{fmt_num, Align, Summary, Table};
+
+fn range(s: &Summary) -> String {
+    format!(
+        "{} [{}-{}]",
+        fmt_num(s.median),
+        fmt_num(s.min),
+        fmt_num(s.max)
+    )
+}
+
+fn us(s: &Option<Summary>) -> String {
+    s.map(|s| fmt_num(s.median / 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// For a row of a mode shown against `emulated` ([`modes::Mode::vs_emulated`]): its median
+/// throughput ÷ that of the `emulated` row with the same workload, size, busy-poll window and
+/// batch.
+fn vs_emulated(doc: &Results, r: &Record) -> String {
+    if !modes::by_name(&r.mode).is_some_and(|m| m.vs_emulated()) {
+        return "-".into();
+    }
+    doc.records
+        .iter()
+        .find(|e| {
+            e.mode == "emulated"
+                && e.workload == r.workload
+                && e.size_bytes == r.size_bytes
+                && e.busy_poll_us == r.busy_poll_us
+                && e.batch == r.batch
+        })
+        .map(|e| {
+            format!(
+                "{:.2}x",
+                r.throughput_mpps.median / e.throughput_mpps.median
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The side-by-side table.
+pub fn render(doc: &Results) -> String {
+    let mut t = Table::new(&[
+        ("mode", Align::Left),
+        ("wl", Align::Left),
+        ("size", Align::Right),
+        ("poll us", Align::Right),
+        ("batch", Align::Right),
+        ("Mpps median [min-max]", Align::Right),
+        ("Gbit/s", Align::Right),
+        ("% ceiling", Align::Right),
+        ("x emulated", Align::Right),
+        ("worker ns/pkt", Align::Right),
+        ("vcpu ns/pkt", Align::Right),
+        ("kicks/pkt", Align::Right),
+        ("calls/pkt", Align::Right),
+        ("chains/batch", Align::Right),
+        ("p50 us", Align::Right),
+        ("p99 us", Align::Right),
+        ("p99.9 us", Align::Right),
+        ("drops", Align::Right),
+        ("lost", Align::Right),
+    ]);
+    for r in &doc.records {
+        t.push_row(vec![
+            if r.modeled_exit_cost_ns > 0 {
+                format!("{}*", r.mode)
+            } else {
+                r.mode.clone()
+            },
+            r.workload.as_str().into(),
+            r.size_bytes.to_string(),
+            format!("{}{}", r.busy_poll_us, if r.guest_poll { "+g" } else { "" }),
+            r.batch.to_string(),
+            range(&r.throughput_mpps),
+            fmt_num(r.throughput_gbps.median),
+            r.pct_of_ceiling
+                .as_ref()
+                .map(|p| format!("{:.0}%", p.median_pct))
+                .unwrap_or_else(|| "-".into()),
+            vs_emulated(doc, r),
+            fmt_num(r.cpu_ns_per_packet.worker.median),
+            fmt_num(r.cpu_ns_per_packet.vcpu.median),
+            fmt_num(r.kicks_per_packet.median),
+            fmt_num(r.calls_per_packet.median),
+            r.chains_per_batch
+                .as_ref()
+                .map(|s| format!("{:.1}", s.median))
+                .unwrap_or_else(|| "-".into()),
+            us(&r.rtt_p50_ns),
+            us(&r.rtt_p99_ns),
+            us(&r.rtt_p999_ns),
+            r.dropped.values().sum::<u64>().to_string(),
+            r.lost.to_string(),
+        ]);
+    }
+    let mut out = t.render();
+    out.push_str(
+        "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
+         % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
+         rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
+         tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
+         Each ratio is taken per repeat, against the ceiling measured right before it ran; the\n\
+         median is shown.\n\
+         x emulated: a vhost mode's throughput / emulated's, same row otherwise. ns/pkt: thread CPU time\n\
+         per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
+         chains/batch: chains the worker moved per used-ring publish (how full its batches were).\n\
+         poll us: worker busy-poll window; +g: the guest polls its rings too.\n",
+    );
+    if let Some(r) = doc.records.iter().find(|r| r.modeled_exit_cost_ns > 0) {
+        out.push_str(&format!(
+            "* MODELED: these rows include a modeled VM-exit cost of {} ns per kick and per \
+             interrupt taken (--exit-cost-ns); it is not measured.\n",
+            r.modeled_exit_cost_ns
+        ));
+    }
+    for r in &doc.records {
+        for e in &r.errors {
+            out.push_str(&format!(
+                "! {}/{}/{}: {e}\n",
+                r.mode,
+                r.workload.as_str(),
+                r.size_bytes
+            ));
+        }
+        if !r.queue_errors.is_empty() {
+            out.push_str(&format!(
+                "! {}/{}/{}: queue errors {:?}\n",
+                r.mode,
+                r.workload.as_str(),
+                r.size_bytes,
+                r.queue_errors
+            ));
+        }
+    }
+    out
+}
