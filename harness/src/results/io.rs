@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context};
 
-use super::{Results, UtcTime, SCHEMA_VERSION};
+use super::{Results, UtcTime, READABLE_SCHEMA_VERSIONS};
 
 /// Writes `results` as pretty JSON to `path`, creating parent directories. The text is
 /// parsed back first, so a value JSON cannot hold (NaN, infinity) is an error here rather
@@ -29,16 +29,20 @@ pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a results file, rejecting other schema versions.
+/// Reads a results file of a version this build reads ([`READABLE_SCHEMA_VERSIONS`]).
 pub fn read_results(path: &Path) -> anyhow::Result<Results> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let version = v.get("schema_version").and_then(serde_json::Value::as_u64);
     ensure!(
-        version == Some(u64::from(SCHEMA_VERSION)),
-        "{}: schema_version {version:?}, this build reads {SCHEMA_VERSION}",
-        path.display()
+        version
+            .and_then(|v| u32::try_from(v).ok())
+            .is_some_and(|v| READABLE_SCHEMA_VERSIONS.contains(&v)),
+        "{}: schema_version {version:?}, this build reads {}..={}",
+        path.display(),
+        READABLE_SCHEMA_VERSIONS.start(),
+        READABLE_SCHEMA_VERSIONS.end()
     );
     serde_json::from_value(v).with_context(|| format!("decoding {}", path.display()))
 }
@@ -79,6 +83,17 @@ mod tests {
         let mut nan = r.clone();
         nan.calibration.pingpong_rtt_ns = f64::NAN;
         assert!(write_results(&dir.join("nan.json"), &nan).is_err());
+        // Version 1 has the same layout and reads; a version this build does not know does not.
+        for (version, reads) in [(1, true), (2, true), (0, false), (3, false)] {
+            let mut v = r.clone();
+            v.schema_version = version;
+            let p = dir.join(format!("v{version}.json"));
+            write_results(&p, &v).expect("write");
+            match read_results(&p) {
+                Ok(back) => assert!(reads && back == v, "version {version}"),
+                Err(e) => assert!(!reads && format!("{e}").contains("reads 1..=2"), "{e}"),
+            }
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

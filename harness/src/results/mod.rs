@@ -1,4 +1,4 @@
-//! The results file (schema version 1; documented field by field in `results/SCHEMA.md`).
+//! The results file (schema version 2; documented field by field in `results/SCHEMA.md`).
 //!
 //! One JSON document per invocation: what was run (`config`), where (`host`), from which
 //! source (`git_revision`), the machine's yardsticks measured in the same run (`calibration`,
@@ -18,5 +18,5 @@ pub use clock::UtcTime;
 pub use io::{default_results_path, read_results, workspace_root, write_results};
 pub use schema::{
     gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, PctOfCeiling, Record, RepeatValues,
-    Results, Workload, PLACEMENT_CHANGE_RATIO, SCHEMA_VERSION, TOOL,
+    Results, Workload, PLACEMENT_CHANGE_RATIO, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, TOOL,
 };

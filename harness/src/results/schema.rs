@@ -12,7 +12,10 @@ use crate::host::{self, HostInfo};
 use crate::stats::Summary;
 
 /// Version of the layout below; bump it on any incompatible change and update SCHEMA.md.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+/// Versions [`super::read_results`] reads: version 1 has the same layout (results/SCHEMA.md,
+/// "Changelog").
+pub const READABLE_SCHEMA_VERSIONS: std::ops::RangeInclusive<u32> = 1..=SCHEMA_VERSION;
 /// Value of the `tool` field.
 pub const TOOL: &str = "vhostbench";
 
@@ -539,7 +542,7 @@ pub(crate) mod tests {
         let back: Results = serde_json::from_str(&text).expect("deserialize");
         assert_eq!(back, r);
         assert!(text.contains("\"workload\":\"rr\""), "{text}");
-        assert!(text.contains("\"schema_version\":1"), "{text}");
+        assert!(text.contains("\"schema_version\":2"), "{text}");
     }
 
     #[test]
