@@ -138,6 +138,7 @@ fn frame_written_to_tap_reaches_packet_socket() {
         PacketOptions {
             vnet_hdr: false,
             nonblocking: true,
+            ignore_outgoing: false,
         },
     )
     .expect("packet socket");
@@ -236,6 +237,7 @@ fn partial_checksum_metadata_reaches_a_vnet_hdr_packet_socket() {
         PacketOptions {
             vnet_hdr: true,
             nonblocking: true,
+            ignore_outgoing: false,
         },
     )
     .expect("packet socket");

@@ -278,6 +278,7 @@ mod tests {
             let opts = PacketOptions {
                 vnet_hdr: true,
                 nonblocking: true,
+                ignore_outgoing: false,
             };
             let sniff = packet_socket_with(&ns, "tap0", opts).expect("packet socket");
             // A guest with one TX queue, driven by hand.

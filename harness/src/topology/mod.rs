@@ -15,6 +15,9 @@
 //! - **request/response and two-guest runs**: two taps on a [`bridge`] (`br0`, STP off,
 //!   forward delay 0): a frame written to one tap's fd is forwarded (flooded, then learned) to
 //!   the other's.
+//! - **VFs** ([`VfPool`]): a PF with a fixed number of VFs, each a veth pair (the VF end a
+//!   backend binds a packet socket to, the wire end a port of the PF's embedded switch, a
+//!   bridge named after the PF).
 //!
 //! [`probe`] says whether this host allows any of it. All `unsafe` of the layer (`setns`,
 //! `ioctl`, sockets) is in the private `sys` module.
@@ -23,11 +26,14 @@ mod netns;
 mod probe;
 mod sys;
 mod tap;
+mod vf_pool;
 
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
 pub use probe::{probe, Privileges};
 pub use tap::{
-    bridge, check_ifname, link_stats, open_tap, packet_socket, packet_socket_with, wait_readable,
-    LinkStats, PacketOptions, Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM,
-    TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
+    bridge, check_ifname, link_stats, open_tap, packet_socket, packet_socket_drops,
+    packet_socket_with, wait_readable, LinkStats, PacketOptions, Tap, MAX_IFNAME,
+    PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN,
+    TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
 };
+pub use vf_pool::{veths, Vf, VfPool};

@@ -14,6 +14,36 @@ use std::time::Duration;
 
 /// `PACKET_VNET_HDR` (linux/if_packet.h): frames on the socket carry a `struct virtio_net_hdr`.
 const PACKET_VNET_HDR: c_int = 15;
+/// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h, Linux 4.20): the socket does not see frames
+/// sent out of its interface (with `ETH_P_ALL` it would otherwise read back its own).
+const PACKET_IGNORE_OUTGOING: c_int = 23;
+/// `PACKET_STATISTICS` (linux/if_packet.h): read (and reset) a `struct tpacket_stats`.
+const PACKET_STATISTICS: c_int = 6;
+
+/// `struct tpacket_stats` (linux/if_packet.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct TpacketStats {
+    tp_packets: u32,
+    tp_drops: u32,
+}
+
+/// `setsockopt(fd, SOL_PACKET, opt, &1)`.
+fn packet_flag(fd: &OwnedFd, opt: c_int) -> io::Result<()> {
+    let on: c_int = 1;
+    // SAFETY: setsockopt reads `optlen` bytes from `optval`: one `int` that lives across the
+    // call; `fd` is a live socket.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            opt,
+            (&on as *const c_int).cast(),
+            size_of::<c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
 
 fn cvt(r: c_int) -> io::Result<c_int> {
     if r < 0 {
@@ -139,25 +169,23 @@ pub(crate) fn if_set_up(ctl: &OwnedFd, name: &str) -> io::Result<()> {
 }
 
 /// An `AF_PACKET`/`SOCK_RAW` socket bound to `ifindex` for every protocol (`ETH_P_ALL`), in
-/// the calling thread's namespace. With `vnet_hdr`, `PACKET_VNET_HDR` is set.
-pub(crate) fn packet_socket(ifindex: u32, vnet_hdr: bool, nonblocking: bool) -> io::Result<File> {
+/// the calling thread's namespace. With `vnet_hdr`, `PACKET_VNET_HDR` is set; with
+/// `ignore_outgoing`, `PACKET_IGNORE_OUTGOING`.
+pub(crate) fn packet_socket(
+    ifindex: u32,
+    vnet_hdr: bool,
+    nonblocking: bool,
+    ignore_outgoing: bool,
+) -> io::Result<File> {
     let ty = libc::SOCK_RAW | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // Protocol 0: the socket receives nothing until it is bound to the one interface below,
     // so no frame of another interface can slip in between socket() and bind().
     let fd = socket(libc::AF_PACKET, ty, 0)?;
     if vnet_hdr {
-        let on: c_int = 1;
-        // SAFETY: setsockopt reads `optlen` bytes from `optval`: one `int` that lives across
-        // the call.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_VNET_HDR,
-                (&on as *const c_int).cast(),
-                size_of::<c_int>() as libc::socklen_t,
-            )
-        })?;
+        packet_flag(&fd, PACKET_VNET_HDR)?;
+    }
+    if ignore_outgoing {
+        packet_flag(&fd, PACKET_IGNORE_OUTGOING)?;
     }
     // SAFETY: `sockaddr_ll` is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -175,6 +203,26 @@ pub(crate) fn packet_socket(ifindex: u32, vnet_hdr: bool, nonblocking: bool) -> 
         )
     })?;
     Ok(File::from(fd))
+}
+
+/// `PACKET_STATISTICS` of a packet socket: (frames received, frames dropped because its
+/// receive queue was full) since the previous call (reading resets them).
+pub(crate) fn packet_stats(sock: &impl AsFd) -> io::Result<(u32, u32)> {
+    let mut st = TpacketStats::default();
+    let mut len = size_of::<TpacketStats>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes to `optval`, a `TpacketStats` (the kernel's
+    // `struct tpacket_stats`, two u32) that is valid and writable for the call, and stores
+    // the length written in `len`; the descriptor is borrowed from `sock`.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_STATISTICS,
+            (&mut st as *mut TpacketStats).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((st.tp_packets, st.tp_drops))
 }
 
 /// Waits up to `timeout` for `fd` to become readable; `Ok(false)` on timeout. An interrupted

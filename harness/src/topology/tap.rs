@@ -145,6 +145,10 @@ pub struct PacketOptions {
     pub vnet_hdr: bool,
     /// `O_NONBLOCK`.
     pub nonblocking: bool,
+    /// `PACKET_IGNORE_OUTGOING`: frames sent out of the interface (by this socket or anyone)
+    /// are not delivered to the socket. A raw-socket vhost backend needs it: bound with
+    /// `ETH_P_ALL` it would otherwise read back every frame it transmits as RX.
+    pub ignore_outgoing: bool,
 }
 
 /// An `AF_PACKET`/`SOCK_RAW` socket in `ns` bound to interface `ifname` for all protocols
@@ -156,7 +160,7 @@ pub fn packet_socket(ns: &Netns, ifname: &str, vnet_hdr: bool) -> anyhow::Result
         ifname,
         PacketOptions {
             vnet_hdr,
-            nonblocking: false,
+            ..PacketOptions::default()
         },
     )
 }
@@ -171,9 +175,17 @@ pub fn packet_socket_with(ns: &Netns, ifname: &str, opts: PacketOptions) -> anyh
             ifindex,
             opts.vnet_hdr,
             opts.nonblocking,
+            opts.ignore_outgoing,
         )?)
     })?
     .with_context(|| format!("packet socket on {ifname} in {}", ns.name()))
+}
+
+/// Frames a packet socket's receive queue could not take (its `PACKET_STATISTICS` drops)
+/// since the previous call on the same socket (any descriptor of it): the kernel resets the
+/// counters when they are read.
+pub fn packet_socket_drops(sock: &impl AsFd) -> std::io::Result<u64> {
+    Ok(u64::from(sys::packet_stats(sock)?.1))
 }
 
 /// Waits up to `timeout` for `fd` to be readable (`poll`); `false` on timeout.
