@@ -358,7 +358,12 @@ impl EmuPair {
                     }
                 };
                 // One syscall per frame, straight from guest memory (tap_receive_iov).
-                match sys::writev_guest(self.tap.as_fd(), &mem, sh.chain.readable(), &mut sh.iov) {
+                match sys::writev_guest(
+                    self.tap.as_fd(),
+                    &mem,
+                    sh.chain.readable().iter().copied(),
+                    &mut sh.iov,
+                ) {
                     Ok(w) if w == sh.chain.readable_len() as usize => {
                         add(&m.tx.packets, 1);
                         add(&m.tx.bytes, f.len as u64);

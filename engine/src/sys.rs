@@ -95,7 +95,7 @@ impl IoVecs {
 pub fn writev_guest(
     fd: BorrowedFd<'_>,
     mem: &GuestMemory,
-    spans: &[Span],
+    spans: impl IntoIterator<Item = Span>,
     iov: &mut IoVecs,
 ) -> io::Result<usize> {
     vectored(fd, mem, spans, iov, false)
@@ -105,7 +105,7 @@ pub fn writev_guest(
 pub fn readv_guest(
     fd: BorrowedFd<'_>,
     mem: &GuestMemory,
-    spans: &[Span],
+    spans: impl IntoIterator<Item = Span>,
     iov: &mut IoVecs,
 ) -> io::Result<usize> {
     vectored(fd, mem, spans, iov, true)
@@ -114,11 +114,11 @@ pub fn readv_guest(
 fn vectored(
     fd: BorrowedFd<'_>,
     mem: &GuestMemory,
-    spans: &[Span],
+    spans: impl IntoIterator<Item = Span>,
     iov: &mut IoVecs,
     read: bool,
 ) -> io::Result<usize> {
-    if !iov.fill(mem, spans.iter().copied()) {
+    if !iov.fill(mem, spans) {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
     let v = iov.as_slice();

@@ -4,7 +4,9 @@
 //! say how long the next frame is and write it into guest buffers. Hooks a backend may not need
 //! have default bodies.
 
+pub mod frames;
 pub mod null;
+pub mod packet;
 pub mod tap;
 
 use std::os::fd::BorrowedFd;

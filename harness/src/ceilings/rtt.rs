@@ -112,7 +112,7 @@ pub(super) fn busy_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
             if seq > RTT_WARMUP {
                 hist.saturating_record(clock::now_ns().saturating_sub(t0).max(1));
             }
-            if seq % 64 == 0 && Instant::now() >= deadline {
+            if seq > RTT_WARMUP && seq % 64 == 0 && Instant::now() >= deadline {
                 break;
             }
         }
@@ -197,7 +197,7 @@ pub(super) fn blocking_once(duration: Duration) -> anyhow::Result<Histogram<u64>
             if i >= warmup {
                 hist.saturating_record(ns.max(1));
             }
-            if Instant::now() >= deadline {
+            if i >= warmup && Instant::now() >= deadline {
                 break;
             }
         }

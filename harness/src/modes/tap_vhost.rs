@@ -5,7 +5,7 @@
 use std::fs::File;
 
 use anyhow::{Context, Result};
-use engine::backend::tap::TapBackend;
+use engine::backend::tap::tap_backend;
 use engine::device::{Device, DeviceSpec};
 use engine::worker::{self, WorkerConfig};
 
@@ -26,8 +26,8 @@ impl TapDevice for TapVhost {
     }
 
     fn start(&self, tap: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
-        let be = TapBackend::new(tap, spec.mem.clone(), wcfg.batch, spec.features)
-            .context("tap backend")?;
+        let be =
+            tap_backend(tap, spec.mem.clone(), wcfg.batch, spec.features).context("tap backend")?;
         Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
     }
 }

@@ -305,6 +305,11 @@ pub struct Record {
     /// minus the guest memory it touched (shared-memory pages): what the engine itself costs
     /// per device, bytes.
     pub engine_overhead_bytes: Option<u64>,
+    /// The device's backend counters, by name, summed over repeats (for example which way a
+    /// frame-fd backend submitted its batches: `batches_uring`, `batches_writev`). Absent
+    /// when the backend has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backend_stats: BTreeMap<String, u64>,
 }
 
 impl Record {
@@ -367,6 +372,7 @@ impl Record {
             per_repeat: repeats.to_vec(),
             errors: Vec::new(),
             engine_overhead_bytes: None,
+            backend_stats: BTreeMap::new(),
         })
     }
 

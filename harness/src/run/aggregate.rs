@@ -50,6 +50,7 @@ pub fn aggregate(plan: &Plan, started: &UtcTime, ex: Executed) -> Result<Results
         r.modeled_exit_cost_ns = plan.args.exit_cost_ns;
         r.errors = a.errors;
         r.engine_overhead_bytes = a.engine_overhead_bytes.iter().copied().max();
+        r.backend_stats = a.backend_stats;
         if let Some(name) = c.ceiling().map(|l| l.name()) {
             if let Some(l) = ex.ceilings.iter().find(|l| l.name == name) {
                 r = r.with_ceiling(l);

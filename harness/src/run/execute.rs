@@ -112,6 +112,8 @@ pub struct Acc {
     pub errors: Vec<String>,
     /// Per repeat, the resident memory the running device added.
     pub engine_overhead_bytes: Vec<u64>,
+    /// The backend's counters, summed over the repeats.
+    pub backend_stats: BTreeMap<String, u64>,
 }
 
 impl Acc {
@@ -144,6 +146,9 @@ impl Acc {
         if o.lost(w) > 0 {
             self.errors
                 .push(format!("repeat {rep}: {} packets lost", o.lost(w)));
+        }
+        for (name, n) in &o.worker.backend_stats {
+            *self.backend_stats.entry((*name).into()).or_default() += n;
         }
         if let Some(b) = o.engine_overhead_bytes() {
             self.engine_overhead_bytes.push(b);
