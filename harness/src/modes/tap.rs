@@ -8,18 +8,13 @@
 //!   (libvirt `type='bridge'`).
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use engine::device::{Device, DeviceSpec};
 use engine::worker::WorkerConfig;
 use guest_sim::traffic::Workload;
-use vring::frame;
 
+use super::far;
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::results::Workload as ResultsWorkload;
 use crate::topology::{self, Netns, Tap};
@@ -45,78 +40,6 @@ pub fn oversubscribed(workload: ResultsWorkload, polling: bool, cores: usize) ->
     })
 }
 
-/// Test frames left in a tap's queue when the device stopped: read and counted, so they are
-/// accounted rather than lost. (The network's own frames, if any, are not ours to count.)
-fn drain_tap(tap: &File) -> u64 {
-    let mut buf = vec![0u8; 65_600];
-    let mut n = 0;
-    while let Ok(len) = (&*tap).read(&mut buf) {
-        let hdr = topology::TAP_VNET_HDR_LEN;
-        if len > hdr && frame::seq(&buf[hdr..len]).is_some() {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Sends numbered test frames into a tap from a packet socket until stopped.
-struct Injector {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: JoinHandle<Result<()>>,
-}
-
-impl Injector {
-    fn start(ns: &Netns, ifname: &str, frame_len: usize, rate_pps: Option<u64>) -> Result<Self> {
-        let sock = topology::packet_socket(ns, ifname, false)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (stop2, sent2) = (stop.clone(), sent.clone());
-        let thread = std::thread::Builder::new()
-            .name("inject".into())
-            .spawn(move || {
-                // Not pinned: on either core it would starve that core's thread (pinned to the
-                // vCPU's core the guest cannot repost buffers). On two cores the three threads
-                // share; `rx` numbers here measure that contention too (see README).
-                let mut f = vec![0u8; frame_len.max(frame::MIN_FRAME)];
-                frame::fill(&mut f, 0, 0);
-                let t0 = Instant::now();
-                let mut seq = 0u64;
-                while !stop2.load(Ordering::Relaxed) {
-                    if let Some(pps) = rate_pps {
-                        let due = (t0.elapsed().as_nanos() * pps as u128 / 1_000_000_000) as u64;
-                        if seq >= due {
-                            std::hint::spin_loop();
-                            continue;
-                        }
-                    }
-                    frame::stamp(&mut f, seq, 0);
-                    match (&sock).write(&f) {
-                        Ok(_) => {
-                            seq += 1;
-                            sent2.store(seq, Ordering::Relaxed);
-                        }
-                        // The device's queue is full: the kernel pushes back; try again.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                            std::thread::yield_now()
-                        }
-                        Err(e) => return Err(anyhow!(e).context("injecting into the tap")),
-                    }
-                }
-                Ok(())
-            })?;
-        Ok(Injector { stop, sent, thread })
-    }
-
-    fn stop(self) -> Result<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .map_err(|_| anyhow!("injector panicked"))??;
-        Ok(self.sent.load(Ordering::Relaxed))
-    }
-}
-
 fn dup(t: &Tap) -> Result<File> {
     t.file.try_clone().context("dup tap fd")
 }
@@ -128,84 +51,42 @@ pub fn run_tap(dev: &dyn TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
     let offloads = 0;
     let tap0 = topology::open_tap(&ns, "tap0", offloads)?;
     let keep0 = dup(&tap0)?;
+    let hdr = topology::TAP_VNET_HDR_LEN;
     let mut out = match cfg.workload {
         Workload::Tx | Workload::Echo => pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w))?,
         Workload::Rx => {
-            // The injector starts with the guest and stops when the guest stops generating.
-            let inj = Injector::start(&ns, "tap0", cfg.frame_len, cfg.rate_pps)?;
-            let running = pair::start(cfg, 0, |spec, w| dev.start(tap0.file, spec, w));
-            let running = match running {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = inj.stop();
-                    return Err(e);
-                }
-            };
-            std::thread::sleep(cfg.duration);
-            // Join the guest and its device before reporting an injector failure, so nothing
-            // is left running when the namespace goes.
-            let injected = inj.stop();
-            let mut o = running.join()?;
-            o.injected = Some(injected?);
+            let (mut o, injected) =
+                far::run_injected(&ns, "tap0", cfg, |spec, w| dev.start(tap0.file, spec, w))?;
+            // The injector sends out of tap0: its refusals (retried) are in tap0's tx_dropped.
+            let tx_dropped = topology::link_stats(&ns, "tap0")?.tx_dropped;
+            far::add_drops(
+                &mut o,
+                "tap_queue_full",
+                injected.dropped_after_send(tx_dropped),
+            );
             o
         }
         Workload::Rr => {
             let tap1 = topology::open_tap(&ns, "tap1", offloads)?;
             let keep1 = dup(&tap1)?;
             topology::bridge(&ns, "br0", &["tap0", "tap1"])?;
-            let echo_cfg = PairConfig {
-                workload: Workload::Echo,
-                duration: cfg.duration + Duration::from_secs(5),
-                ..cfg.clone()
-            };
-            let echo = pair::start(&echo_cfg, 1, |spec, w| dev.start(tap1.file, spec, w))?;
-            let res = pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w));
-            echo.stop();
-            let e = echo.join()?;
-            let mut o = res?;
-            // The far guest's problems are this run's problems.
-            for (what, err) in [
-                ("echo guest", &e.guest.error),
-                ("echo device", &e.worker.fatal),
-            ] {
-                if let Some(err) = err {
-                    o.notes.push(format!("{what}: {err}"));
-                }
+            let mut o = far::run_with_echo(
+                cfg,
+                |spec, w| dev.start(tap0.file, spec, w),
+                |spec, w| dev.start(tap1.file, spec, w),
+            )?;
+            // What the kernel could not queue to either tap (towards either guest), and what
+            // was still in the far tap's queue when its device stopped.
+            for (tap, reason) in [("tap0", "tap_queue_full"), ("tap1", "far_tap_queue_full")] {
+                let tx_dropped = topology::link_stats(&ns, tap)?.tx_dropped;
+                far::add_drops(&mut o, reason, tx_dropped);
             }
-            for f in &e.worker.queue_failures {
-                o.notes.push(format!("echo device: {f}"));
-            }
-            if e.guest.echo_dropped > 0 {
-                o.extra_drops
-                    .push(("echo_no_tx_buffer".into(), e.guest.echo_dropped));
-            }
-            // The far side's own drops, and what its tap could not queue, are this run's too.
-            for (reason, n) in e.drops_by_reason() {
-                o.extra_drops.push((format!("echo_{reason}"), n));
-            }
-            let far = topology::link_stats(&ns, "tap1")?;
-            if far.tx_dropped > 0 {
-                o.extra_drops
-                    .push(("far_tap_queue_full".into(), far.tx_dropped));
-            }
-            let unread = drain_tap(&keep1);
-            if unread > 0 {
-                o.extra_drops.push(("left_in_far_tap".into(), unread));
-            }
+            far::add_drops(&mut o, "left_in_far_tap", far::drain(&keep1, hdr));
             o
         }
     };
-    // Frames the kernel could not queue to the tap (towards the guest), and frames still in
-    // the tap's queue when the device stopped.
-    let stats = topology::link_stats(&ns, "tap0")?;
-    if stats.tx_dropped > 0 {
-        out.extra_drops
-            .push(("tap_queue_full".into(), stats.tx_dropped));
-    }
-    let unread = drain_tap(&keep0);
-    if unread > 0 {
-        out.extra_drops.push(("left_in_tap".into(), unread));
-    }
+    // Frames still in the tap's queue when the device stopped.
+    far::add_drops(&mut out, "left_in_tap", far::drain(&keep0, hdr));
     drop(ns);
     Ok(out)
 }
@@ -221,6 +102,9 @@ mod tests {
     use guest_sim::testbed::Testbed;
     use guest_sim::traffic::NicBuffers;
     use guest_sim::{Buf, DriverQueue, MockGuest};
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    use vring::frame;
     use vring::net::{bit, Features};
     use vring::net::{VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 

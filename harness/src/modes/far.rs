@@ -1,0 +1,209 @@
+//! The far side the kernel-backed modes share (the tap modes and `direct-vf`): the `rx`
+//! injector, the draining of frames a device left unread, and the `rr` run with a second,
+//! echoing guest whose problems and drops become the run's own.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use engine::device::{Device, DeviceSpec};
+use engine::worker::WorkerConfig;
+use guest_sim::traffic::Workload;
+use vring::frame;
+
+use crate::pair::{self, PairConfig, RunOutcome};
+use crate::topology::{self, Netns};
+
+/// Test frames waiting in `fd` (non-blocking) when the device stopped: read and counted, so
+/// they are accounted rather than lost. Each read is one frame preceded by `hdr_len` bytes of
+/// header (12 on a tap fd, 0 on a raw packet socket). Frames of the network itself, if any,
+/// are not ours to count.
+pub(crate) fn drain(fd: &File, hdr_len: usize) -> u64 {
+    let mut buf = vec![0u8; 65_600];
+    let mut n = 0;
+    while let Ok(len) = (&*fd).read(&mut buf) {
+        if len > hdr_len && frame::seq(&buf[hdr_len..len]).is_some() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// What an [`Injector`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Injected {
+    /// Frames the kernel accepted (numbered `0..sent`).
+    pub sent: u64,
+    /// Sends refused with `ENOBUFS` (the interface's transmit dropped the frame) and retried
+    /// with the same frame. The kernel counts each in the interface's `tx_dropped`, but no
+    /// frame was lost: subtract them from that counter.
+    pub pushed_back: u64,
+}
+
+impl Injected {
+    /// `tx_dropped` of the interface the injector sent on, less the refusals it retried:
+    /// frames the interface accepted and then dropped.
+    pub fn dropped_after_send(&self, tx_dropped: u64) -> u64 {
+        tx_dropped.saturating_sub(self.pushed_back)
+    }
+}
+
+/// Sends numbered test frames out of an interface from a packet socket until stopped (at
+/// `rate_pps` if given, else as fast as the kernel takes them).
+pub(crate) struct Injector {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    pushed_back: Arc<AtomicU64>,
+    thread: JoinHandle<Result<()>>,
+}
+
+impl Injector {
+    /// Starts injecting into `ifname` in `ns`.
+    pub fn start(
+        ns: &Netns,
+        ifname: &str,
+        frame_len: usize,
+        rate_pps: Option<u64>,
+    ) -> Result<Self> {
+        let sock = topology::packet_socket(ns, ifname, false)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let pushed_back = Arc::new(AtomicU64::new(0));
+        let (stop2, sent2, back2) = (stop.clone(), sent.clone(), pushed_back.clone());
+        let what = format!("injecting into {ifname}");
+        let thread = std::thread::Builder::new()
+            .name("inject".into())
+            .spawn(move || {
+                // Not pinned: on either core it would starve that core's thread (pinned to the
+                // vCPU's core the guest cannot repost buffers). On two cores the three threads
+                // share; `rx` numbers here measure that contention too (see README).
+                let mut f = vec![0u8; frame_len.max(frame::MIN_FRAME)];
+                frame::fill(&mut f, 0, 0);
+                let t0 = Instant::now();
+                let mut seq = 0u64;
+                let mut back = 0u64;
+                while !stop2.load(Ordering::Relaxed) {
+                    if let Some(pps) = rate_pps {
+                        let due = (t0.elapsed().as_nanos() * pps as u128 / 1_000_000_000) as u64;
+                        if seq >= due {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                    }
+                    frame::stamp(&mut f, seq, 0);
+                    match (&sock).write(&f) {
+                        Ok(_) => {
+                            seq += 1;
+                            sent2.store(seq, Ordering::Relaxed);
+                        }
+                        // The device's queue is full: the kernel pushes back; try again.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            back += 1;
+                            back2.store(back, Ordering::Relaxed);
+                            std::thread::yield_now()
+                        }
+                        Err(e) => return Err(anyhow!(e).context(what)),
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(Injector {
+            stop,
+            sent,
+            pushed_back,
+            thread,
+        })
+    }
+
+    /// Stops it and says what it did.
+    pub fn stop(self) -> Result<Injected> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("injector panicked"))??;
+        Ok(Injected {
+            sent: self.sent.load(Ordering::Relaxed),
+            pushed_back: self.pushed_back.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One `rx` run: an [`Injector`] sends into `ifname` while the device started by
+/// `start_device` serves the guest. The outcome's `injected` is what the injector sent; the
+/// [`Injected`] is returned too, for the caller's accounting of the interface's drops.
+pub(crate) fn run_injected(
+    ns: &Netns,
+    ifname: &str,
+    cfg: &PairConfig,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Device>,
+) -> Result<(RunOutcome, Injected)> {
+    // The injector starts with the guest and stops when the guest stops generating.
+    let inj = Injector::start(ns, ifname, cfg.frame_len, cfg.rate_pps)?;
+    let running = match pair::start(cfg, 0, start_device) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = inj.stop();
+            return Err(e);
+        }
+    };
+    std::thread::sleep(cfg.duration);
+    // Join the guest and its device before reporting an injector failure, so nothing is left
+    // running when the namespace goes.
+    let injected = inj.stop();
+    let mut o = running.join()?;
+    let injected = injected?;
+    o.injected = Some(injected.sent);
+    Ok((o, injected))
+}
+
+/// One `rr` run: a second guest (device 1, [`Workload::Echo`]) on the device `start_far`
+/// starts echoing every frame back, then the measured guest runs on `start_near`. The far
+/// guest's errors become notes of the outcome, its drops the outcome's drops (`echo_*`).
+pub(crate) fn run_with_echo(
+    cfg: &PairConfig,
+    start_near: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Device>,
+    start_far: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Device>,
+) -> Result<RunOutcome> {
+    let echo_cfg = PairConfig {
+        workload: Workload::Echo,
+        duration: cfg.duration + Duration::from_secs(5),
+        ..cfg.clone()
+    };
+    let echo = pair::start(&echo_cfg, 1, start_far)?;
+    let res = pair::run(cfg, start_near);
+    echo.stop();
+    let e = echo.join()?;
+    let mut o = res?;
+    // The far guest's problems are this run's problems.
+    for (what, err) in [
+        ("echo guest", &e.guest.error),
+        ("echo device", &e.worker.fatal),
+    ] {
+        if let Some(err) = err {
+            o.notes.push(format!("{what}: {err}"));
+        }
+    }
+    for f in &e.worker.queue_failures {
+        o.notes.push(format!("echo device: {f}"));
+    }
+    if e.guest.echo_dropped > 0 {
+        o.extra_drops
+            .push(("echo_no_tx_buffer".into(), e.guest.echo_dropped));
+    }
+    // The far side's own drops are this run's too.
+    for (reason, n) in e.drops_by_reason() {
+        o.extra_drops.push((format!("echo_{reason}"), n));
+    }
+    Ok(o)
+}
+
+/// Adds `(reason, n)` to the outcome's drops if `n` is not zero.
+pub(crate) fn add_drops(o: &mut RunOutcome, reason: &str, n: u64) {
+    if n > 0 {
+        o.extra_drops.push((reason.into(), n));
+    }
+}
