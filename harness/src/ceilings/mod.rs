@@ -1,7 +1,7 @@
 //! The machine's ceilings: what the same work costs with no device around it, measured the way
 //! the engine is measured. `vhostbench limits` prints them; `run` measures each combination's own
 //! ceiling in the same invocation and puts the combination against it. A ceiling is a
-//! [`Ceiling`]; its measuring code is in the private modules `ring`, `rtt` and `tap`.
+//! [`Ceiling`]; its measuring code is in the private modules `ring`, `rtt`, `tap` and `vf`.
 //!
 //! Every limit but the tap ones runs a producer (or requester) pinned to [`VCPU_CORE`](crate::pin::VCPU_CORE) and a
 //! consumer (or responder) pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE), threads named `limit-*`; the tap limits
@@ -27,9 +27,14 @@
 //! - `tap_uring_64`, `tap_uring_1500` (Mpps): the same frames written with io_uring, batches of
 //!   64 `WRITE` SQEs on a registered (fixed) file and one `submit_and_wait` per batch, every
 //!   completion checked to equal the frame length.
+//! - `packet_write_64`, `packet_write_1500`, `packet_uring_64`, `packet_uring_1500` (Mpps): the
+//!   same two loops with bare frames (no header) on the socket `direct-vf`'s backend gets (a
+//!   raw `AF_PACKET` socket bound to a VF end of a one-VF pool), counted by the wire end's
+//!   receive counter.
 //!
-//! The tap ceilings need root ([`crate::topology::probe`]): [`Ceiling::needs_tap`] says which;
-//! measuring one without it fails with the reason. Each creates and deletes its own namespace.
+//! The tap and VF ceilings need root ([`crate::topology::probe`]):
+//! [`Ceiling::needs_privileges`] says which; measuring one without it fails with the reason.
+//! Each creates and deletes its own namespace.
 //!
 //! Every loop verifies what it transfers (sequence numbers, stamps in the packet bytes,
 //! eventfd counts, write lengths and the tap's receive counter); a mismatch is an error. The
@@ -39,6 +44,7 @@
 mod ring;
 mod rtt;
 mod tap;
+mod vf;
 
 use std::fmt;
 use std::str::FromStr;
@@ -84,6 +90,17 @@ pub enum Ceiling {
         /// Frame bytes.
         size: u32,
     },
+    /// One `write(2)` per bare `size`-byte frame on a raw packet socket bound to a VF, counted
+    /// at the VF's wire end (Mpps): `direct-vf`'s kernel I/O with no device around it.
+    PacketWrite {
+        /// Frame bytes.
+        size: u32,
+    },
+    /// The same frames in io_uring batches of 64 on a fixed file (Mpps).
+    PacketUring {
+        /// Frame bytes.
+        size: u32,
+    },
 }
 
 impl Ceiling {
@@ -108,6 +125,20 @@ impl Ceiling {
             .then_some(Ceiling::TapUring { size })
     }
 
+    /// [`Ceiling::PacketWrite`] of `size`, if a VF takes that size (30..=1514).
+    pub fn packet_write(size: u32) -> Option<Ceiling> {
+        TAP_SIZES
+            .contains(&size)
+            .then_some(Ceiling::PacketWrite { size })
+    }
+
+    /// [`Ceiling::PacketUring`] of `size`, if a VF takes that size (30..=1514).
+    pub fn packet_uring(size: u32) -> Option<Ceiling> {
+        TAP_SIZES
+            .contains(&size)
+            .then_some(Ceiling::PacketUring { size })
+    }
+
     /// What `vhostbench limits` measures by default, in the order it reports them.
     pub fn standard() -> Vec<Ceiling> {
         vec![
@@ -120,6 +151,10 @@ impl Ceiling {
             Ceiling::TapWrite { size: 1500 },
             Ceiling::TapUring { size: 64 },
             Ceiling::TapUring { size: 1500 },
+            Ceiling::PacketWrite { size: 64 },
+            Ceiling::PacketWrite { size: 1500 },
+            Ceiling::PacketUring { size: 64 },
+            Ceiling::PacketUring { size: 1500 },
         ]
     }
 
@@ -132,6 +167,8 @@ impl Ceiling {
             Ceiling::BlockingWakeRtt => "blocking_wake_rtt".into(),
             Ceiling::TapWrite { size } => format!("tap_write_{size}"),
             Ceiling::TapUring { size } => format!("tap_uring_{size}"),
+            Ceiling::PacketWrite { size } => format!("packet_write_{size}"),
+            Ceiling::PacketUring { size } => format!("packet_uring_{size}"),
         }
     }
 
@@ -163,14 +200,27 @@ impl Ceiling {
         match *self {
             Ceiling::SpscCopy { size }
             | Ceiling::TapWrite { size }
-            | Ceiling::TapUring { size } => Some(size),
+            | Ceiling::TapUring { size }
+            | Ceiling::PacketWrite { size }
+            | Ceiling::PacketUring { size } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
     }
 
-    /// Whether it needs a tap (root and `/dev/net/tun`).
+    /// Whether it needs privileges (root: a tap, or a VF pool in a namespace).
+    pub fn needs_privileges(&self) -> bool {
+        matches!(
+            self,
+            Ceiling::TapWrite { .. }
+                | Ceiling::TapUring { .. }
+                | Ceiling::PacketWrite { .. }
+                | Ceiling::PacketUring { .. }
+        )
+    }
+
+    /// [`Ceiling::needs_privileges`], under the name `main.rs` knows it by.
     pub fn needs_tap(&self) -> bool {
-        matches!(self, Ceiling::TapWrite { .. } | Ceiling::TapUring { .. })
+        self.needs_privileges()
     }
 
     /// Measures it `repeat` times for `duration` each: one [`LimitResult`] per row
@@ -210,6 +260,14 @@ impl Ceiling {
                     repeat,
                     tap::uring_once,
                 )?)
+            }
+            Ceiling::PacketWrite { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                one(vf::measure(&name, size, duration, repeat, tap::write_once)?)
+            }
+            Ceiling::PacketUring { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                one(vf::measure(&name, size, duration, repeat, tap::uring_once)?)
             }
         }
     }
@@ -258,13 +316,15 @@ impl FromStr for Ceiling {
             "blocking_wake_rtt" => Some(Ceiling::BlockingWakeRtt),
             _ => sized("spsc_copy_", Ceiling::spsc_copy)
                 .or_else(|| sized("tap_write_", Ceiling::tap_write))
-                .or_else(|| sized("tap_uring_", Ceiling::tap_uring)),
+                .or_else(|| sized("tap_uring_", Ceiling::tap_uring))
+                .or_else(|| sized("packet_write_", Ceiling::packet_write))
+                .or_else(|| sized("packet_uring_", Ceiling::packet_uring)),
         };
         found.ok_or_else(|| {
             format!(
                 "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
                  busy_poll_wake_rtt[_p99], blocking_wake_rtt[_p99], tap_write_<30..1514>, \
-                 tap_uring_<30..1514>)"
+                 tap_uring_<30..1514>, packet_write_<30..1514>, packet_uring_<30..1514>)"
             )
         })
     }
@@ -318,7 +378,7 @@ mod tests {
     fn every_ceiling_measures_something() {
         let can_tap = topology::probe().can_run;
         for c in Ceiling::standard() {
-            if c.needs_tap() && !can_tap {
+            if c.needs_privileges() && !can_tap {
                 eprintln!("skipping {c}: {}", topology::probe().summary());
                 continue;
             }
@@ -340,6 +400,7 @@ mod tests {
         for c in Ceiling::standard().into_iter().chain([
             Ceiling::SpscCopy { size: 9000 },
             Ceiling::TapUring { size: 30 },
+            Ceiling::PacketUring { size: 1514 },
         ]) {
             for row in c.rows() {
                 assert_eq!(row.parse::<Ceiling>(), Ok(c), "{row}");
@@ -352,6 +413,8 @@ mod tests {
             "tap_write_9000",
             "spsc_handoff_p99",
             "tap_uring_",
+            "packet_write_1515",
+            "packet_uring_29",
         ] {
             let e = bad.parse::<Ceiling>().expect_err(bad);
             assert!(e.contains("known:"), "{e}");
@@ -367,6 +430,8 @@ mod tests {
         assert!(Ceiling::SpscCopy { size: 8 }.measure(d, 1).is_err());
         assert!(Ceiling::TapWrite { size: 8 }.measure(d, 1).is_err());
         assert!(Ceiling::TapUring { size: 9000 }.measure(d, 1).is_err());
+        assert_eq!(Ceiling::packet_write(1515), None);
+        assert!(Ceiling::PacketWrite { size: 29 }.measure(d, 1).is_err());
         let r = Ceiling::SpscCopy { size: 64 }
             .measure(d, 2)
             .expect("measure");
@@ -375,10 +440,13 @@ mod tests {
     }
 
     #[test]
-    fn tap_ceilings_measure_or_give_the_reason() {
+    fn privileged_ceilings_measure_or_give_the_reason() {
         let d = Duration::from_millis(5);
         let p = topology::probe();
-        for c in Ceiling::standard().into_iter().filter(Ceiling::needs_tap) {
+        for c in Ceiling::standard()
+            .into_iter()
+            .filter(Ceiling::needs_privileges)
+        {
             match c.measure(d, 2) {
                 Ok(r) => {
                     assert!(p.can_run);

@@ -5,6 +5,10 @@
 //! `limit-tap`, pinned to the worker's core: the worker's side of tap-vhost / emulated tx with
 //! nothing else to do. Every frame a write accepted must show in the tap's receive counter.
 //!
+//! The write loops and [`measure_on`] take any fd and the interface that counts what it
+//! accepts ([`Target`]), so the raw VF ceilings (`super::vf`) run the same code on a packet
+//! socket.
+//!
 //! The `unsafe` here is io_uring's contract, kept by [`UringWriter`]: the buffers it hands the
 //! kernel stay valid and untouched until their writes complete.
 
@@ -33,9 +37,57 @@ fn require_tap(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One tap repeat: writes frames of `size` to the tap fd for `duration` on the calling
-/// (pinned) thread; returns (frames written, seconds).
-pub(super) type TapOnce = fn(File, usize, Duration) -> anyhow::Result<(u64, f64)>;
+/// One write repeat: writes frames of `size` bytes, each after a `hdr_len`-byte zero header,
+/// to the fd for `duration` on the calling (pinned) thread; returns (frames written, seconds).
+pub(super) type WriteOnce = fn(File, usize, usize, Duration) -> anyhow::Result<(u64, f64)>;
+
+/// Where a write ceiling writes: a fresh fd, the header its frames carry, and the interface
+/// whose receive counter must count every frame a write accepted.
+pub(super) struct Target<'ns> {
+    /// The namespace the interfaces are in.
+    pub ns: &'ns Netns,
+    /// What the writes go to (dup'ed for each repeat).
+    pub file: File,
+    /// Bytes of header before each frame (12 on a tap, 0 on a raw packet socket).
+    pub hdr_len: usize,
+    /// The interface whose `rx_packets` counts the frames.
+    pub counter: String,
+}
+
+/// `repeat` samples (Mpps) of `once` writing `size`-byte frames to `target`, each checked
+/// against the target's receive counter.
+pub(super) fn measure_on(
+    name: &str,
+    target: &Target<'_>,
+    size: usize,
+    duration: Duration,
+    repeat: usize,
+    once: WriteOnce,
+) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let before = topology::link_stats(target.ns, &target.counter)?;
+        let file = target.file.try_clone().context("dup fd")?;
+        let hdr_len = target.hdr_len;
+        let h = spawn_pinned("limit-tap".into(), WORKER_CORE, move || {
+            once(file, hdr_len, size, duration)
+        })
+        .context("spawning limit-tap")?;
+        let (frames, secs) = join(h, "limit-tap")?;
+        let after = topology::link_stats(target.ns, &target.counter)?;
+        // Every frame the writes accepted reached the counter's receive path (the kernel's
+        // count).
+        let counted = after.rx_packets - before.rx_packets;
+        ensure!(
+            counted == frames,
+            "{name}: wrote {frames} frames, {} received {counted}",
+            target.counter
+        );
+        ensure!(secs > 0.0, "{name}: zero elapsed time");
+        samples.push(frames as f64 / secs / 1e6);
+    }
+    Ok(samples)
+}
 
 /// `repeat` samples (Mpps) of `once` writing `size`-byte frames to a fresh tap in a fresh
 /// namespace, each checked against the tap's own receive counter.
@@ -44,63 +96,61 @@ pub(super) fn measure(
     size: usize,
     duration: Duration,
     repeat: usize,
-    once: TapOnce,
+    once: WriteOnce,
 ) -> anyhow::Result<Vec<f64>> {
+    check_size(name, size)?;
+    require_tap(name)?;
+    let ns = Netns::create().with_context(|| format!("{name}: namespace"))?;
+    let tap = topology::open_tap(&ns, LIMIT_TAP, 0).with_context(|| format!("{name}: tap"))?;
+    let target = Target {
+        ns: &ns,
+        file: tap.file.try_clone().context("dup tap fd")?,
+        hdr_len: topology::TAP_VNET_HDR_LEN,
+        counter: tap.name.clone(),
+    };
+    let samples = measure_on(name, &target, size, duration, repeat, once)?;
+    Ok(samples)
+}
+
+/// An error unless a frame of `size` fits an Ethernet MTU of 1500 with its test stamp.
+pub(super) fn check_size(name: &str, size: usize) -> anyhow::Result<()> {
     ensure!(
         (vring::frame::MIN_FRAME..=1514).contains(&size),
         "{name}: frame size {size} outside {}..=1514",
         vring::frame::MIN_FRAME
     );
-    require_tap(name)?;
-    let ns = Netns::create().with_context(|| format!("{name}: namespace"))?;
-    let tap = topology::open_tap(&ns, LIMIT_TAP, 0).with_context(|| format!("{name}: tap"))?;
-    let mut samples = Vec::with_capacity(repeat);
-    for _ in 0..repeat {
-        let before = topology::link_stats(&ns, &tap.name)?;
-        let file = tap.file.try_clone().context("dup tap fd")?;
-        let h = spawn_pinned("limit-tap".into(), WORKER_CORE, move || {
-            once(file, size, duration)
-        })
-        .context("spawning limit-tap")?;
-        let (frames, secs) = join(h, "limit-tap")?;
-        let after = topology::link_stats(&ns, &tap.name)?;
-        // Every frame the writes accepted reached the tap's receive path (the kernel's count).
-        let counted = after.rx_packets - before.rx_packets;
-        ensure!(
-            counted == frames,
-            "{name}: wrote {frames} frames, the tap received {counted}"
-        );
-        ensure!(secs > 0.0, "{name}: zero elapsed time");
-        samples.push(frames as f64 / secs / 1e6);
-    }
-    drop(tap);
-    drop(ns);
-    Ok(samples)
+    Ok(())
 }
 
-/// A 12-byte zero header followed by a test frame of `size` bytes, sequence 0.
-fn tap_frame(size: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; topology::TAP_VNET_HDR_LEN + size];
-    vring::frame::fill(&mut buf[topology::TAP_VNET_HDR_LEN..], 0, 0);
+/// A `hdr_len`-byte zero header followed by a test frame of `size` bytes, sequence 0.
+fn frame_with_header(hdr_len: usize, size: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; hdr_len + size];
+    vring::frame::fill(&mut buf[hdr_len..], 0, 0);
     buf
 }
 
 pub(super) fn write_once(
     file: File,
+    hdr_len: usize,
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64)> {
-    let mut buf = tap_frame(size);
+    let mut buf = frame_with_header(hdr_len, size);
     let mut file = file;
     let t0 = Instant::now();
     let end = t0 + duration;
     let mut seq = 0u64;
     loop {
         for _ in 0..BATCH {
-            vring::frame::stamp(&mut buf[topology::TAP_VNET_HDR_LEN..], seq, 0);
-            let n = file
-                .write(&buf)
-                .with_context(|| format!("write of frame {seq}"))?;
+            vring::frame::stamp(&mut buf[hdr_len..], seq, 0);
+            let n = loop {
+                match file.write(&buf) {
+                    // A non-blocking socket whose device pushed back: the same frame again
+                    // (not counted: the receive counter does not see it either).
+                    Err(e) if pushed_back(&e) => std::hint::spin_loop(),
+                    r => break r.with_context(|| format!("write of frame {seq}"))?,
+                }
+            };
             ensure!(
                 n == buf.len(),
                 "frame {seq}: wrote {n} of {} bytes",
@@ -115,12 +165,19 @@ pub(super) fn write_once(
     Ok((seq, t0.elapsed().as_secs_f64()))
 }
 
+/// Whether a write failed because the device pushed back (`EAGAIN` on a non-blocking
+/// socket, `ENOBUFS` from a transmit that dropped the frame): retry it.
+fn pushed_back(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS))
+}
+
 pub(super) fn uring_once(
     file: File,
+    hdr_len: usize,
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<(u64, f64)> {
-    let frame = tap_frame(size);
+    let frame = frame_with_header(hdr_len, size);
     let mut w = UringWriter::new(file, BATCH as usize, frame.len()).context("io_uring")?;
     for i in 0..BATCH as usize {
         w.buf_mut(i)
@@ -133,7 +190,7 @@ pub(super) fn uring_once(
     loop {
         for i in 0..BATCH as usize {
             let buf = w.buf_mut(i).context("io_uring buffer")?;
-            vring::frame::stamp(&mut buf[topology::TAP_VNET_HDR_LEN..], seq, 0);
+            vring::frame::stamp(&mut buf[hdr_len..], seq, 0);
             seq += 1;
         }
         w.write_all()
