@@ -5,7 +5,7 @@
 //! | [`null`] | the engine alone | vhost worker | null backend (no kernel I/O) |
 //! | [`emulated`] | QEMU `-net tap` | QEMU-style event loop (epoll, a syscall per frame) | tap in a private namespace ([`tap`]) |
 //! | [`tap_vhost`] | `-net tap,vhost=on` | vhost worker (io_uring, batches, busy poll) | the same tap topology |
-//! | [`direct_vf`] | vhost on an SR-IOV VF | vhost worker | not built yet |
+//! | [`direct_vf`] | vhost on an SR-IOV VF (raw packet socket backend) | vhost worker | a VF from a pool ([`crate::topology::VfPool`]) in a private namespace |
 //!
 //! A mode is a [`Mode`]: its name, what it needs from the host, the ceiling each of its
 //! combinations is compared with, and how one run of it is built. Adding a mode is one file
@@ -13,6 +13,7 @@
 
 pub mod direct_vf;
 pub mod emulated;
+mod far;
 pub mod null;
 pub mod tap;
 pub mod tap_vhost;
@@ -206,6 +207,7 @@ mod tests {
             },
             taps,
             io_uring: can_run,
+            vfs: can_run,
         }
     }
 
@@ -253,6 +255,6 @@ mod tests {
         // Asked twice, run once.
         let null = Selector::One(&null::Null);
         let r = resolve(&[null, Selector::All, null], &host(true, true)).expect("all");
-        assert_eq!(names(&r), ["null", "emulated", "tap-vhost"]);
+        assert_eq!(names(&r), ["null", "emulated", "tap-vhost", "direct-vf"]);
     }
 }

@@ -202,6 +202,7 @@ mod tests {
             reasons: vec![],
             taps: true,
             io_uring: true,
+            vfs: true,
         }
     }
 
@@ -213,12 +214,13 @@ mod tests {
         };
         let p = Plan::new(&args, &host(), 2).expect("plan");
         let names: Vec<&str> = p.modes.run.iter().map(|m| m.name()).collect();
-        assert_eq!(names, ["null", "emulated", "tap-vhost"]);
-        assert!(p.modes.skipped.iter().any(|s| s.starts_with("direct-vf")));
-        // rr with polling across the bridge needs four cores: left out for both tap modes.
-        assert_eq!(p.left_out.len(), 2 * 2, "{:?}", p.left_out);
+        assert_eq!(names, ["null", "emulated", "tap-vhost", "direct-vf"]);
+        assert!(p.modes.skipped.is_empty());
+        // rr with polling across a bridge or the PF's switch needs four cores: left out for
+        // both tap modes and direct-vf.
+        assert_eq!(p.left_out.len(), 3 * 2, "{:?}", p.left_out);
         assert!(p.left_out.iter().all(|s| s.contains("/rr/")));
-        assert_eq!(p.combos.len(), 3 * 3 * 2 * 2 - 4);
+        assert_eq!(p.combos.len(), 4 * 3 * 2 * 2 - 6);
         // With four cores nothing is left out.
         assert!(Plan::new(&args, &host(), 4)
             .expect("plan")
@@ -237,9 +239,11 @@ mod tests {
                 "spsc_copy_64",
                 "tap_write_64",
                 "tap_uring_64",
+                "packet_write_64",
                 "spsc_copy_1500",
                 "tap_write_1500",
                 "tap_uring_1500",
+                "packet_write_1500",
                 "busy_poll_wake_rtt",
             ]
         );

@@ -3,6 +3,9 @@
 use std::fs::{self, OpenOptions};
 use std::process::{Command, Stdio};
 
+use std::sync::OnceLock;
+
+use super::netns::Netns;
 use super::sys;
 
 /// `CAP_NET_ADMIN`: create taps and bridges, configure links.
@@ -22,6 +25,9 @@ pub struct Privileges {
     pub taps: bool,
     /// io_uring is usable (the `tap-vhost` worker needs it).
     pub io_uring: bool,
+    /// A VF pool can be built and served (privileges, `ip`, veth pairs, io_uring), whatever
+    /// `/dev/net/tun` says: the `direct-vf` mode needs no more.
+    pub vfs: bool,
 }
 
 impl Privileges {
@@ -34,7 +40,8 @@ impl Privileges {
 /// Checks what the tap modes need: effective uid 0 or `CAP_NET_ADMIN` in the effective set,
 /// and `CAP_SYS_ADMIN` (for `setns` and `ip netns add`; root has it unless a container dropped
 /// it); `/dev/net/tun` openable; io_uring usable (`/proc/sys/kernel/io_uring_disabled` not 2,
-/// and a 2-entry ring can be created); the `ip` command (iproute2). Cheap, and changes nothing.
+/// and a 2-entry ring can be created); the `ip` command (iproute2); veth pairs (tried once per
+/// process in a namespace of its own, which is deleted at once). Cheap, and leaves nothing.
 pub fn probe() -> Privileges {
     let mut reasons = Vec::new();
 
@@ -92,12 +99,43 @@ pub fn probe() -> Privileges {
     }
 
     let taps = taps_before_uring == 0 && ip_ok;
+    // Everything but the tun device: what a VF pool needs before veth can be tried.
+    let admin = ip_ok && !reasons.iter().any(|r| !r.contains("/dev/net/tun"));
+    let veth = if admin { veth_works() } else { Ok(()) };
+    if let Err(why) = &veth {
+        reasons.push(why.clone());
+    }
     Privileges {
         can_run: reasons.is_empty(),
         reasons,
         taps,
         io_uring,
+        vfs: admin && veth.is_ok(),
     }
+}
+
+/// Whether a veth pair can be created (in a namespace of its own, deleted at once). The
+/// kernel's answer cannot change while the process runs, so it is asked once.
+fn veth_works() -> Result<(), String> {
+    static ANSWER: OnceLock<Result<(), String>> = OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            let ns = Netns::create().map_err(|e| format!("cannot create a namespace: {e:#}"))?;
+            ns.ip(&[
+                "link",
+                "add",
+                "name",
+                "vhbprobe0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "vhbprobe1",
+            ])
+            .map(drop)
+            .map_err(|e| format!("cannot create a veth pair: {e:#}"))
+        })
+        .clone()
 }
 
 /// `CapEff:` of a `/proc/<pid>/status` text.
