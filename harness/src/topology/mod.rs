@@ -22,12 +22,14 @@
 //! [`probe`] says whether this host allows any of it. All `unsafe` of the layer (`setns`,
 //! `ioctl`, sockets) is in the private `sys` module.
 
+mod macvtap;
 mod netns;
 mod probe;
 mod sys;
 mod tap;
 mod vf_pool;
 
+pub use macvtap::open_macvtap;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
 pub use probe::{probe, Privileges};
 pub use tap::{

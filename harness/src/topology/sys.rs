@@ -101,6 +101,16 @@ pub(crate) fn tun_set_iff(tun: &File, name: &str, flags: c_int) -> io::Result<St
     Ok(ifreq_name(&req))
 }
 
+/// `TUNGETIFF`: the name of the interface a tun, tap or macvtap fd is attached to.
+pub(crate) fn tun_get_iff(tun: &File) -> io::Result<String> {
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one `struct ifreq`; `req` is a valid, writable ifreq that
+    // outlives the call, and `tun` is a live descriptor.
+    cvt(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNGETIFF as _, &mut req) })?;
+    Ok(ifreq_name(&req))
+}
+
 /// `TUNSETVNETHDRSZ`: the size of the virtio-net header before every frame on the fd.
 pub(crate) fn tun_set_vnet_hdr_sz(tun: &File, size: c_int) -> io::Result<()> {
     // SAFETY: TUNSETVNETHDRSZ reads one `int` through the pointer; `size` lives across the call.
