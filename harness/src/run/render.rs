@@ -43,6 +43,16 @@ fn vs_emulated(doc: &Results, r: &Record) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Drops of a row, and their share of what was offered (`sent`: what the guest posted, or
+/// what the far side injected for `rx`).
+fn drops(r: &Record) -> String {
+    let n: u64 = r.dropped.values().sum();
+    if n == 0 || r.sent == 0 {
+        return n.to_string();
+    }
+    format!("{n} ({}%)", fmt_num(n as f64 / r.sent as f64 * 100.0))
+}
+
 /// The side-by-side table.
 pub fn render(doc: &Results) -> String {
     let mut t = Table::new(&[
@@ -95,7 +105,7 @@ pub fn render(doc: &Results) -> String {
             us(&r.rtt_p50_ns),
             us(&r.rtt_p99_ns),
             us(&r.rtt_p999_ns),
-            r.dropped.values().sum::<u64>().to_string(),
+            drops(r),
             r.lost.to_string(),
         ]);
     }
@@ -104,12 +114,14 @@ pub fn render(doc: &Results) -> String {
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
          % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
          rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
-         tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches).\n\
+         tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches);\n\
+         direct-vf vs a VF's packet socket written a frame per write(2) (packet_write_N).\n\
          Each ratio is taken per repeat, against the ceiling measured right before it ran; the\n\
          median is shown.\n\
          x emulated: a vhost mode's throughput / emulated's, same row otherwise. ns/pkt: thread CPU time\n\
          per packet. kicks: guest eventfd writes (VM exits); calls: worker interrupts.\n\
          chains/batch: chains the worker moved per used-ring publish (how full its batches were).\n\
+         drops: frames dropped, by any reason, and their share of the frames offered (sent).\n\
          poll us: worker busy-poll window; +g: the guest polls its rings too.\n",
     );
     if let Some(r) = doc.records.iter().find(|r| r.modeled_exit_cost_ns > 0) {

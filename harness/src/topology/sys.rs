@@ -235,6 +235,42 @@ pub(crate) fn packet_stats(sock: &impl AsFd) -> io::Result<(u32, u32)> {
     Ok((st.tp_packets, st.tp_drops))
 }
 
+/// `sendmmsg(2)`: sends `frames` on a bound packet socket, one message each, in one call.
+/// Returns how many were sent (a prefix of `frames`); an error only if none was.
+pub(crate) fn send_frames(sock: &impl AsFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let mut iovs: Vec<libc::iovec> = frames
+        .iter()
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: `msghdr` is plain old data; all-zero is a valid value (no name, no
+            // control data).
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let n = u32::try_from(msgs.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many frames"))?;
+    // SAFETY: `msgs` holds `n` valid headers, each pointing at one iovec of `iovs` that points
+    // at a frame of `frames`; all three outlive the call, and the kernel only reads the frames
+    // and writes `msg_len`.
+    let r = unsafe { libc::sendmmsg(sock.as_fd().as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
 /// Waits up to `timeout` for `fd` to become readable; `Ok(false)` on timeout. An interrupted
 /// wait counts as a timeout (the caller re-checks its deadline).
 pub(crate) fn wait_readable(fd: &impl AsFd, timeout: Duration) -> io::Result<bool> {

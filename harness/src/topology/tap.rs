@@ -188,6 +188,12 @@ pub fn packet_socket_drops(sock: &impl AsFd) -> std::io::Result<u64> {
     Ok(u64::from(sys::packet_stats(sock)?.1))
 }
 
+/// Sends `frames` out of the interface `sock` is bound to in one `sendmmsg(2)`; returns how
+/// many went (a prefix). An error only if none did (`ENOBUFS`: the interface pushed back).
+pub fn send_frames(sock: &impl AsFd, frames: &[&[u8]]) -> std::io::Result<usize> {
+    sys::send_frames(sock, frames)
+}
+
 /// Waits up to `timeout` for `fd` to be readable (`poll`); `false` on timeout.
 pub fn wait_readable(fd: &impl AsFd, timeout: Duration) -> std::io::Result<bool> {
     sys::wait_readable(fd, timeout)
