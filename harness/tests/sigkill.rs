@@ -49,10 +49,16 @@ fn sigkilled_run_leaves_a_namespace_the_next_start_removes() {
         .expect("spawn vhostbench");
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while namespaces_of(pid).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    // The ceilings measured before the run make and delete short-lived namespaces of their
+    // own: wait for one that lasts (the 30-second run's), so the kill finds it still there.
+    let mut left = Vec::new();
+    let mut seen = namespaces_of(pid);
+    while left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = namespaces_of(pid);
+        left = now.iter().filter(|n| seen.contains(n)).cloned().collect();
+        seen = now;
     }
-    let left = namespaces_of(pid);
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     assert!(!left.is_empty(), "the run never created a namespace");
