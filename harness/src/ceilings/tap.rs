@@ -90,7 +90,8 @@ pub(super) fn measure_on(
 }
 
 /// `repeat` samples (Mpps) of `once` writing `size`-byte frames to a fresh tap in a fresh
-/// namespace, each checked against the tap's own receive counter.
+/// namespace, wired as the tap modes wire theirs (a port of a bridge with an uplink), each
+/// checked against the uplink's wire end, which must receive every frame.
 pub(super) fn measure(
     name: &str,
     size: usize,
@@ -102,11 +103,13 @@ pub(super) fn measure(
     require_tap(name)?;
     let ns = Netns::create().with_context(|| format!("{name}: namespace"))?;
     let tap = topology::open_tap(&ns, LIMIT_TAP, 0).with_context(|| format!("{name}: tap"))?;
+    topology::bridge_with_uplink(&ns, "br0", &[LIMIT_TAP])
+        .with_context(|| format!("{name}: bridge"))?;
     let target = Target {
         ns: &ns,
         file: tap.file.try_clone().context("dup tap fd")?,
         hdr_len: topology::TAP_VNET_HDR_LEN,
-        counter: tap.name.clone(),
+        counter: topology::UPLINK_WIRE.into(),
     };
     let samples = measure_on(name, &target, size, duration, repeat, once)?;
     Ok(samples)

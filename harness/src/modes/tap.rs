@@ -1,11 +1,14 @@
 //! The tap topology the tap modes share (`emulated` and `tap-vhost`: a [`TapDevice`] each).
 //!
-//! Tap topologies, built fresh in a namespace per run and deleted after it:
-//! - `tx`: one tap; the kernel consumes what the guest sends (not addressed to it: dropped).
-//! - `rx`: one tap; an injector thread sends numbered frames into it from a packet socket, so
-//!   they come out of the tap fd towards the guest.
-//! - `rr`: two taps on a bridge, a second guest on the far one echoing every frame back
-//!   (libvirt `type='bridge'`).
+//! Tap topologies, built fresh in a namespace per run and deleted after it, as libvirt's
+//! `type='bridge'` wires a tap: the tap is a port of bridge `br0`, whose uplink is a veth pair
+//! (`up0` on the bridge, `upw0` the wire end) — the same kind of wire end a `direct-vf` VF's
+//! frames cross to, so the two compare backend paths, not sinks:
+//! - `tx`: frames cross the bridge and the uplink to the wire end, whose receive counter must
+//!   count every frame the device sent; the namespace's stack consumes them there.
+//! - `rx`: an injector sends numbered frames into the wire end; they cross the uplink and the
+//!   bridge and come out of the tap fd towards the guest.
+//! - `rr`: a second tap on the same bridge, a second guest on it echoing every frame back.
 
 use std::fs::File;
 
@@ -52,24 +55,44 @@ pub fn run_tap(dev: &dyn TapDevice, cfg: &PairConfig) -> Result<RunOutcome> {
     let tap0 = topology::open_tap(&ns, "tap0", offloads)?;
     let keep0 = dup(&tap0)?;
     let hdr = topology::TAP_VNET_HDR_LEN;
+    let wire = topology::UPLINK_WIRE;
     let mut out = match cfg.workload {
-        Workload::Tx | Workload::Echo => pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w))?,
+        Workload::Tx | Workload::Echo => {
+            topology::bridge_with_uplink(&ns, "br0", &["tap0"])?;
+            let before = topology::link_stats(&ns, wire)?;
+            let mut o = pair::run(cfg, |spec, w| dev.start(tap0.file, spec, w))?;
+            let after = topology::link_stats(&ns, wire)?;
+            // Every frame the tap took crossed the bridge to the wire end (a veth counts a
+            // frame at the far end when it hands it over).
+            let arrived = after.rx_packets - before.rx_packets;
+            let sent = engine::metrics::get(&o.metrics.tx.packets);
+            if arrived != sent {
+                o.notes.push(format!(
+                    "the device sent {sent} frames, the uplink's wire end received {arrived}"
+                ));
+            }
+            o
+        }
         Workload::Rx => {
+            topology::bridge_with_uplink(&ns, "br0", &["tap0"])?;
             let (mut o, injected) =
-                far::run_injected(&ns, "tap0", cfg, |spec, w| dev.start(tap0.file, spec, w))?;
-            // The injector sends out of tap0: its refusals (retried) are in tap0's tx_dropped.
-            let tx_dropped = topology::link_stats(&ns, "tap0")?.tx_dropped;
+                far::run_injected(&ns, wire, cfg, |spec, w| dev.start(tap0.file, spec, w))?;
+            // The injector sends out of the wire end: its retried refusals are in that end's
+            // tx_dropped; frames the bridge could not queue to the tap are the tap's.
+            let tx_dropped = topology::link_stats(&ns, wire)?.tx_dropped;
             far::add_drops(
                 &mut o,
-                "tap_queue_full",
+                "wire_queue_full",
                 injected.dropped_after_send(tx_dropped),
             );
+            let tap_full = topology::link_stats(&ns, "tap0")?.tx_dropped;
+            far::add_drops(&mut o, "tap_queue_full", tap_full);
             o
         }
         Workload::Rr => {
             let tap1 = topology::open_tap(&ns, "tap1", offloads)?;
             let keep1 = dup(&tap1)?;
-            topology::bridge(&ns, "br0", &["tap0", "tap1"])?;
+            topology::bridge_with_uplink(&ns, "br0", &["tap0", "tap1"])?;
             let mut o = far::run_with_echo(
                 cfg,
                 |spec, w| dev.start(tap0.file, spec, w),

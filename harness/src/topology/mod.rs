@@ -33,9 +33,9 @@ pub use macvtap::open_macvtap;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
 pub use probe::{probe, Privileges};
 pub use tap::{
-    bridge, check_ifname, link_stats, open_tap, packet_socket, packet_socket_drops,
-    packet_socket_with, send_frames, wait_readable, LinkStats, PacketOptions, Tap, MAX_IFNAME,
-    PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN,
-    TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
+    bridge, bridge_with_uplink, check_ifname, link_stats, open_tap, packet_socket,
+    packet_socket_drops, packet_socket_with, send_frames, wait_readable, LinkStats, PacketOptions,
+    Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
+    TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6, UPLINK_PORT, UPLINK_WIRE,
 };
 pub use vf_pool::{veths, Vf, VfPool};

@@ -105,8 +105,8 @@ pub fn open_tap(ns: &Netns, name: &str, offload_flags: u32) -> anyhow::Result<Ta
     .with_context(|| format!("opening tap {name} in {}", ns.name()))
 }
 
-/// Creates bridge `name` in `ns` with STP off, forward delay 0 and a 300 s ageing time (so
-/// frames flow as soon as a port is up, and learned addresses stay), enslaves `ports` (with
+/// Creates bridge `name` in `ns` with STP off, forward delay 0, a 300 s ageing time (so
+/// frames flow as soon as a port is up, and learned addresses stay) and no multicast snooping, enslaves `ports` (with
 /// learning and flooding on, the defaults) and sets the bridge up.
 pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
     check_ifname(name)?;
@@ -127,6 +127,10 @@ pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
             "0",
             "ageing_time",
             "30000",
+            // No IGMP snooping: its querier sends membership reports out of every port,
+            // frames no run sent that a wire end's counter would count.
+            "mcast_snooping",
+            "0",
         ])?;
         for p in ports {
             ip(&["link", "set", "dev", p, "master", name])?;
@@ -135,6 +139,39 @@ pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
         Ok(())
     })?
     .with_context(|| format!("bridge {name} over {ports:?} in {}", ns.name()))
+}
+
+/// The port end of a bridge's uplink ([`bridge_with_uplink`]), enslaved to the bridge.
+pub const UPLINK_PORT: &str = "up0";
+/// The wire end of a bridge's uplink: the cable to the rest of the network, where frames the
+/// bridge sends up arrive (and are consumed by the namespace's stack) and where frames for
+/// the bridge's ports are injected.
+pub const UPLINK_WIRE: &str = "upw0";
+
+/// [`bridge`] `name` over `ports` plus an uplink: a veth pair whose [`UPLINK_PORT`] end is a
+/// port of the bridge and whose [`UPLINK_WIRE`] end is the far side, both up. A tap on such a
+/// bridge is wired as libvirt's `type='bridge'` wires it on a host whose uplink is a NIC: its
+/// frames cross the bridge to the same kind of wire end a VF's cross to.
+pub fn bridge_with_uplink(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
+    ns.run_in(|| -> anyhow::Result<()> {
+        ip(&[
+            "link",
+            "add",
+            UPLINK_PORT,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UPLINK_WIRE,
+        ])?;
+        ip(&["link", "set", "dev", UPLINK_WIRE, "up"])?;
+        ip(&["link", "set", "dev", UPLINK_PORT, "up"])?;
+        Ok(())
+    })?
+    .with_context(|| format!("uplink of {name} in {}", ns.name()))?;
+    let mut all: Vec<&str> = ports.to_vec();
+    all.push(UPLINK_PORT);
+    bridge(ns, name, &all)
 }
 
 /// Options of [`packet_socket_with`].
