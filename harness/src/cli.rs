@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
-use serde::Serialize;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use std::str::FromStr;
 
@@ -136,6 +136,40 @@ pub struct RunArgs {
     /// Print only the results JSON on stdout (no table).
     #[arg(long)]
     pub json_only: bool,
+    /// direct-vf: how the worker reaches its VF (default: the fastest measured, chosen by the
+    /// mode).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub vf_backend: Option<VfBackend>,
+    /// direct-vf: the physical function whose pool the VFs come from.
+    #[arg(long, value_name = "NAME", default_value = "pf0", value_parser = parse_ifname)]
+    pub pf: String,
+    /// direct-vf: the pool's VF count, fixed when the pool is made, as `sriov_numvfs` is
+    /// (default: enough for the run).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub vfs: Option<u32>,
+}
+
+/// How `direct-vf`'s worker reaches its VF (`--vf-backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfBackend {
+    /// A raw `AF_PACKET` socket bound to the VF: the socket kind vhost-net accepts.
+    Packet,
+    /// An `AF_XDP` socket on the VF's queue.
+    AfXdp,
+    /// macvtap in passthrough mode on the VF (libvirt's `<interface type='direct'>`).
+    Macvtap,
+}
+
+impl VfBackend {
+    /// Its name on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            VfBackend::Packet => "packet",
+            VfBackend::AfXdp => "af-xdp",
+            VfBackend::Macvtap => "macvtap",
+        }
+    }
 }
 
 impl Default for RunArgs {
@@ -152,6 +186,12 @@ impl Default for RunArgs {
             Err(e) => panic!("RunArgs defaults do not parse: {e}"),
         }
     }
+}
+
+/// A network interface name, as the kernel allows one.
+fn parse_ifname(s: &str) -> Result<String, String> {
+    crate::topology::check_ifname(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 /// A virtqueue size: a power of two from 1 to 32768 (virtio 1.2 §2.7).
@@ -188,6 +228,33 @@ mod tests {
         assert_eq!((a.guest_mem_mb, a.queue_size), (64, 256));
         assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);
         assert_eq!((a.out, a.rate_pps), (None, None));
+        assert_eq!((a.vf_backend, a.pf.as_str(), a.vfs), (None, "pf0", None));
+    }
+
+    #[test]
+    fn direct_vf_options() {
+        let c = Cli::try_parse_from([
+            "vhostbench",
+            "run",
+            "--vf-backend",
+            "af-xdp",
+            "--pf",
+            "ens1f0",
+            "--vfs",
+            "8",
+        ])
+        .expect("parse");
+        let Command::Run(a) = c.into_command() else {
+            panic!("expected run");
+        };
+        assert_eq!(a.vf_backend, Some(VfBackend::AfXdp));
+        assert_eq!((a.pf.as_str(), a.vfs), ("ens1f0", Some(8)));
+        for b in VfBackend::value_variants() {
+            let v = serde_json::to_value(b).expect("serialize");
+            assert_eq!(v, b.name(), "serde and the name agree");
+            let p = b.to_possible_value().expect("value");
+            assert_eq!(p.get_name(), b.name(), "clap and the name agree");
+        }
     }
 
     #[test]
@@ -227,6 +294,9 @@ mod tests {
             &["vhostbench", "limits", "--repeat", "0"],
             &["vhostbench", "--modes", "null", "limits"],
             &["vhostbench", "--modes", "tap"],
+            &["vhostbench", "run", "--vf-backend", "tap"],
+            &["vhostbench", "run", "--pf", "a/b"],
+            &["vhostbench", "run", "--vfs", "0"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
         }
