@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use std::str::FromStr;
@@ -36,12 +37,33 @@ impl Cli {
 }
 
 /// Subcommands.
+// `Run` is much larger than the others; one value is made per process, so boxing it would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the benchmark matrix (modes × workloads × sizes) and write a results file.
     Run(RunArgs),
     /// Measure this machine's ceilings: ring hand-off, copies, wake-up round trips.
     Limits(LimitsArgs),
+    /// Show the mode and settings a libvirt `<interface>` maps to, and why, without running
+    /// anything (`run --interface FILE` runs it).
+    Interface(InterfaceArgs),
+}
+
+/// Options of `vhostbench interface`.
+#[derive(Clone, Debug, Args)]
+pub struct InterfaceArgs {
+    /// A libvirt domain `<interface>` element (or a `<vhostbench>` root holding one
+    /// `<interface>` and one `<network>`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// A libvirt `<network>` definition the interface's `<source network=…>` may name.
+    #[arg(long, value_name = "FILE")]
+    pub network: Option<PathBuf>,
+    /// Probe devices under DIR instead of `/sys` (to try the examples that name devices).
+    #[arg(long, value_name = "DIR")]
+    pub sysfs: Option<PathBuf>,
 }
 
 /// Options of `vhostbench limits`.
@@ -136,6 +158,13 @@ pub struct RunArgs {
     /// Print only the results JSON on stdout (no table).
     #[arg(long)]
     pub json_only: bool,
+    /// Run the mode and settings a libvirt domain `<interface>` element maps to (see
+    /// `vhostbench interface`); options the file also sets must agree with it.
+    #[arg(long, value_name = "FILE")]
+    pub interface: Option<PathBuf>,
+    /// The libvirt `<network>` definition the interface's `<source network=…>` names.
+    #[arg(long, value_name = "FILE", requires = "interface")]
+    pub network: Option<PathBuf>,
     /// direct-vf: how the worker reaches its VF (default: the fastest measured, chosen by the
     /// mode).
     #[arg(long, value_enum, value_name = "BACKEND")]
@@ -188,6 +217,19 @@ impl Default for RunArgs {
     }
 }
 
+/// The ids (field names) of the `run` options given on the command line, from the matches
+/// of the whole command line (`run` given or not): what `run --interface` must not
+/// contradict.
+pub fn given_run_options(matches: &ArgMatches) -> Vec<String> {
+    let m = matches.subcommand_matches("run").unwrap_or(matches);
+    m.ids()
+        // Clap also names the group it makes of the struct's arguments.
+        .filter(|id| id.as_str() != "RunArgs")
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().to_string())
+        .collect()
+}
+
 /// A network interface name, as the kernel allows one.
 fn parse_ifname(s: &str) -> Result<String, String> {
     crate::topology::check_ifname(s).map_err(|e| e.to_string())?;
@@ -229,6 +271,30 @@ mod tests {
         assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);
         assert_eq!((a.out, a.rate_pps), (None, None));
         assert_eq!((a.vf_backend, a.pf.as_str(), a.vfs), (None, "pf0", None));
+    }
+
+    #[test]
+    fn given_options_are_told_from_defaults() {
+        for (line, want) in [
+            (
+                &["vhostbench", "--queue-size", "512"][..],
+                &["queue_size"][..],
+            ),
+            (
+                &["vhostbench", "run", "--no-event-idx", "--modes", "null"],
+                &["event_idx", "modes"],
+            ),
+            (&["vhostbench", "run"], &[]),
+        ] {
+            let m = Cli::command().try_get_matches_from(line).expect("parse");
+            let mut got = given_run_options(&m);
+            got.sort();
+            assert_eq!(got, want, "{line:?}");
+        }
+        let c = Cli::try_parse_from(["vhostbench", "interface", "x.xml", "--network", "n.xml"])
+            .expect("parse");
+        assert!(matches!(c.into_command(), Command::Interface(_)));
+        assert!(Cli::try_parse_from(["vhostbench", "run", "--network", "n.xml"]).is_err());
     }
 
     #[test]
