@@ -19,27 +19,27 @@ fn sysfs() -> SysfsRoot {
 }
 
 /// A host that can run both tap modes, or one with taps but no io_uring (emulated only).
+/// Built field by field from the default, so a field added to `Privileges` later keeps its
+/// default here (hence not a struct literal, which clippy would otherwise prefer).
+#[allow(clippy::field_reassign_with_default)]
 fn host(can_run: bool) -> Privileges {
-    Privileges {
-        can_run,
-        reasons: if can_run {
-            vec![]
-        } else {
-            vec!["io_uring is disabled (kernel.io_uring_disabled = 2)".into()]
-        },
-        taps: true,
-        io_uring: can_run,
+    let mut p = Privileges::default();
+    p.can_run = can_run;
+    if !can_run {
+        p.reasons = vec!["io_uring is disabled (kernel.io_uring_disabled = 2)".into()];
     }
+    p.taps = true;
+    p.io_uring = can_run;
+    p
 }
 
 /// A host with no privileges at all: neither tap mode.
+#[allow(clippy::field_reassign_with_default)]
 fn unprivileged() -> Privileges {
-    Privileges {
-        can_run: false,
-        reasons: vec!["not root (euid 1000) and no CAP_NET_ADMIN in the effective set".into()],
-        taps: false,
-        io_uring: true,
-    }
+    let mut p = Privileges::default();
+    p.reasons = vec!["not root (euid 1000) and no CAP_NET_ADMIN in the effective set".into()];
+    p.io_uring = true;
+    p
 }
 
 fn map_on(file: &str, network: Option<&str>, host: &Privileges) -> Result<Mapping, LibvirtError> {
