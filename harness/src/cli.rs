@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
-use serde::Serialize;
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use std::str::FromStr;
 
@@ -36,12 +37,33 @@ impl Cli {
 }
 
 /// Subcommands.
+// `Run` is much larger than the others; one value is made per process, so boxing it would
+// buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the benchmark matrix (modes × workloads × sizes) and write a results file.
     Run(RunArgs),
     /// Measure this machine's ceilings: ring hand-off, copies, wake-up round trips.
     Limits(LimitsArgs),
+    /// Show the mode and settings a libvirt `<interface>` maps to, and why, without running
+    /// anything (`run --interface FILE` runs it).
+    Interface(InterfaceArgs),
+}
+
+/// Options of `vhostbench interface`.
+#[derive(Clone, Debug, Args)]
+pub struct InterfaceArgs {
+    /// A libvirt domain `<interface>` element (or a `<vhostbench>` root holding one
+    /// `<interface>` and one `<network>`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// A libvirt `<network>` definition the interface's `<source network=…>` may name.
+    #[arg(long, value_name = "FILE")]
+    pub network: Option<PathBuf>,
+    /// Probe devices under DIR instead of `/sys` (to try the examples that name devices).
+    #[arg(long, value_name = "DIR")]
+    pub sysfs: Option<PathBuf>,
 }
 
 /// Options of `vhostbench limits`.
@@ -136,6 +158,47 @@ pub struct RunArgs {
     /// Print only the results JSON on stdout (no table).
     #[arg(long)]
     pub json_only: bool,
+    /// Run the mode and settings a libvirt domain `<interface>` element maps to (see
+    /// `vhostbench interface`); options the file also sets must agree with it.
+    #[arg(long, value_name = "FILE")]
+    pub interface: Option<PathBuf>,
+    /// The libvirt `<network>` definition the interface's `<source network=…>` names.
+    #[arg(long, value_name = "FILE", requires = "interface")]
+    pub network: Option<PathBuf>,
+    /// direct-vf: how the worker reaches its VF (default: the fastest measured, chosen by the
+    /// mode).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub vf_backend: Option<VfBackend>,
+    /// direct-vf: the physical function whose pool the VFs come from.
+    #[arg(long, value_name = "NAME", default_value = "pf0", value_parser = parse_ifname)]
+    pub pf: String,
+    /// direct-vf: the pool's VF count, fixed when the pool is made, as `sriov_numvfs` is
+    /// (default: enough for the run).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub vfs: Option<u32>,
+}
+
+/// How `direct-vf`'s worker reaches its VF (`--vf-backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfBackend {
+    /// A raw `AF_PACKET` socket bound to the VF: the socket kind vhost-net accepts.
+    Packet,
+    /// An `AF_XDP` socket on the VF's queue.
+    AfXdp,
+    /// macvtap in passthrough mode on the VF (libvirt's `<interface type='direct'>`).
+    Macvtap,
+}
+
+impl VfBackend {
+    /// Its name on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            VfBackend::Packet => "packet",
+            VfBackend::AfXdp => "af-xdp",
+            VfBackend::Macvtap => "macvtap",
+        }
+    }
 }
 
 impl Default for RunArgs {
@@ -152,6 +215,25 @@ impl Default for RunArgs {
             Err(e) => panic!("RunArgs defaults do not parse: {e}"),
         }
     }
+}
+
+/// The ids (field names) of the `run` options given on the command line, from the matches
+/// of the whole command line (`run` given or not): what `run --interface` must not
+/// contradict.
+pub fn given_run_options(matches: &ArgMatches) -> Vec<String> {
+    let m = matches.subcommand_matches("run").unwrap_or(matches);
+    m.ids()
+        // Clap also names the group it makes of the struct's arguments.
+        .filter(|id| id.as_str() != "RunArgs")
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().to_string())
+        .collect()
+}
+
+/// A network interface name, as the kernel allows one.
+fn parse_ifname(s: &str) -> Result<String, String> {
+    crate::topology::check_ifname(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 /// A virtqueue size: a power of two from 1 to 32768 (virtio 1.2 §2.7).
@@ -188,6 +270,57 @@ mod tests {
         assert_eq!((a.guest_mem_mb, a.queue_size), (64, 256));
         assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);
         assert_eq!((a.out, a.rate_pps), (None, None));
+        assert_eq!((a.vf_backend, a.pf.as_str(), a.vfs), (None, "pf0", None));
+    }
+
+    #[test]
+    fn given_options_are_told_from_defaults() {
+        for (line, want) in [
+            (
+                &["vhostbench", "--queue-size", "512"][..],
+                &["queue_size"][..],
+            ),
+            (
+                &["vhostbench", "run", "--no-event-idx", "--modes", "null"],
+                &["event_idx", "modes"],
+            ),
+            (&["vhostbench", "run"], &[]),
+        ] {
+            let m = Cli::command().try_get_matches_from(line).expect("parse");
+            let mut got = given_run_options(&m);
+            got.sort();
+            assert_eq!(got, want, "{line:?}");
+        }
+        let c = Cli::try_parse_from(["vhostbench", "interface", "x.xml", "--network", "n.xml"])
+            .expect("parse");
+        assert!(matches!(c.into_command(), Command::Interface(_)));
+        assert!(Cli::try_parse_from(["vhostbench", "run", "--network", "n.xml"]).is_err());
+    }
+
+    #[test]
+    fn direct_vf_options() {
+        let c = Cli::try_parse_from([
+            "vhostbench",
+            "run",
+            "--vf-backend",
+            "af-xdp",
+            "--pf",
+            "ens1f0",
+            "--vfs",
+            "8",
+        ])
+        .expect("parse");
+        let Command::Run(a) = c.into_command() else {
+            panic!("expected run");
+        };
+        assert_eq!(a.vf_backend, Some(VfBackend::AfXdp));
+        assert_eq!((a.pf.as_str(), a.vfs), ("ens1f0", Some(8)));
+        for b in VfBackend::value_variants() {
+            let v = serde_json::to_value(b).expect("serialize");
+            assert_eq!(v, b.name(), "serde and the name agree");
+            let p = b.to_possible_value().expect("value");
+            assert_eq!(p.get_name(), b.name(), "clap and the name agree");
+        }
     }
 
     #[test]
@@ -227,6 +360,9 @@ mod tests {
             &["vhostbench", "limits", "--repeat", "0"],
             &["vhostbench", "--modes", "null", "limits"],
             &["vhostbench", "--modes", "tap"],
+            &["vhostbench", "run", "--vf-backend", "tap"],
+            &["vhostbench", "run", "--pf", "a/b"],
+            &["vhostbench", "run", "--vfs", "0"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
         }

@@ -14,12 +14,16 @@
 //! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
 //!   every exit path; its `sys` module holds its `unsafe` (ioctls, setns). The tap ceiling's
 //!   io_uring writer keeps its own in [`ceilings`].
+//! - [`libvirt`]: a libvirt `<interface>` (and `<network>`) mapped to a mode and settings,
+//!   with the reasons, what was probed, and what is unused or unsupported
+//!   (`vhostbench interface`, `run --interface`).
 //! - [`pin`]: pinned, named threads; [`padded`]: cache-line padding.
 
 pub mod calibrate;
 pub mod ceilings;
 pub mod cli;
 pub mod host;
+pub mod libvirt;
 pub mod modes;
 pub mod padded;
 pub mod pair;

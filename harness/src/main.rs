@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use harness::calibrate::{self, Calibration};
 use harness::ceilings::Ceiling;
-use harness::cli::{Cli, Command, LimitsArgs};
+use harness::cli::{self, Cli, Command, InterfaceArgs, LimitsArgs, RunArgs};
+use harness::libvirt::{self, SysfsRoot};
 use harness::results::{self, CalibrationRecord, Results, UtcTime};
 use harness::stats::{fmt_num, Align, Table};
 use harness::topology;
@@ -18,9 +19,12 @@ use harness::topology;
 const CALIBRATION_ROUND_TRIPS: u64 = 200_000;
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().into_command() {
-        Command::Run(args) => harness::run::main(args),
+    let matches = Cli::command().get_matches();
+    let parsed = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = match parsed.into_command() {
+        Command::Run(args) => run_command(args, &cli::given_run_options(&matches)),
         Command::Limits(args) => limits_command(args),
+        Command::Interface(args) => interface_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +33,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `vhostbench run`: with `--interface`, the mapping is applied and shown first.
+fn run_command(mut args: RunArgs, given: &[String]) -> anyhow::Result<()> {
+    if let Some(m) = libvirt::for_run(&mut args, given)? {
+        for line in m.lines() {
+            println!("interface: {line}");
+        }
+    }
+    harness::run::main(args)
+}
+
+/// `vhostbench interface`: the mapping, line by line; nothing runs. Unsupported items are
+/// warnings here (an error only for `run --interface`).
+fn interface_command(args: &InterfaceArgs) -> anyhow::Result<()> {
+    let sysfs = args
+        .sysfs
+        .clone()
+        .map_or_else(SysfsRoot::default, SysfsRoot::new);
+    let m = libvirt::map_files(
+        &args.file,
+        args.network.as_deref(),
+        &topology::probe(),
+        &sysfs,
+    )?;
+    for line in m.lines() {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// `vhostbench limits`: calibration line, then the ceilings table; optionally a results file.
