@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
+use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand};
+use serde::Serialize;
 
 use std::str::FromStr;
 
 use crate::modes::Selector;
 use crate::results::Workload;
+pub use crate::topology::VfBackend;
 
 /// vhostbench: a userspace vhost-net worker, measured against the alternatives side by side.
 #[derive(Debug, Parser)]
@@ -178,29 +179,6 @@ pub struct RunArgs {
     pub vfs: Option<u32>,
 }
 
-/// How `direct-vf`'s worker reaches its VF (`--vf-backend`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VfBackend {
-    /// A raw `AF_PACKET` socket bound to the VF: the socket kind vhost-net accepts.
-    Packet,
-    /// An `AF_XDP` socket on the VF's queue.
-    AfXdp,
-    /// macvtap in passthrough mode on the VF (libvirt's `<interface type='direct'>`).
-    Macvtap,
-}
-
-impl VfBackend {
-    /// Its name on the command line and in results.
-    pub fn name(self) -> &'static str {
-        match self {
-            VfBackend::Packet => "packet",
-            VfBackend::AfXdp => "af-xdp",
-            VfBackend::Macvtap => "macvtap",
-        }
-    }
-}
-
 impl Default for RunArgs {
     /// The defaults of `vhostbench run` with no options.
     fn default() -> Self {
@@ -251,6 +229,7 @@ fn parse_queue_size(s: &str) -> Result<u16, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use clap::ValueEnum;
 
     #[test]
     fn cli_is_well_formed() {

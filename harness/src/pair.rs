@@ -18,6 +18,7 @@ use guest_sim::traffic::{self, TrafficConfig, TrafficReport, Workload};
 use vring::net::{bit, Features};
 
 use crate::host::{process_rss, Rss};
+use crate::topology::VfOptions;
 
 /// Everything one run of one device needs.
 #[derive(Clone, Debug)]
@@ -58,6 +59,8 @@ pub struct PairConfig {
     pub vcpu_core: Option<usize>,
     /// Core for the worker.
     pub worker_core: Option<usize>,
+    /// Where `direct-vf` takes its VFs from and how it reaches them.
+    pub vf: VfOptions,
 }
 
 impl PairConfig {
@@ -94,6 +97,8 @@ pub struct RunOutcome {
     pub extra_drops: Vec<(String, u64)>,
     /// Problems found around the device (for example in the far guest of a two-guest run).
     pub notes: Vec<String>,
+    /// Which backend the device ran on, where a mode can choose (`direct-vf`'s VF backend).
+    pub backend: Option<&'static str>,
 }
 
 impl RunOutcome {
@@ -341,6 +346,7 @@ impl Running {
             injected: None,
             extra_drops: Vec::new(),
             notes: Vec::new(),
+            backend: None,
         })
     }
 }
@@ -367,6 +373,7 @@ pub(crate) fn test_config(workload: Workload) -> PairConfig {
         exit_cost_ns: 0,
         vcpu_core: None,
         worker_core: None,
+        vf: VfOptions::default(),
     }
 }
 

@@ -16,8 +16,9 @@
 
 use std::fs::File;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use engine::backend::packet::packet_backend;
+use engine::backend::tap::tap_backend;
 use engine::device::{Device, DeviceSpec};
 use engine::worker::{self, WorkerConfig};
 use guest_sim::traffic::Workload as TrafficWorkload;
@@ -27,19 +28,50 @@ use super::Mode;
 use crate::ceilings::Ceiling;
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::results::Workload;
-use crate::topology::{self, Netns, Privileges, VfPool};
-
-/// The PF of a run's pool.
-pub const PF: &str = "pf0";
+use crate::topology::{self, Netns, Privileges, Vf, VfBackend, VfPool};
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct DirectVf;
 
-/// Starts the vhost worker with the packet backend on `sock` (a VF's backend socket).
-fn start(sock: File, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
-    let be = packet_backend(sock, spec.mem.clone(), wcfg.batch).context("packet backend")?;
-    Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
+/// The VF backend when none is asked for: the packet socket, which measured fastest (see
+/// the README's direct-vf section for the in-run comparison).
+pub const DEFAULT_BACKEND: VfBackend = VfBackend::Packet;
+
+/// One VF as the worker reaches it: the fd the backend serves, a second handle for what is
+/// left in it at the end, and how to account that.
+struct Port {
+    kind: VfBackend,
+    fd: File,
+    keep: File,
+}
+
+impl Port {
+    /// Opens `vf` the way `kind` reaches it (`n`: the VF's number in the run, for names).
+    fn open(ns: &Netns, vf: &Vf<'_>, kind: VfBackend, n: usize) -> Result<Port> {
+        let fd = match kind {
+            VfBackend::Packet => vf.backend_socket()?,
+            VfBackend::Macvtap => topology::open_macvtap(ns, vf.name(), &format!("mvt{n}"))?.file,
+            VfBackend::AfXdp => bail!(
+                "the af-xdp VF backend is not in this build; use --vf-backend packet or macvtap"
+            ),
+        };
+        let keep = fd.try_clone().context("dup VF fd")?;
+        Ok(Port { kind, fd, keep })
+    }
+
+    /// Starts the vhost worker on this VF with the backend of its kind.
+    fn start(self, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
+        let be = match self.kind {
+            VfBackend::Packet => {
+                packet_backend(self.fd, spec.mem.clone(), wcfg.batch).context("packet backend")?
+            }
+            VfBackend::Macvtap => tap_backend(self.fd, spec.mem.clone(), wcfg.batch, spec.features)
+                .context("macvtap backend")?,
+            VfBackend::AfXdp => bail!("the af-xdp VF backend is not in this build"),
+        };
+        Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
+    }
 }
 
 /// VFs a workload needs: one per guest device.
@@ -50,10 +82,28 @@ fn vfs_for(workload: TrafficWorkload) -> usize {
     }
 }
 
-/// Frames a socket's receive queue could not take, and frames left in it unread.
-fn socket_drops(o: &mut RunOutcome, keep: &File, full: &str, left: &str) -> Result<()> {
-    far::add_drops(o, left, far::drain(keep, 0));
-    let full_n = topology::packet_socket_drops(keep).context("PACKET_STATISTICS")?;
+/// Frames the VF's fd could not take towards the guest, and frames left in it unread, as
+/// drops named `<full>` and `<left>`: a packet socket's receive-queue drops, or the macvtap's
+/// (its interface's `tx_dropped`: frames it could not queue to the fd).
+fn port_drops(
+    o: &mut RunOutcome,
+    ns: &Netns,
+    port: &File,
+    kind: VfBackend,
+    n: usize,
+    (full, left): (&str, &str),
+) -> Result<()> {
+    let (hdr, full_n) = match kind {
+        VfBackend::Packet => (
+            0,
+            topology::packet_socket_drops(port).context("PACKET_STATISTICS")?,
+        ),
+        VfBackend::Macvtap | VfBackend::AfXdp => (
+            topology::TAP_VNET_HDR_LEN,
+            topology::link_stats(ns, &format!("mvt{n}"))?.tx_dropped,
+        ),
+    };
+    far::add_drops(o, left, far::drain(port, hdr));
     far::add_drops(o, full, full_n);
     Ok(())
 }
@@ -84,15 +134,19 @@ impl Mode for DirectVf {
     }
 
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
+        let kind = cfg.vf.backend.unwrap_or(DEFAULT_BACKEND);
         let ns = Netns::create().context("network namespace")?;
-        let pool = VfPool::create(&ns, PF, vfs_for(cfg.workload))?;
+        // The pool's size is fixed when it is made (`--vfs`); a run that needs more VFs than
+        // it has fails on `take`, naming the pool and its size.
+        let size = cfg.vf.vfs.map_or(vfs_for(cfg.workload), |n| n as usize);
+        let pool = VfPool::create(&ns, &cfg.vf.pf, size)?;
         let vf0 = pool.take()?;
-        let sock0 = vf0.backend_socket()?;
-        let keep0 = sock0.try_clone().context("dup VF socket")?;
+        let port0 = Port::open(&ns, &vf0, kind, 0)?;
+        let keep0 = port0.keep.try_clone().context("dup VF fd")?;
         let mut out = match cfg.workload {
             TrafficWorkload::Tx | TrafficWorkload::Echo => {
                 let before = topology::link_stats(&ns, vf0.wire())?;
-                let o = pair::run(cfg, |spec, w| start(sock0, spec, w))?;
+                let o = pair::run(cfg, |spec, w| port0.start(spec, w))?;
                 let after = topology::link_stats(&ns, vf0.wire())?;
                 // Every frame the backend sent reached the wire (veth counts a frame at the
                 // far end when it hands it over; a refused send is the backend's own drop).
@@ -109,7 +163,7 @@ impl Mode for DirectVf {
             }
             TrafficWorkload::Rx => {
                 let (mut o, injected) =
-                    far::run_injected(&ns, vf0.wire(), cfg, |spec, w| start(sock0, spec, w))?;
+                    far::run_injected(&ns, vf0.wire(), cfg, |spec, w| port0.start(spec, w))?;
                 // The injector sends out of the wire end: its retried refusals are in the wire
                 // end's tx_dropped, and anything beyond them was dropped on the way to the VF.
                 let tx_dropped = topology::link_stats(&ns, vf0.wire())?.tx_dropped;
@@ -122,12 +176,12 @@ impl Mode for DirectVf {
             }
             TrafficWorkload::Rr => {
                 let vf1 = pool.take()?;
-                let sock1 = vf1.backend_socket()?;
-                let keep1 = sock1.try_clone().context("dup VF socket")?;
+                let port1 = Port::open(&ns, &vf1, kind, 1)?;
+                let keep1 = port1.keep.try_clone().context("dup VF fd")?;
                 let mut o = far::run_with_echo(
                     cfg,
-                    |spec, w| start(sock0, spec, w),
-                    |spec, w| start(sock1, spec, w),
+                    |spec, w| port0.start(spec, w),
+                    |spec, w| port1.start(spec, w),
                 )?;
                 // The switch forwards out of a wire end into its VF; what the VF's backlog
                 // could not take is that wire end's tx_dropped (nobody is told).
@@ -138,11 +192,19 @@ impl Mode for DirectVf {
                     let tx_dropped = topology::link_stats(&ns, wire)?.tx_dropped;
                     far::add_drops(&mut o, reason, tx_dropped);
                 }
-                socket_drops(&mut o, &keep1, "far_vf_socket_full", "left_in_far_vf")?;
+                port_drops(
+                    &mut o,
+                    &ns,
+                    &keep1,
+                    kind,
+                    1,
+                    ("far_vf_full", "left_in_far_vf"),
+                )?;
                 o
             }
         };
-        socket_drops(&mut out, &keep0, "vf_socket_full", "left_in_vf")?;
+        port_drops(&mut out, &ns, &keep0, kind, 0, ("vf_full", "left_in_vf"))?;
+        out.backend = Some(kind.name());
         drop((vf0, keep0));
         drop(pool);
         drop(ns);
@@ -231,6 +293,61 @@ mod tests {
         let o = DirectVf.run(&c).expect("run");
         exactly_once(&o, w, 100);
         assert_eq!(o.guest.rtt_ns.len(), o.guest.received);
+    }
+
+    /// The same three workloads through macvtap in passthrough mode on the VF.
+    #[test]
+    fn the_macvtap_backend_delivers_exactly_once() {
+        if !can_run("the_macvtap_backend_delivers_exactly_once") {
+            return;
+        }
+        for w in [
+            TrafficWorkload::Tx,
+            TrafficWorkload::Rx,
+            TrafficWorkload::Rr,
+        ] {
+            let mut c = cfg(w);
+            c.vf.backend = Some(VfBackend::Macvtap);
+            if w == TrafficWorkload::Rr {
+                c.rate_pps = Some(1000);
+            }
+            let o = DirectVf.run(&c).expect("run");
+            exactly_once(&o, w, 100);
+            assert_eq!(o.backend, Some("macvtap"), "{w:?}");
+        }
+    }
+
+    /// A pool's size is fixed: a run that needs more VFs than `--vfs` gives fails naming the
+    /// pool and its size; a named PF is used as the pool's name.
+    #[test]
+    fn the_pool_size_and_name_are_the_runs() {
+        if !can_run("the_pool_size_and_name_are_the_runs") {
+            return;
+        }
+        let mut c = cfg(TrafficWorkload::Rr);
+        c.vf.vfs = Some(1);
+        c.vf.pf = "pfx".into();
+        let e = DirectVf.run(&c).expect_err("rr needs two VFs");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("pfx") && msg.contains('1'), "{msg}");
+        let mut c = cfg(TrafficWorkload::Tx);
+        c.vf.vfs = Some(3);
+        c.vf.pf = "pfy".into();
+        let o = DirectVf.run(&c).expect("run");
+        exactly_once(&o, TrafficWorkload::Tx, 300);
+        assert_eq!(o.backend, Some("packet"));
+    }
+
+    /// A backend this build cannot serve is refused with its name, never swapped silently.
+    #[test]
+    fn an_unavailable_backend_is_refused() {
+        if !can_run("an_unavailable_backend_is_refused") {
+            return;
+        }
+        let mut c = cfg(TrafficWorkload::Tx);
+        c.vf.backend = Some(VfBackend::AfXdp);
+        let e = DirectVf.run(&c).expect_err("af-xdp");
+        assert!(format!("{e:#}").contains("af-xdp"), "{e:#}");
     }
 
     #[test]

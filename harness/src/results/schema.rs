@@ -310,6 +310,10 @@ pub struct Record {
     /// when the backend has none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backend_stats: BTreeMap<String, u64>,
+    /// The backend the device ran on, where the mode chooses one (`direct-vf`: `packet`,
+    /// `macvtap`, `af-xdp`). Absent for modes with one backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 impl Record {
@@ -373,6 +377,7 @@ impl Record {
             errors: Vec::new(),
             engine_overhead_bytes: None,
             backend_stats: BTreeMap::new(),
+            backend: None,
         })
     }
 

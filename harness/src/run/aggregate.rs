@@ -51,6 +51,7 @@ pub fn aggregate(plan: &Plan, started: &UtcTime, ex: Executed) -> Result<Results
         r.errors = a.errors;
         r.engine_overhead_bytes = a.engine_overhead_bytes.iter().copied().max();
         r.backend_stats = a.backend_stats;
+        r.backend = a.backend.map(String::from);
         if let Some(name) = c.ceiling().map(|l| l.name()) {
             if let Some(l) = ex.ceilings.iter().find(|l| l.name == name) {
                 r = r.with_ceiling(l);

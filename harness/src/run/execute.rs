@@ -114,6 +114,8 @@ pub struct Acc {
     pub engine_overhead_bytes: Vec<u64>,
     /// The backend's counters, summed over the repeats.
     pub backend_stats: BTreeMap<String, u64>,
+    /// The backend the mode chose, if it chooses one.
+    pub backend: Option<&'static str>,
 }
 
 impl Acc {
@@ -147,6 +149,7 @@ impl Acc {
             self.errors
                 .push(format!("repeat {rep}: {} packets lost", o.lost(w)));
         }
+        self.backend = o.backend.or(self.backend);
         for (name, n) in &o.worker.backend_stats {
             *self.backend_stats.entry((*name).into()).or_default() += n;
         }

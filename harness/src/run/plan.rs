@@ -14,7 +14,7 @@ use crate::modes::{self, Mode, Resolved};
 use crate::pair::PairConfig;
 use crate::pin::{VCPU_CORE, WORKER_CORE};
 use crate::results::Workload;
-use crate::topology::Privileges;
+use crate::topology::{Privileges, VfOptions};
 
 /// One cell of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -149,6 +149,11 @@ impl Plan {
             exit_cost_ns: args.exit_cost_ns,
             vcpu_core: Some(VCPU_CORE),
             worker_core: Some(WORKER_CORE),
+            vf: VfOptions {
+                pf: args.pf.clone(),
+                vfs: args.vfs,
+                backend: args.vf_backend,
+            },
         }
     }
 

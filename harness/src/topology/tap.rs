@@ -106,8 +106,9 @@ pub fn open_tap(ns: &Netns, name: &str, offload_flags: u32) -> anyhow::Result<Ta
 }
 
 /// Creates bridge `name` in `ns` with STP off, forward delay 0, a 300 s ageing time (so
-/// frames flow as soon as a port is up, and learned addresses stay) and no multicast snooping, enslaves `ports` (with
-/// learning and flooding on, the defaults) and sets the bridge up.
+/// frames flow as soon as a port is up, and learned addresses stay) and no multicast
+/// snooping, enslaves `ports` (with learning and flooding on, the defaults) and sets the
+/// bridge up.
 pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
     check_ifname(name)?;
     for p in ports {

@@ -19,9 +19,54 @@ use std::fs::File;
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::{bail, ensure, Context};
+use serde::{Deserialize, Serialize};
 
 use super::netns::{ip, Netns};
 use super::tap::{bridge, check_ifname, packet_socket_with, PacketOptions};
+
+/// How a guest's vhost worker reaches its VF (`--vf-backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VfBackend {
+    /// A raw `AF_PACKET` socket bound to the VF: the socket kind vhost-net accepts.
+    Packet,
+    /// An `AF_XDP` socket on the VF's queue.
+    AfXdp,
+    /// macvtap in passthrough mode on the VF (libvirt's `<interface type='direct'>`).
+    Macvtap,
+}
+
+impl VfBackend {
+    /// Its name on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            VfBackend::Packet => "packet",
+            VfBackend::AfXdp => "af-xdp",
+            VfBackend::Macvtap => "macvtap",
+        }
+    }
+}
+
+/// Where a run's VFs come from and how the worker reaches them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VfOptions {
+    /// The physical function: the pool's name.
+    pub pf: String,
+    /// The pool's VF count, fixed at creation (`None`: as many as the run needs).
+    pub vfs: Option<u32>,
+    /// The VF backend (`None`: the mode's default, the fastest measured).
+    pub backend: Option<VfBackend>,
+}
+
+impl Default for VfOptions {
+    fn default() -> Self {
+        VfOptions {
+            pf: "pf0".into(),
+            vfs: None,
+            backend: None,
+        }
+    }
+}
 
 /// A named PF with a fixed number of VFs (veth pairs) and its embedded switch (a bridge named
 /// after the PF). Drop deletes every interface it created.
