@@ -24,6 +24,8 @@ mod netns;
 mod probe;
 mod sys;
 mod tap;
+mod xdp;
+mod xdp_sys;
 
 pub use macvtap::open_macvtap;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
@@ -33,3 +35,4 @@ pub use tap::{
     LinkStats, PacketOptions, Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM,
     TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
 };
+pub use xdp::{open_xsk, veth_pair, xdp_port, XdpMode, XdpRedirect};
