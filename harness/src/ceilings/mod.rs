@@ -28,6 +28,11 @@
 //!   64 `WRITE` SQEs on a registered (fixed) file and one `submit_and_wait` per batch, every
 //!   completion checked to equal the frame length.
 //!
+//! - `xdp_tx_64`, `xdp_tx_1500` (Mpps): the AF_XDP backend's TX with no engine: an AF_XDP
+//!   socket in copy mode on a veth end, batches of 64 frames copied into UMEM chunks,
+//!   published with one producer store and one `sendto` kick, chunks reclaimed from the
+//!   completion ring; counted by the wire end's receive counter (`xdp` module).
+//!
 //! The tap ceilings need root ([`crate::topology::probe`]): [`Ceiling::needs_tap`] says which;
 //! measuring one without it fails with the reason. Each creates and deletes its own namespace.
 //!
@@ -39,6 +44,7 @@
 mod ring;
 mod rtt;
 mod tap;
+mod xdp;
 
 use std::fmt;
 use std::str::FromStr;
@@ -84,6 +90,11 @@ pub enum Ceiling {
         /// Frame bytes.
         size: u32,
     },
+    /// `size`-byte frames sent from an AF_XDP socket on a veth end, batches of 64 (Mpps).
+    XdpTx {
+        /// Frame bytes.
+        size: u32,
+    },
 }
 
 impl Ceiling {
@@ -108,6 +119,11 @@ impl Ceiling {
             .then_some(Ceiling::TapUring { size })
     }
 
+    /// [`Ceiling::XdpTx`] of `size`, if a veth takes that size (30..=1514).
+    pub fn xdp_tx(size: u32) -> Option<Ceiling> {
+        TAP_SIZES.contains(&size).then_some(Ceiling::XdpTx { size })
+    }
+
     /// What `vhostbench limits` measures by default, in the order it reports them.
     pub fn standard() -> Vec<Ceiling> {
         vec![
@@ -120,6 +136,8 @@ impl Ceiling {
             Ceiling::TapWrite { size: 1500 },
             Ceiling::TapUring { size: 64 },
             Ceiling::TapUring { size: 1500 },
+            Ceiling::XdpTx { size: 64 },
+            Ceiling::XdpTx { size: 1500 },
         ]
     }
 
@@ -132,6 +150,7 @@ impl Ceiling {
             Ceiling::BlockingWakeRtt => "blocking_wake_rtt".into(),
             Ceiling::TapWrite { size } => format!("tap_write_{size}"),
             Ceiling::TapUring { size } => format!("tap_uring_{size}"),
+            Ceiling::XdpTx { size } => format!("xdp_tx_{size}"),
         }
     }
 
@@ -163,14 +182,18 @@ impl Ceiling {
         match *self {
             Ceiling::SpscCopy { size }
             | Ceiling::TapWrite { size }
-            | Ceiling::TapUring { size } => Some(size),
+            | Ceiling::TapUring { size }
+            | Ceiling::XdpTx { size } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
     }
 
-    /// Whether it needs a tap (root and `/dev/net/tun`).
+    /// Whether it needs root and a topology (a tap, or a veth pair for `xdp_tx`).
     pub fn needs_tap(&self) -> bool {
-        matches!(self, Ceiling::TapWrite { .. } | Ceiling::TapUring { .. })
+        matches!(
+            self,
+            Ceiling::TapWrite { .. } | Ceiling::TapUring { .. } | Ceiling::XdpTx { .. }
+        )
     }
 
     /// Measures it `repeat` times for `duration` each: one [`LimitResult`] per row
@@ -210,6 +233,10 @@ impl Ceiling {
                     repeat,
                     tap::uring_once,
                 )?)
+            }
+            Ceiling::XdpTx { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                one(xdp::measure(&name, size, duration, repeat)?)
             }
         }
     }
@@ -258,13 +285,14 @@ impl FromStr for Ceiling {
             "blocking_wake_rtt" => Some(Ceiling::BlockingWakeRtt),
             _ => sized("spsc_copy_", Ceiling::spsc_copy)
                 .or_else(|| sized("tap_write_", Ceiling::tap_write))
-                .or_else(|| sized("tap_uring_", Ceiling::tap_uring)),
+                .or_else(|| sized("tap_uring_", Ceiling::tap_uring))
+                .or_else(|| sized("xdp_tx_", Ceiling::xdp_tx)),
         };
         found.ok_or_else(|| {
             format!(
                 "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
                  busy_poll_wake_rtt[_p99], blocking_wake_rtt[_p99], tap_write_<30..1514>, \
-                 tap_uring_<30..1514>)"
+                 tap_uring_<30..1514>, xdp_tx_<30..1514>)"
             )
         })
     }
