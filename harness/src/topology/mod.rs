@@ -35,4 +35,4 @@ pub use tap::{
     LinkStats, PacketOptions, Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM,
     TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6,
 };
-pub use xdp::{open_xsk, veth_pair, xdp_port, XdpMode, XdpRedirect};
+pub use xdp::{attached_prog_id, open_xsk, prog_exists, veth_pair, xdp_port, XdpMode, XdpRedirect};

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 const BPF_MAP_CREATE: c_int = 0;
 const BPF_MAP_UPDATE_ELEM: c_int = 2;
 const BPF_PROG_LOAD: c_int = 5;
+const BPF_PROG_GET_FD_BY_ID: c_int = 13;
 const BPF_LINK_CREATE: c_int = 28;
 
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
@@ -83,6 +84,15 @@ struct LinkCreate {
     target_ifindex: u32,
     attach_type: u32,
     flags: u32,
+}
+
+/// The `BPF_*_GET_FD_BY_ID` member.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct GetById {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
 }
 
 /// `bpf(cmd, attr, sizeof attr)`; the new fd for the commands that make one.
@@ -200,6 +210,21 @@ pub(crate) fn xdp_link_create(prog: &impl AsFd, ifindex: u32, flags: u32) -> io:
             flags,
         },
     )?)
+}
+
+/// Whether the kernel still has a BPF program with id `id` (`BPF_PROG_GET_FD_BY_ID`).
+pub(crate) fn prog_exists(id: u32) -> io::Result<bool> {
+    match bpf(
+        BPF_PROG_GET_FD_BY_ID,
+        &GetById {
+            id,
+            ..GetById::default()
+        },
+    ) {
+        Ok(fd) => owned(fd).map(|_| true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

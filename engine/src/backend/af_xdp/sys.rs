@@ -9,7 +9,7 @@
 //! once it comes back on the RX ring or the completion ring. That ownership is a value here:
 //! a [`Chunk`] is a token that only this module creates (once per chunk at set-up, and when the
 //! kernel hands a chunk back on a ring), that is not `Clone`, and that posting to the fill or
-//! TX ring consumes. [`Xsk::chunk_mut`] and [`Xsk::chunk`] borrow a chunk's bytes only through
+//! TX ring consumes. [`Xsk::chunk_mut`] and [`Xsk::chunk_bytes`] borrow a chunk's bytes only through
 //! its token, so safe code can never form a reference to bytes the kernel may be writing (the
 //! rule of vm-memory's volatile views, kept by the protocol of the rings instead of volatile
 //! accesses). What the kernel hands back is trusted to be an address it was given (it is the
