@@ -86,7 +86,19 @@ impl XdpRedirect {
     /// Loads the program with a map of `queues` slots and attaches it to `ifname` in `ns`:
     /// native mode first, generic if the driver refuses.
     pub fn attach(ns: &Netns, ifname: &str, queues: u32) -> anyhow::Result<XdpRedirect> {
+        Self::attach_with(ns, ifname, queues, &[XdpMode::Native, XdpMode::Generic])
+    }
+
+    /// [`XdpRedirect::attach`] trying `modes` in order (the first that attaches is taken;
+    /// `native_error` says why native was refused, if it was tried and refused).
+    pub fn attach_with(
+        ns: &Netns,
+        ifname: &str,
+        queues: u32,
+        modes: &[XdpMode],
+    ) -> anyhow::Result<XdpRedirect> {
         check_ifname(ifname)?;
+        anyhow::ensure!(!modes.is_empty(), "no XDP mode to try");
         let map = xdp_sys::xskmap_create("vhb_xsks", queues).context("BPF_MAP_CREATE xskmap")?;
         let prog = xdp_sys::prog_load_xdp(
             "vhb_redirect",
@@ -98,16 +110,24 @@ impl XdpRedirect {
             .run_in(|| -> anyhow::Result<_> {
                 let ctl = sys::control_socket().context("control socket")?;
                 let ifindex = sys::if_index(&ctl, ifname).context("SIOCGIFINDEX")?;
-                match xdp_sys::xdp_link_create(&prog, ifindex, XDP_FLAGS_DRV_MODE) {
-                    Ok(l) => Ok((l, XdpMode::Native, None)),
-                    Err(native) => {
-                        let l = xdp_sys::xdp_link_create(&prog, ifindex, XDP_FLAGS_SKB_MODE)
-                            .with_context(|| {
-                                format!("BPF_LINK_CREATE (native failed too: {native})")
-                            })?;
-                        Ok((l, XdpMode::Generic, Some(native.to_string())))
+                let mut errors = Vec::new();
+                for &mode in modes {
+                    let flags = match mode {
+                        XdpMode::Native => XDP_FLAGS_DRV_MODE,
+                        XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+                    };
+                    match xdp_sys::xdp_link_create(&prog, ifindex, flags) {
+                        Ok(l) => {
+                            let native = errors
+                                .iter()
+                                .find(|(m, _)| *m == XdpMode::Native)
+                                .map(|(_, e): &(XdpMode, String)| e.clone());
+                            return Ok((l, mode, native));
+                        }
+                        Err(e) => errors.push((mode, e.to_string())),
                     }
                 }
+                anyhow::bail!("BPF_LINK_CREATE refused in every mode: {errors:?}")
             })?
             .with_context(|| format!("attaching XDP to {ifname} in {}", ns.name()))?;
         Ok(XdpRedirect {
@@ -332,6 +352,7 @@ mod live {
         std::thread::sleep(Duration::from_millis(50));
         stop.store(true, Ordering::Relaxed);
         let (seqs, bad) = reader.join().expect("reader");
+        eprintln!("backend: {:?}", o.worker.backend_stats);
         assert!(o.guest.error.is_none() && o.worker.fatal.is_none(), "{o:?}");
         assert!(o.guest.sent > 300, "sent {}", o.guest.sent);
         assert_eq!(o.dropped(), 0, "{:?}", o.drops_by_reason());
@@ -391,6 +412,31 @@ mod live {
         assert_eq!(stat(&o, "xdp_k_rx_dropped"), 0);
         assert_eq!(stat(&o, "xdp_rx_frames"), FRAMES);
         assert_umem_balanced(&o);
+    }
+
+    #[test]
+    fn generic_mode_redirects_too() {
+        if !can_run("generic_mode_redirects_too") {
+            return;
+        }
+        let ns = Netns::create().expect("namespace");
+        veth_pair(&ns, VF, WIRE).expect("veth pair");
+        let (mut xsk, mut chunks) = open_xsk(&ns, VF, 0, 64).expect("socket");
+        let redirect =
+            XdpRedirect::attach_with(&ns, VF, 1, &[XdpMode::Generic]).expect("generic attach");
+        assert_eq!(redirect.mode, XdpMode::Generic);
+        redirect.register(0, &xsk).expect("register");
+        for c in chunks.drain(..64) {
+            xsk.fill_put(c).expect("fill");
+        }
+        xsk.fill_publish();
+        let wire = packet_socket_with(&ns, WIRE, PacketOptions::default()).expect("wire socket");
+        let mut f = vec![0u8; 64];
+        frame::fill(&mut f, 9, 0);
+        (&wire).write_all(&f).expect("inject");
+        assert!(wait_readable(&xsk, Duration::from_secs(1)).expect("poll"));
+        let (c, off, len) = xsk.rx_take().expect("a frame").expect("inside the UMEM");
+        assert_eq!(xsk.chunk_bytes(&c, off, len), Some(&f[..]));
     }
 
     #[test]
