@@ -4,6 +4,7 @@
 //! say how long the next frame is and write it into guest buffers. Hooks a backend may not need
 //! have default bodies.
 
+pub mod af_xdp;
 pub mod frames;
 pub mod null;
 pub mod packet;

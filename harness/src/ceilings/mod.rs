@@ -31,8 +31,12 @@
 //!   same two loops with bare frames (no header) on the socket `direct-vf`'s backend gets (a
 //!   raw `AF_PACKET` socket bound to a VF end of a one-VF pool), counted by the wire end's
 //!   receive counter.
+//! - `xdp_tx_64`, `xdp_tx_1500` (Mpps): the AF_XDP backend's TX with no engine: an AF_XDP
+//!   socket in copy mode on a veth end, batches of 64 frames copied into UMEM chunks,
+//!   published with one producer store and one `sendto` kick, chunks reclaimed from the
+//!   completion ring; counted by the wire end's receive counter (`xdp` module).
 //!
-//! The tap and VF ceilings need root ([`crate::topology::probe`]):
+//! The tap, VF and XDP ceilings need root ([`crate::topology::probe`]):
 //! [`Ceiling::needs_privileges`] says which; measuring one without it fails with the reason.
 //! Each creates and deletes its own namespace.
 //!
@@ -45,6 +49,7 @@ mod ring;
 mod rtt;
 mod tap;
 mod vf;
+mod xdp;
 
 use std::fmt;
 use std::str::FromStr;
@@ -101,6 +106,11 @@ pub enum Ceiling {
         /// Frame bytes.
         size: u32,
     },
+    /// `size`-byte frames sent from an AF_XDP socket on a veth end, batches of 64 (Mpps).
+    XdpTx {
+        /// Frame bytes.
+        size: u32,
+    },
 }
 
 impl Ceiling {
@@ -139,6 +149,11 @@ impl Ceiling {
             .then_some(Ceiling::PacketUring { size })
     }
 
+    /// [`Ceiling::XdpTx`] of `size`, if a veth takes that size (30..=1514).
+    pub fn xdp_tx(size: u32) -> Option<Ceiling> {
+        TAP_SIZES.contains(&size).then_some(Ceiling::XdpTx { size })
+    }
+
     /// What `vhostbench limits` measures by default, in the order it reports them.
     pub fn standard() -> Vec<Ceiling> {
         vec![
@@ -155,6 +170,8 @@ impl Ceiling {
             Ceiling::PacketWrite { size: 1500 },
             Ceiling::PacketUring { size: 64 },
             Ceiling::PacketUring { size: 1500 },
+            Ceiling::XdpTx { size: 64 },
+            Ceiling::XdpTx { size: 1500 },
         ]
     }
 
@@ -169,6 +186,7 @@ impl Ceiling {
             Ceiling::TapUring { size } => format!("tap_uring_{size}"),
             Ceiling::PacketWrite { size } => format!("packet_write_{size}"),
             Ceiling::PacketUring { size } => format!("packet_uring_{size}"),
+            Ceiling::XdpTx { size } => format!("xdp_tx_{size}"),
         }
     }
 
@@ -202,12 +220,13 @@ impl Ceiling {
             | Ceiling::TapWrite { size }
             | Ceiling::TapUring { size }
             | Ceiling::PacketWrite { size }
-            | Ceiling::PacketUring { size } => Some(size),
+            | Ceiling::PacketUring { size }
+            | Ceiling::XdpTx { size } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
     }
 
-    /// Whether it needs privileges (root: a tap, or a VF pool in a namespace).
+    /// Whether it needs privileges (root: a tap, a VF pool, or an AF_XDP socket and its program).
     pub fn needs_privileges(&self) -> bool {
         matches!(
             self,
@@ -215,6 +234,7 @@ impl Ceiling {
                 | Ceiling::TapUring { .. }
                 | Ceiling::PacketWrite { .. }
                 | Ceiling::PacketUring { .. }
+                | Ceiling::XdpTx { .. }
         )
     }
 
@@ -269,6 +289,10 @@ impl Ceiling {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
                 one(vf::measure(&name, size, duration, repeat, tap::uring_once)?)
             }
+            Ceiling::XdpTx { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                one(xdp::measure(&name, size, duration, repeat)?)
+            }
         }
     }
 
@@ -318,13 +342,14 @@ impl FromStr for Ceiling {
                 .or_else(|| sized("tap_write_", Ceiling::tap_write))
                 .or_else(|| sized("tap_uring_", Ceiling::tap_uring))
                 .or_else(|| sized("packet_write_", Ceiling::packet_write))
-                .or_else(|| sized("packet_uring_", Ceiling::packet_uring)),
+                .or_else(|| sized("packet_uring_", Ceiling::packet_uring))
+                .or_else(|| sized("xdp_tx_", Ceiling::xdp_tx)),
         };
         found.ok_or_else(|| {
             format!(
                 "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
                  busy_poll_wake_rtt[_p99], blocking_wake_rtt[_p99], tap_write_<30..1514>, \
-                 tap_uring_<30..1514>, packet_write_<30..1514>, packet_uring_<30..1514>)"
+                 tap_uring_<30..1514>, packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>)"
             )
         })
     }

@@ -28,6 +28,8 @@ mod probe;
 mod sys;
 mod tap;
 mod vf_pool;
+mod xdp;
+mod xdp_sys;
 
 pub use macvtap::open_macvtap;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
@@ -39,3 +41,4 @@ pub use tap::{
     TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6, UPLINK_PORT, UPLINK_WIRE,
 };
 pub use vf_pool::{veths, Vf, VfBackend, VfOptions, VfPool};
+pub use xdp::{attached_prog_id, open_xsk, prog_exists, veth_pair, xdp_port, XdpMode, XdpRedirect};
