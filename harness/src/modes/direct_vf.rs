@@ -17,8 +17,11 @@
 use std::fs::File;
 
 use anyhow::{bail, Context, Result};
+use engine::backend::af_xdp::sys::{Chunk, Xsk};
+use engine::backend::af_xdp::AfXdp;
 use engine::backend::packet::packet_backend;
 use engine::backend::tap::tap_backend;
+use engine::backend::Backend;
 use engine::device::{Device, DeviceSpec};
 use engine::worker::{self, WorkerConfig};
 use guest_sim::traffic::Workload as TrafficWorkload;
@@ -28,7 +31,7 @@ use super::Mode;
 use crate::ceilings::Ceiling;
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::results::Workload;
-use crate::topology::{self, Netns, Privileges, Vf, VfBackend, VfPool};
+use crate::topology::{self, Netns, Privileges, Vf, VfBackend, VfPool, XdpRedirect};
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -38,12 +41,27 @@ pub struct DirectVf;
 /// the README's direct-vf section for the in-run comparison).
 pub const DEFAULT_BACKEND: VfBackend = VfBackend::Packet;
 
-/// One VF as the worker reaches it: the fd the backend serves, a second handle for what is
-/// left in it at the end, and how to account that.
+/// What the worker's backend is built from on one VF.
+enum Source {
+    /// A fd that carries one frame per read and write (packet socket, macvtap).
+    Fd(File),
+    /// An AF_XDP socket with its UMEM chunks.
+    Xsk(Box<(Xsk, Vec<Chunk>)>),
+}
+
+/// What stays with the run while the device uses the VF, for accounting at the end.
+enum Keep {
+    /// A second handle of the fd: frames left in it, and its drops.
+    Fd(File),
+    /// The XDP program that redirects the VF's frames to the socket: RX stops without it.
+    Xdp(XdpRedirect),
+}
+
+/// One VF as the worker reaches it.
 struct Port {
     kind: VfBackend,
-    fd: File,
-    keep: File,
+    src: Source,
+    keep: Keep,
 }
 
 impl Port {
@@ -52,26 +70,52 @@ impl Port {
         let fd = match kind {
             VfBackend::Packet => vf.backend_socket()?,
             VfBackend::Macvtap => topology::open_macvtap(ns, vf.name(), &format!("mvt{n}"))?.file,
-            VfBackend::AfXdp => bail!(
-                "the af-xdp VF backend is not in this build; use --vf-backend packet or macvtap"
-            ),
+            VfBackend::AfXdp => {
+                let (redirect, xsk, chunks) = topology::xdp_port(ns, vf.name(), XSK_RING)?;
+                return Ok(Port {
+                    kind,
+                    src: Source::Xsk(Box::new((xsk, chunks))),
+                    keep: Keep::Xdp(redirect),
+                });
+            }
         };
-        let keep = fd.try_clone().context("dup VF fd")?;
-        Ok(Port { kind, fd, keep })
+        let keep = Keep::Fd(fd.try_clone().context("dup VF fd")?);
+        Ok(Port {
+            kind,
+            src: Source::Fd(fd),
+            keep,
+        })
     }
 
-    /// Starts the vhost worker on this VF with the backend of its kind.
-    fn start(self, spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
-        let be = match self.kind {
-            VfBackend::Packet => {
-                packet_backend(self.fd, spec.mem.clone(), wcfg.batch).context("packet backend")?
-            }
-            VfBackend::Macvtap => tap_backend(self.fd, spec.mem.clone(), wcfg.batch, spec.features)
-                .context("macvtap backend")?,
-            VfBackend::AfXdp => bail!("the af-xdp VF backend is not in this build"),
-        };
-        Ok(worker::spawn(spec, vec![Box::new(be)], wcfg)?)
+    /// Splits into what the device takes and what the run keeps.
+    fn split(self) -> ((VfBackend, Source), Keep) {
+        ((self.kind, self.src), self.keep)
     }
+}
+
+/// AF_XDP ring entries (the UMEM has four rings' worth of chunks).
+const XSK_RING: u32 = 2048;
+
+/// Starts the vhost worker on a VF with the backend of its kind.
+fn start((kind, src): (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
+    let be: Box<dyn Backend> = match (kind, src) {
+        (VfBackend::Packet, Source::Fd(fd)) => {
+            Box::new(packet_backend(fd, spec.mem.clone(), wcfg.batch).context("packet backend")?)
+        }
+        (VfBackend::Macvtap, Source::Fd(fd)) => Box::new(
+            tap_backend(fd, spec.mem.clone(), wcfg.batch, spec.features)
+                .context("macvtap backend")?,
+        ),
+        (VfBackend::AfXdp, Source::Xsk(x)) => {
+            let (xsk, chunks) = *x;
+            Box::new(AfXdp::new(xsk, chunks).context("AF_XDP backend")?)
+        }
+        (kind, _) => bail!(
+            "{} backend built from the wrong kind of VF port",
+            kind.name()
+        ),
+    };
+    Ok(worker::spawn(spec, vec![be], wcfg)?)
 }
 
 /// VFs a workload needs: one per guest device.
@@ -82,29 +126,42 @@ fn vfs_for(workload: TrafficWorkload) -> usize {
     }
 }
 
-/// Frames the VF's fd could not take towards the guest, and frames left in it unread, as
-/// drops named `<full>` and `<left>`: a packet socket's receive-queue drops, or the macvtap's
-/// (its interface's `tx_dropped`: frames it could not queue to the fd).
+/// Frames the VF's port could not take towards the guest, and frames left in it unread, as
+/// drops named `<full>` and `<left>`: a packet socket's receive-queue drops, a macvtap's (its
+/// interface's `tx_dropped`: frames it could not queue to the fd), or an AF_XDP socket's
+/// (the kernel's RX drops and RX-ring-full count, from the backend's counters).
 fn port_drops(
     o: &mut RunOutcome,
     ns: &Netns,
-    port: &File,
+    keep: &Keep,
     kind: VfBackend,
     n: usize,
     (full, left): (&str, &str),
 ) -> Result<()> {
-    let (hdr, full_n) = match kind {
-        VfBackend::Packet => (
-            0,
-            topology::packet_socket_drops(port).context("PACKET_STATISTICS")?,
-        ),
-        VfBackend::Macvtap | VfBackend::AfXdp => (
-            topology::TAP_VNET_HDR_LEN,
-            topology::link_stats(ns, &format!("mvt{n}"))?.tx_dropped,
-        ),
+    let stat = |name: &str| {
+        o.worker
+            .backend_stats
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or(0, |(_, v)| *v)
     };
-    far::add_drops(o, left, far::drain(port, hdr));
-    far::add_drops(o, full, full_n);
+    match (kind, keep) {
+        (VfBackend::Packet, Keep::Fd(fd)) => {
+            let full_n = topology::packet_socket_drops(fd).context("PACKET_STATISTICS")?;
+            far::add_drops(o, left, far::drain(fd, 0));
+            far::add_drops(o, full, full_n);
+        }
+        (VfBackend::Macvtap, Keep::Fd(fd)) => {
+            let full_n = topology::link_stats(ns, &format!("mvt{n}"))?.tx_dropped;
+            far::add_drops(o, left, far::drain(fd, topology::TAP_VNET_HDR_LEN));
+            far::add_drops(o, full, full_n);
+        }
+        (VfBackend::AfXdp, Keep::Xdp(_)) => {
+            let full_n = stat("xdp_k_rx_dropped") + stat("xdp_k_rx_ring_full");
+            far::add_drops(o, full, full_n);
+        }
+        (kind, _) => bail!("{} port kept the wrong kind of handle", kind.name()),
+    }
     Ok(())
 }
 
@@ -141,12 +198,11 @@ impl Mode for DirectVf {
         let size = cfg.vf.vfs.map_or(vfs_for(cfg.workload), |n| n as usize);
         let pool = VfPool::create(&ns, &cfg.vf.pf, size)?;
         let vf0 = pool.take()?;
-        let port0 = Port::open(&ns, &vf0, kind, 0)?;
-        let keep0 = port0.keep.try_clone().context("dup VF fd")?;
+        let (port0, keep0) = Port::open(&ns, &vf0, kind, 0)?.split();
         let mut out = match cfg.workload {
             TrafficWorkload::Tx | TrafficWorkload::Echo => {
                 let before = topology::link_stats(&ns, vf0.wire())?;
-                let o = pair::run(cfg, |spec, w| port0.start(spec, w))?;
+                let o = pair::run(cfg, |spec, w| start(port0, spec, w))?;
                 let after = topology::link_stats(&ns, vf0.wire())?;
                 // Every frame the backend sent reached the wire (veth counts a frame at the
                 // far end when it hands it over; a refused send is the backend's own drop).
@@ -163,7 +219,7 @@ impl Mode for DirectVf {
             }
             TrafficWorkload::Rx => {
                 let (mut o, injected) =
-                    far::run_injected(&ns, vf0.wire(), cfg, |spec, w| port0.start(spec, w))?;
+                    far::run_injected(&ns, vf0.wire(), cfg, |spec, w| start(port0, spec, w))?;
                 // The injector sends out of the wire end: its retried refusals are in the wire
                 // end's tx_dropped, and anything beyond them was dropped on the way to the VF.
                 let tx_dropped = topology::link_stats(&ns, vf0.wire())?.tx_dropped;
@@ -176,12 +232,11 @@ impl Mode for DirectVf {
             }
             TrafficWorkload::Rr => {
                 let vf1 = pool.take()?;
-                let port1 = Port::open(&ns, &vf1, kind, 1)?;
-                let keep1 = port1.keep.try_clone().context("dup VF fd")?;
+                let (port1, keep1) = Port::open(&ns, &vf1, kind, 1)?.split();
                 let mut o = far::run_with_echo(
                     cfg,
-                    |spec, w| port0.start(spec, w),
-                    |spec, w| port1.start(spec, w),
+                    |spec, w| start(port0, spec, w),
+                    |spec, w| start(port1, spec, w),
                 )?;
                 // The switch forwards out of a wire end into its VF; what the VF's backlog
                 // could not take is that wire end's tx_dropped (nobody is told).
@@ -204,7 +259,15 @@ impl Mode for DirectVf {
             }
         };
         port_drops(&mut out, &ns, &keep0, kind, 0, ("vf_full", "left_in_vf"))?;
-        out.backend = Some(kind.name());
+        out.backend = Some(match &keep0 {
+            // Where the redirect program ran (in the driver, or on the skb) is part of which
+            // backend ran.
+            Keep::Xdp(r) => match r.mode {
+                topology::XdpMode::Native => "af-xdp (native XDP)",
+                topology::XdpMode::Generic => "af-xdp (generic XDP)",
+            },
+            Keep::Fd(_) => kind.name(),
+        });
         drop((vf0, keep0));
         drop(pool);
         drop(ns);
@@ -338,16 +401,31 @@ mod tests {
         assert_eq!(o.backend, Some("packet"));
     }
 
-    /// A backend this build cannot serve is refused with its name, never swapped silently.
+    /// The same three workloads through an AF_XDP socket on the VF (the redirect program in
+    /// the driver where veth allows it).
     #[test]
-    fn an_unavailable_backend_is_refused() {
-        if !can_run("an_unavailable_backend_is_refused") {
+    fn the_af_xdp_backend_delivers_exactly_once() {
+        if !can_run("the_af_xdp_backend_delivers_exactly_once") {
             return;
         }
-        let mut c = cfg(TrafficWorkload::Tx);
-        c.vf.backend = Some(VfBackend::AfXdp);
-        let e = DirectVf.run(&c).expect_err("af-xdp");
-        assert!(format!("{e:#}").contains("af-xdp"), "{e:#}");
+        for w in [
+            TrafficWorkload::Tx,
+            TrafficWorkload::Rx,
+            TrafficWorkload::Rr,
+        ] {
+            let mut c = cfg(w);
+            c.vf.backend = Some(VfBackend::AfXdp);
+            if w == TrafficWorkload::Rr {
+                c.rate_pps = Some(1000);
+            }
+            let o = DirectVf.run(&c).expect("run");
+            exactly_once(&o, w, 100);
+            assert!(
+                o.backend.is_some_and(|b| b.starts_with("af-xdp")),
+                "{w:?}: {:?}",
+                o.backend
+            );
+        }
     }
 
     #[test]
