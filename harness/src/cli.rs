@@ -166,10 +166,10 @@ pub struct RunArgs {
     /// The libvirt `<network>` definition the interface's `<source network=…>` names.
     #[arg(long, value_name = "FILE", requires = "interface")]
     pub network: Option<PathBuf>,
-    /// direct-vf: how the worker reaches its VF (default: the fastest measured, chosen by the
-    /// mode).
-    #[arg(long, value_enum, value_name = "BACKEND")]
-    pub vf_backend: Option<VfBackend>,
+    /// direct-vf: how the worker reaches its VF; a comma list sweeps it, so the backends are
+    /// compared in one run (default: the fastest measured, chosen by the mode).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "BACKEND")]
+    pub vf_backend: Vec<VfBackend>,
     /// direct-vf: the physical function whose pool the VFs come from.
     #[arg(long, value_name = "NAME", default_value = "pf0", value_parser = parse_ifname)]
     pub pf: String,
@@ -249,7 +249,10 @@ mod tests {
         assert_eq!((a.guest_mem_mb, a.queue_size), (64, 256));
         assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);
         assert_eq!((a.out, a.rate_pps), (None, None));
-        assert_eq!((a.vf_backend, a.pf.as_str(), a.vfs), (None, "pf0", None));
+        assert_eq!(
+            (a.vf_backend.is_empty(), a.pf.as_str(), a.vfs),
+            (true, "pf0", None)
+        );
     }
 
     #[test]
@@ -292,7 +295,7 @@ mod tests {
         let Command::Run(a) = c.into_command() else {
             panic!("expected run");
         };
-        assert_eq!(a.vf_backend, Some(VfBackend::AfXdp));
+        assert_eq!(a.vf_backend, [VfBackend::AfXdp]);
         assert_eq!((a.pf.as_str(), a.vfs), ("ens1f0", Some(8)));
         for b in VfBackend::value_variants() {
             let v = serde_json::to_value(b).expect("serialize");

@@ -311,7 +311,7 @@ fn modes_given_with_an_interface_conflict() {
     );
     let m = map("direct-passthrough.xml", None);
     let mut args = RunArgs {
-        vf_backend: Some(VfBackend::AfXdp),
+        vf_backend: vec![VfBackend::AfXdp],
         ..RunArgs::default()
     };
     let msg = m

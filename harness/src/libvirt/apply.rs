@@ -82,11 +82,14 @@ impl Mapping {
             self.check(
                 given,
                 "vf_backend",
-                args.vf_backend == Some(b),
-                || format!("--vf-backend {}", args.vf_backend.map_or("", |v| v.name())),
+                args.vf_backend == [b],
+                || {
+                    let names: Vec<&str> = args.vf_backend.iter().map(|v| v.name()).collect();
+                    format!("--vf-backend {}", names.join(","))
+                },
                 format!("VF backend {}", b.name()),
             )?;
-            args.vf_backend = Some(b);
+            args.vf_backend = vec![b];
         }
         if let Some(pf) = &s.pf {
             self.check(

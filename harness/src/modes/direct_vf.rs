@@ -185,6 +185,22 @@ impl Mode for DirectVf {
         }
     }
 
+    /// Each backend against the same socket with nothing around it: the packet socket written
+    /// a frame per `write(2)`, the AF_XDP socket's batched TX. macvtap has no raw ceiling yet:
+    /// its rows show no ratio rather than one against another kind of socket.
+    fn ceiling_on(&self, workload: Workload, size: u32, vf: Option<VfBackend>) -> Option<Ceiling> {
+        match (workload, vf.unwrap_or(DEFAULT_BACKEND)) {
+            (Workload::Rr, _) => Some(Ceiling::BusyPollWakeRtt),
+            (_, VfBackend::Packet) => Ceiling::packet_write(size),
+            (Workload::Tx, VfBackend::AfXdp) => Ceiling::xdp_tx(size),
+            (Workload::Rx, VfBackend::AfXdp) | (_, VfBackend::Macvtap) => None,
+        }
+    }
+
+    fn takes_vf_backend(&self) -> bool {
+        true
+    }
+
     /// `rr` runs two guests and two devices, as the tap modes do.
     fn oversubscribed(&self, workload: Workload, polling: bool, cores: usize) -> Option<String> {
         super::tap::oversubscribed(workload, polling, cores)

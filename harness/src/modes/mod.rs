@@ -27,7 +27,7 @@ use serde::{Serialize, Serializer};
 use crate::ceilings::Ceiling;
 use crate::pair::{PairConfig, RunOutcome};
 use crate::results::Workload;
-use crate::topology::Privileges;
+use crate::topology::{Privileges, VfBackend};
 
 /// One data path.
 pub trait Mode: Sync {
@@ -45,6 +45,17 @@ pub trait Mode: Sync {
     /// (`polling`: the guest and the device spin; `cores`: cores the run may use).
     fn oversubscribed(&self, _workload: Workload, _polling: bool, _cores: usize) -> Option<String> {
         None
+    }
+
+    /// [`Mode::ceiling`] for a combination run on VF backend `vf` (see
+    /// [`Mode::takes_vf_backend`]; `None`: the mode's default backend).
+    fn ceiling_on(&self, workload: Workload, size: u32, _vf: Option<VfBackend>) -> Option<Ceiling> {
+        self.ceiling(workload, size)
+    }
+
+    /// Whether it runs on a VF backend the run may choose or sweep (`--vf-backend`).
+    fn takes_vf_backend(&self) -> bool {
+        false
     }
 
     /// Whether its rows are shown against `emulated`'s (the `x emulated` column): the vhost

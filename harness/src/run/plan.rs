@@ -14,7 +14,7 @@ use crate::modes::{self, Mode, Resolved};
 use crate::pair::PairConfig;
 use crate::pin::{VCPU_CORE, WORKER_CORE};
 use crate::results::Workload;
-use crate::topology::{Privileges, VfOptions};
+use crate::topology::{Privileges, VfBackend, VfOptions};
 
 /// One cell of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,13 +29,19 @@ pub struct Combo {
     pub busy_poll_us: u64,
     /// Chains per backend submission.
     pub batch: u32,
+    /// `direct-vf`'s VF backend, where the run sweeps it (`None`: the mode's default).
+    pub vf_backend: Option<VfBackend>,
 }
 
 impl Combo {
     /// `mode/workload/sizeB/busy-poll Nus/batch N`.
     pub fn label(&self) -> String {
+        let backend = self
+            .vf_backend
+            .map(|b| format!("/{}", b.name()))
+            .unwrap_or_default();
         format!(
-            "{}/{}/{}B/busy-poll {}us/batch {}",
+            "{}{backend}/{}/{}B/busy-poll {}us/batch {}",
             self.mode.name(),
             self.workload.as_str(),
             self.size,
@@ -46,7 +52,8 @@ impl Combo {
 
     /// The ceiling this combination is compared with, if it has one.
     pub fn ceiling(&self) -> Option<Ceiling> {
-        self.mode.ceiling(self.workload, self.size)
+        self.mode
+            .ceiling_on(self.workload, self.size, self.vf_backend)
     }
 }
 
@@ -86,16 +93,19 @@ impl Plan {
                 for &size in &args.sizes {
                     for &busy_poll_us in &args.busy_poll_us {
                         for &batch in &args.batch {
-                            let c = Combo {
-                                mode,
-                                workload,
-                                size,
-                                busy_poll_us,
-                                batch,
-                            };
-                            match mode.oversubscribed(workload, guest_polls(args, &c), cores) {
-                                None => combos.push(c),
-                                Some(why) => left_out.push(format!("{}: {why}", c.label())),
+                            for vf_backend in vf_backends(args, mode) {
+                                let c = Combo {
+                                    mode,
+                                    workload,
+                                    size,
+                                    busy_poll_us,
+                                    batch,
+                                    vf_backend,
+                                };
+                                match mode.oversubscribed(workload, guest_polls(args, &c), cores) {
+                                    None => combos.push(c),
+                                    Some(why) => left_out.push(format!("{}: {why}", c.label())),
+                                }
                             }
                         }
                     }
@@ -152,7 +162,7 @@ impl Plan {
             vf: VfOptions {
                 pf: args.pf.clone(),
                 vfs: args.vfs,
-                backend: args.vf_backend,
+                backend: c.vf_backend,
             },
         }
     }
@@ -188,6 +198,16 @@ impl Plan {
             }
         }
         out
+    }
+}
+
+/// The VF backends a mode's combinations sweep: those asked for, for the one mode that takes
+/// a VF backend ([`Mode::takes_vf_backend`]); one `None` (nothing to sweep) otherwise.
+fn vf_backends(args: &RunArgs, mode: &dyn Mode) -> Vec<Option<VfBackend>> {
+    if mode.takes_vf_backend() && !args.vf_backend.is_empty() {
+        args.vf_backend.iter().copied().map(Some).collect()
+    } else {
+        vec![None]
     }
 }
 
@@ -257,6 +277,37 @@ mod tests {
         let p = Plan::new(&args, &host(), 2).expect("plan");
         let names: Vec<String> = p.round_ceilings().iter().map(|c| c.name()).collect();
         assert_eq!(names, ["spsc_copy_9000", "busy_poll_wake_rtt"]);
+    }
+
+    #[test]
+    fn only_direct_vf_sweeps_the_vf_backends() {
+        let args = RunArgs {
+            workloads: vec![Workload::Tx],
+            sizes: vec![64],
+            vf_backend: vec![VfBackend::Packet, VfBackend::AfXdp],
+            ..RunArgs::default()
+        };
+        let p = Plan::new(&args, &host(), 2).expect("plan");
+        let got: Vec<(String, Option<VfBackend>)> = p
+            .combos
+            .iter()
+            .map(|c| (c.mode.name().to_string(), c.vf_backend))
+            .collect();
+        let vf = |b| ("direct-vf".to_string(), Some(b));
+        assert!(got.contains(&vf(VfBackend::Packet)) && got.contains(&vf(VfBackend::AfXdp)));
+        assert_eq!(got.iter().filter(|(m, _)| m == "direct-vf").count(), 2);
+        assert!(got.iter().all(|(m, b)| m == "direct-vf" || b.is_none()));
+        let c = p
+            .combos
+            .iter()
+            .find(|c| c.vf_backend.is_some())
+            .expect("vf combo");
+        assert_eq!(p.pair_config(c).vf.backend, c.vf_backend);
+        assert!(
+            c.label().starts_with("direct-vf/packet/tx/"),
+            "{}",
+            c.label()
+        );
     }
 
     #[test]

@@ -78,11 +78,15 @@ pub fn render(doc: &Results) -> String {
     ]);
     for r in &doc.records {
         t.push_row(vec![
-            if r.modeled_exit_cost_ns > 0 {
-                format!("{}*", r.mode)
-            } else {
-                r.mode.clone()
-            },
+            format!(
+                "{}{}{}",
+                r.mode,
+                r.backend
+                    .as_deref()
+                    .map(|b| format!("/{b}"))
+                    .unwrap_or_default(),
+                if r.modeled_exit_cost_ns > 0 { "*" } else { "" }
+            ),
             r.workload.as_str().into(),
             r.size_bytes.to_string(),
             format!("{}{}", r.busy_poll_us, if r.guest_poll { "+g" } else { "" }),
