@@ -37,9 +37,19 @@ use crate::topology::{self, Netns, Privileges, Vf, VfBackend, VfPool, XdpRedirec
 #[derive(Debug)]
 pub struct DirectVf;
 
-/// The VF backend when none is asked for: the packet socket, which measured fastest (see
-/// the README's direct-vf section for the in-run comparison).
-pub const DEFAULT_BACKEND: VfBackend = VfBackend::Packet;
+/// The VF backend when none is asked for: AF_XDP, which measured fastest in the in-run
+/// comparison of the three (README, direct-vf), where the host can open AF_XDP sockets; the
+/// packet socket, which every host with a VF pool can, where it cannot.
+pub fn default_backend(host: &Privileges) -> VfBackend {
+    if host.af_xdp {
+        VfBackend::AfXdp
+    } else {
+        VfBackend::Packet
+    }
+}
+
+/// The backend a run uses when its configuration names none (a caller that did not plan it).
+const FALLBACK_BACKEND: VfBackend = VfBackend::Packet;
 
 /// What the worker's backend is built from on one VF.
 enum Source {
@@ -185,20 +195,26 @@ impl Mode for DirectVf {
         }
     }
 
-    /// Each backend against the same socket with nothing around it: the packet socket written
-    /// a frame per `write(2)`, the AF_XDP socket's batched TX. macvtap has no raw ceiling yet:
-    /// its rows show no ratio rather than one against another kind of socket.
+    /// TX: each backend against the same kind of socket with nothing around it — the packet
+    /// socket written a frame per `write(2)`, the AF_XDP socket's batched TX; macvtap has no
+    /// raw ceiling yet, so its TX rows show no ratio rather than one against another kind of
+    /// socket. RX: what the injector's kind of socket pushes through a VF (`packet_write_N`),
+    /// whichever backend receives.
     fn ceiling_on(&self, workload: Workload, size: u32, vf: Option<VfBackend>) -> Option<Ceiling> {
-        match (workload, vf.unwrap_or(DEFAULT_BACKEND)) {
+        match (workload, vf.unwrap_or(FALLBACK_BACKEND)) {
             (Workload::Rr, _) => Some(Ceiling::BusyPollWakeRtt),
-            (_, VfBackend::Packet) => Ceiling::packet_write(size),
+            (Workload::Rx, _) | (Workload::Tx, VfBackend::Packet) => Ceiling::packet_write(size),
             (Workload::Tx, VfBackend::AfXdp) => Ceiling::xdp_tx(size),
-            (Workload::Rx, VfBackend::AfXdp) | (_, VfBackend::Macvtap) => None,
+            (Workload::Tx, VfBackend::Macvtap) => None,
         }
     }
 
     fn takes_vf_backend(&self) -> bool {
         true
+    }
+
+    fn default_vf_backend(&self, host: &Privileges) -> Option<VfBackend> {
+        Some(default_backend(host))
     }
 
     /// `rr` runs two guests and two devices, as the tap modes do.
@@ -207,7 +223,7 @@ impl Mode for DirectVf {
     }
 
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
-        let kind = cfg.vf.backend.unwrap_or(DEFAULT_BACKEND);
+        let kind = cfg.vf.backend.unwrap_or(FALLBACK_BACKEND);
         let ns = Netns::create().context("network namespace")?;
         // The pool's size is fixed when it is made (`--vfs`); a run that needs more VFs than
         // it has fails on `take`, naming the pool and its size.

@@ -58,6 +58,12 @@ pub trait Mode: Sync {
         false
     }
 
+    /// The VF backend it runs on where none is asked for, on this host (see
+    /// [`Mode::takes_vf_backend`]).
+    fn default_vf_backend(&self, _host: &Privileges) -> Option<VfBackend> {
+        None
+    }
+
     /// Whether its rows are shown against `emulated`'s (the `x emulated` column): the vhost
     /// modes are what the comparison is about.
     fn vs_emulated(&self) -> bool {
@@ -219,6 +225,7 @@ mod tests {
             taps,
             io_uring: can_run,
             vfs: can_run,
+            af_xdp: can_run,
         }
     }
 

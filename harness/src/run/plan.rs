@@ -93,7 +93,7 @@ impl Plan {
                 for &size in &args.sizes {
                     for &busy_poll_us in &args.busy_poll_us {
                         for &batch in &args.batch {
-                            for vf_backend in vf_backends(args, mode) {
+                            for vf_backend in vf_backends(args, mode, host) {
                                 let c = Combo {
                                     mode,
                                     workload,
@@ -201,13 +201,16 @@ impl Plan {
     }
 }
 
-/// The VF backends a mode's combinations sweep: those asked for, for the one mode that takes
-/// a VF backend ([`Mode::takes_vf_backend`]); one `None` (nothing to sweep) otherwise.
-fn vf_backends(args: &RunArgs, mode: &dyn Mode) -> Vec<Option<VfBackend>> {
-    if mode.takes_vf_backend() && !args.vf_backend.is_empty() {
-        args.vf_backend.iter().copied().map(Some).collect()
-    } else {
+/// The VF backends a mode's combinations sweep: for a mode that takes one
+/// ([`Mode::takes_vf_backend`]) those asked for, or its default on this host; one `None`
+/// (nothing to choose) for the others.
+fn vf_backends(args: &RunArgs, mode: &dyn Mode, host: &Privileges) -> Vec<Option<VfBackend>> {
+    if !mode.takes_vf_backend() {
         vec![None]
+    } else if args.vf_backend.is_empty() {
+        vec![mode.default_vf_backend(host)]
+    } else {
+        args.vf_backend.iter().copied().map(Some).collect()
     }
 }
 
@@ -228,6 +231,7 @@ mod tests {
             taps: true,
             io_uring: true,
             vfs: true,
+            af_xdp: true,
         }
     }
 
@@ -264,10 +268,12 @@ mod tests {
                 "spsc_copy_64",
                 "tap_write_64",
                 "tap_uring_64",
+                "xdp_tx_64",
                 "packet_write_64",
                 "spsc_copy_1500",
                 "tap_write_1500",
                 "tap_uring_1500",
+                "xdp_tx_1500",
                 "packet_write_1500",
                 "busy_poll_wake_rtt",
             ]

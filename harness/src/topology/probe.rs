@@ -28,6 +28,9 @@ pub struct Privileges {
     /// A VF pool can be built and served (privileges, `ip`, veth pairs, io_uring), whatever
     /// `/dev/net/tun` says: the `direct-vf` mode needs no more.
     pub vfs: bool,
+    /// `AF_XDP` sockets can be opened (the `af-xdp` VF backend; it does not count as missing
+    /// when absent: `direct-vf` then defaults to the packet socket).
+    pub af_xdp: bool,
 }
 
 impl Privileges {
@@ -111,6 +114,7 @@ pub fn probe() -> Privileges {
         taps,
         io_uring,
         vfs: admin && veth.is_ok(),
+        af_xdp: engine::backend::af_xdp::sys::open_socket().is_ok(),
     }
 }
 
