@@ -106,9 +106,9 @@ pub fn open_tap(ns: &Netns, name: &str, offload_flags: u32) -> anyhow::Result<Ta
 }
 
 /// Creates bridge `name` in `ns` with STP off, forward delay 0, a 300 s ageing time (so
-/// frames flow as soon as a port is up, and learned addresses stay) and no multicast
-/// snooping, enslaves `ports` (with learning and flooding on, the defaults) and sets the
-/// bridge up.
+/// frames flow as soon as a port is up, and learned addresses stay), no multicast snooping
+/// and no netfilter calls, enslaves `ports` (with learning and flooding on, the defaults) and
+/// sets the bridge up.
 pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
     check_ifname(name)?;
     for p in ports {
@@ -131,6 +131,15 @@ pub fn bridge(ns: &Netns, name: &str, ports: &[&str]) -> anyhow::Result<()> {
             // No IGMP snooping: its querier sends membership reports out of every port,
             // frames no run sent that a wire end's counter would count.
             "mcast_snooping",
+            "0",
+            // No netfilter on bridged frames (br_netfilter is loaded on this host and calls
+            // the iptables hooks for every frame a bridge forwards): neither a host bridge
+            // without firewall rules nor a NIC's embedded switch pays for it.
+            "nf_call_iptables",
+            "0",
+            "nf_call_ip6tables",
+            "0",
+            "nf_call_arptables",
             "0",
         ])?;
         for p in ports {
