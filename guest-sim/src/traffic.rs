@@ -1,7 +1,8 @@
 //! Traffic a guest's virtio-net driver generates, on the driver side of the TX and RX queues.
 //!
 //! - `tx`: stream guest → host. TX completions are reaped on the next transmit, and
-//!   interrupts are asked for only when the ring is full (Linux `start_xmit` +
+//!   interrupts are asked for only when the ring is full (Linux `start_xmit`), for the next
+//!   completion (`virtqueue_enable_cb`; see `wait_used` for why not
 //!   `virtqueue_enable_cb_delayed`).
 //! - `rx`: host → guest. All RX buffers are posted up front; reaped ones are given back in
 //!   batches once half the ring is free (Linux `virtnet_poll` → `try_fill_recv`), with one
@@ -29,7 +30,8 @@ use crate::driver::{Buf, DriverError, DriverQueue};
 use crate::mock::MockGuest;
 
 const H: usize = VirtioNetHdr::SIZE;
-/// Frames the `tx` workload posts per publish when it can (DPDK's default burst is 32).
+/// Frames the `tx` workload posts per publish (DPDK's default burst is 32): it waits until that
+/// many fit, and publishes no more at once.
 pub const TX_BURST: usize = 32;
 
 /// Which traffic.
@@ -107,6 +109,10 @@ pub struct TrafficReport {
     pub kicks: u64,
     /// Times the guest slept on a call eventfd.
     pub interrupt_waits: u64,
+    /// TX interrupt waits after which the guest's next publish had to kick: the device had
+    /// gone to sleep too while the guest slept, so both sides paid a wake-up in turn (the
+    /// sleep/wake cycle of issue 12). At most `interrupt_waits`.
+    pub tx_waits_then_kick: u64,
     /// Received frames whose sequence number was not the next expected one.
     pub rx_out_of_order: u64,
     /// Received frames whose bytes were wrong.
@@ -202,6 +208,8 @@ struct Guest<'a> {
     repost: bool,
     /// Reaped RX buffers waiting for the next refill.
     rx_refill: Vec<u32>,
+    /// The guest slept for a TX interrupt and has not published since.
+    tx_waited: bool,
     r: TrafficReport,
 }
 
@@ -223,6 +231,7 @@ pub fn run(
         window: Duration::ZERO,
         kicks: 0,
         interrupt_waits: 0,
+        tx_waits_then_kick: 0,
         rx_out_of_order: 0,
         rx_corrupt: 0,
         rtt_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
@@ -257,6 +266,7 @@ pub fn run(
         frame_buf: vec![0u8; 65_536 + H],
         repost: true,
         rx_refill: Vec::with_capacity(nic.pair.rx.addrs.size as usize),
+        tx_waited: false,
         r,
     };
     if let Err(e) = g.main(stop) {
@@ -355,7 +365,11 @@ impl Guest<'_> {
         } else {
             (&mut self.rx, &self.nic.pair.rx.kick)
         };
-        if q.publish(&self.nic.mem)? {
+        let kicked = q.publish(&self.nic.mem)?;
+        if tx && std::mem::take(&mut self.tx_waited) && kicked {
+            self.r.tx_waits_then_kick += 1;
+        }
+        if kicked {
             self.r.kicks += 1;
             let _ = (&*fd).write_all(&1u64.to_ne_bytes());
             modeled_exit(self.cfg.exit_cost_ns);
@@ -464,12 +478,17 @@ impl Guest<'_> {
             }
             return Ok(());
         }
-        let budget = allowed.min(self.nic.pair.tx.addrs.size as u64) as usize;
+        // One burst per publish, as a DPDK application's `tx_burst` calls go (and as Linux
+        // kicks at the end of each `xmit_more` batch): the device sees the first frames while
+        // the next ones are written. Publishing everything that fits at once, after a wake-up
+        // the device got nothing until a whole ring was written; it drained the ring before
+        // the next one came, slept, and each ring cost a kick and the device's wake-up.
+        let budget = allowed.min(burst) as usize;
         let posted = self.post_tx_burst(budget)?;
         if posted > 0 {
             self.kick(true)?;
         } else if self.tx.num_free() == 0 {
-            // Ring full: wait for completions (netif_stop_queue + enable_cb_delayed).
+            // Ring full: wait for completions (netif_stop_queue; see `wait_used`).
             self.wait_used(true)?;
         } else {
             std::hint::spin_loop();
@@ -706,15 +725,18 @@ impl Guest<'_> {
         } else {
             (&mut self.rx, &self.nic.pair.rx.call)
         };
-        // TX waits only when the ring is full: wake once most of it is done (Linux start_xmit's
-        // `virtqueue_enable_cb_delayed`). RX wants the first frame.
-        let ready = if tx {
-            q.enable_interrupts_delayed(&self.nic.mem)?
-        } else {
-            q.enable_interrupts(&self.nic.mem)?
-        };
+        // Both directions ask for the next used buffer (`virtqueue_enable_cb`). TX waits only
+        // when the ring is full; Linux's start_xmit would then ask for three quarters of it
+        // (`virtqueue_enable_cb_delayed`), which suits a vCPU that keeps running and takes the
+        // interrupt at once. This guest sleeps, and its wake-up takes longer than the device
+        // needs for the last quarter: the device would run dry and sleep before the guest is
+        // back, and every ring would cost both a wake-up of the guest and, after its refill,
+        // one of the device. Woken at the device's first batch, the guest's wake-up overlaps
+        // the rest of the ring.
+        let ready = q.enable_interrupts(&self.nic.mem)?;
         if !ready {
             self.r.interrupt_waits += 1;
+            self.tx_waited |= tx;
             // Bounded, so a dead device cannot hang the guest; on time-out the caller looks at
             // the clock and the rings again.
             if wait_readable(call, 100) {

@@ -241,6 +241,12 @@ impl NetQueuePair {
             if n > 0 {
                 if more {
                     self.complete_tx(mem);
+                    // A guest waiting on a full ring is woken now, while this run still has
+                    // work, not after it.
+                    if self.txq.needs_notification_early(mem) {
+                        let _ = sys::signal(&self.tx_call);
+                        add(&m.tx.calls, 1);
+                    }
                 } else {
                     // The run's last batch is returned after this round's RX work (see
                     // `finish_round`): its used-ring stores would otherwise sit in the store
@@ -423,4 +429,126 @@ pub(crate) fn queue_failed(
         add(&m.queue_errors[e.kind() as usize], 1);
     }
     let _ = sys::signal(call);
+}
+
+#[cfg(test)]
+mod tests {
+    //! When the guest is interrupted on a TX stream: after the batch that crosses what it asked
+    //! for, while the handler run goes on, not at the run's end.
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::null::{NullBackend, NullMode};
+    use crate::metrics::get;
+    use guest_sim::testbed::{Testbed, TestbedConfig};
+    use guest_sim::{Buf, DriverQueue};
+    use vring::net::VirtioNetHdr;
+
+    const QUEUE: u16 = 1024;
+
+    /// A device pair on a fresh testbed and the guest's TX queue with a full ring posted.
+    fn full_tx_ring(event_idx: bool) -> (Arc<GuestMemory>, NetQueuePair, DriverQueue) {
+        let tb = Testbed::new(&TestbedConfig {
+            guest_mem_bytes: 8 << 20,
+            queue_size: QUEUE,
+            pairs: 1,
+            frame_len: 64,
+            mrg_rxbuf: true,
+        })
+        .expect("testbed");
+        let (mem, g) = (tb.mem, &tb.guest[0]);
+        let mut txq = DriverQueue::new(&mem, g.pair.tx.addrs, event_idx)
+            .expect("driver queue")
+            .with_in_order(true);
+        txq.disable_interrupts(&mem).expect("no interrupts");
+        let len = (VirtioNetHdr::SIZE + 64) as u32;
+        let features = Features::of(&[bit::VERSION_1])
+            .with(bit::RING_EVENT_IDX, event_idx)
+            .with(bit::IN_ORDER, true);
+        let wiring = tb.device.into_iter().next().expect("one pair");
+        let backend = Box::new(NullBackend::new(NullMode::Sink, false));
+        let cfg = PairConfig {
+            batch: crate::worker::VHOST_NET_BATCH,
+            pkt_weight: crate::worker::VHOST_NET_PKT_WEIGHT,
+            byte_weight: crate::worker::VHOST_NET_WEIGHT,
+        };
+        let (mut q, _kicks) =
+            NetQueuePair::new(0, &mem, features, wiring, backend, cfg).expect("pair");
+        // One frame first: the device's first interrupt decision always notifies (it has no
+        // earlier one to go by); after it, only what the guest asks for counts.
+        txq.add_one(&mem, Buf::read(g.bufs.tx[0], len))
+            .expect("post");
+        txq.publish(&mem).expect("publish");
+        let (m, mut r) = (DeviceMetrics::default(), DeviceReport::default());
+        assert_eq!(q.handle_tx(&mem, &m, &mut r), Ran::NeedGuest);
+        q.finish_round(&mem, &m);
+        assert_eq!(txq.reap(&mem, |_| {}).expect("reap"), 1);
+        // Then a full ring.
+        for slot in 0..QUEUE {
+            let head = txq.next_free_head().expect("free");
+            assert_eq!(head, (slot + 1) % QUEUE);
+            txq.add_one(&mem, Buf::read(g.bufs.tx[head as usize], len))
+                .expect("post");
+        }
+        txq.publish(&mem).expect("publish");
+        assert_eq!(txq.num_free(), 0);
+        (mem, q, txq)
+    }
+
+    #[test]
+    fn a_guest_asleep_on_a_full_ring_is_interrupted_after_the_first_batch() {
+        for event_idx in [true, false] {
+            let (mem, mut q, mut txq) = full_tx_ring(event_idx);
+            // The guest sleeps until the next completion (`virtqueue_enable_cb`).
+            assert!(!txq.enable_interrupts(&mem).expect("enable"));
+            let (m, mut r) = (DeviceMetrics::default(), DeviceReport::default());
+            // One handler run: the packet weight (256), four batches of 64.
+            assert_eq!(q.handle_tx(&mem, &m, &mut r), Ran::Requeue);
+            assert_eq!(get(&m.tx.packets), 0, "counted at the round's end");
+            assert_eq!(
+                get(&m.tx.calls),
+                1,
+                "event_idx {event_idx}: woken during the run"
+            );
+            assert_eq!(
+                q.txq.stats.publishes,
+                1 + 3,
+                "the run's last batch is still held"
+            );
+            q.finish_round(&mem, &m);
+            assert_eq!(get(&m.tx.packets), 256);
+            // With event indices the run's end owes nothing more; without them the guest's
+            // cleared flag asks again (it is still asleep), once.
+            let calls = get(&m.tx.calls);
+            if event_idx {
+                assert_eq!(calls, 1);
+            } else {
+                assert_eq!(calls, 2);
+            }
+            // The next run's batches do not interrupt a guest still asleep again and again.
+            assert_eq!(q.handle_tx(&mem, &m, &mut r), Ran::Requeue);
+            q.finish_round(&mem, &m);
+            assert_eq!(get(&m.tx.calls), if event_idx { 1 } else { 3 });
+        }
+    }
+
+    #[test]
+    fn a_delayed_request_is_answered_by_the_batch_that_crosses_it() {
+        let (mem, mut q, mut txq) = full_tx_ring(true);
+        // Three quarters of the ring (Linux `virtqueue_enable_cb_delayed`): the interrupt is
+        // due once 769 are used, in the fourth run's first batch, not at the ring's end.
+        assert!(!txq.enable_interrupts_delayed(&mem).expect("enable"));
+        let (m, mut r) = (DeviceMetrics::default(), DeviceReport::default());
+        for run in 0..3 {
+            assert_eq!(q.handle_tx(&mem, &m, &mut r), Ran::Requeue);
+            q.finish_round(&mem, &m);
+            assert_eq!(get(&m.tx.calls), 0, "run {run}");
+        }
+        assert_eq!(q.handle_tx(&mem, &m, &mut r), Ran::NeedGuest);
+        assert_eq!(get(&m.tx.calls), 1);
+        assert_eq!(q.txq.stats.publishes, 1 + 12 + 3);
+        q.finish_round(&mem, &m);
+        assert_eq!(get(&m.tx.calls), 1);
+        assert_eq!(get(&m.tx.packets), QUEUE as u64);
+    }
 }

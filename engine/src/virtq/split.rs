@@ -64,6 +64,10 @@ pub struct DeviceQueue {
     published_used: u16,
     /// `used.idx` when the guest was last notified (`signalled_used`), if known.
     signalled_used: Option<u16>,
+    /// Without event indices: an early notification went out and the guest's
+    /// `VRING_AVAIL_F_NO_INTERRUPT` has not been seen set since
+    /// (see [`DeviceQueue::needs_notification_early`]).
+    early_notified: bool,
     /// Kicks currently suppressed.
     kicks_disabled: bool,
     broken: Option<QueueError>,
@@ -126,6 +130,7 @@ impl DeviceQueue {
             next_used: 0,
             published_used: 0,
             signalled_used: None,
+            early_notified: false,
             kicks_disabled: false,
             broken: None,
             stats: QueueStats::default(),
@@ -468,7 +473,12 @@ impl DeviceQueue {
             }
         } else {
             match mem.load_u16(self.avail_off + avail::FLAGS as usize, Ordering::Relaxed) {
-                Ok(flags) => flags & layout::VRING_AVAIL_F_NO_INTERRUPT == 0,
+                Ok(flags) => {
+                    let asked = flags & layout::VRING_AVAIL_F_NO_INTERRUPT == 0;
+                    // The guest is awake again: a later request of its own is news.
+                    self.early_notified &= asked;
+                    asked
+                }
                 Err(_) => true,
             }
         };
@@ -476,6 +486,62 @@ impl DeviceQueue {
             self.stats.notifies += 1;
         } else {
             self.stats.notifies_suppressed += 1;
+        }
+        notify
+    }
+
+    /// Whether the guest has already asked for an interrupt for what was published since the
+    /// last one, as far as can be seen without a fence: for a decision in the middle of a run,
+    /// after a batch is published, so a guest sleeping on a full ring is woken while the device
+    /// still has the rest of the run to do (Linux signals after every `VHOST_NET_BATCH`).
+    ///
+    /// Never the last word: a `false` may come from a stale `used_event` (or flags), so the
+    /// state is left as it was and the fenced [`DeviceQueue::needs_notification`] after the
+    /// run's last publish still sees the whole range since the last interrupt. A `true` (to be
+    /// followed by signalling) counts as the interrupt for everything published so far.
+    ///
+    /// Without event indices a guest's cleared `VRING_AVAIL_F_NO_INTERRUPT` says only "I am
+    /// waiting", and stays clear until the woken guest sets it again, so one early notification
+    /// goes out per wait: the next only once the flag has been seen set again (Linux would
+    /// signal after every batch meanwhile, an eventfd write each). The fenced decision still
+    /// notifies whenever the flag is clear, as before.
+    pub fn needs_notification_early(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        let new = self.published_used;
+        let notify = if self.event_idx {
+            if self.signalled_used == Some(new) {
+                return false;
+            }
+            // Relaxed atomic, unfenced: see above.
+            let ev = mem.load_u16(
+                self.avail_off + avail::used_event(self.size) as usize,
+                Ordering::Relaxed,
+            );
+            match (ev, self.signalled_used) {
+                (Ok(ev), Some(old)) => layout::need_event(ev, new, old),
+                // The first notification, as in `needs_notification_fenced`.
+                (Ok(_), None) => true,
+                (Err(_), _) => false,
+            }
+        } else {
+            let asked =
+                match mem.load_u16(self.avail_off + avail::FLAGS as usize, Ordering::Relaxed) {
+                    Ok(flags) => flags & layout::VRING_AVAIL_F_NO_INTERRUPT == 0,
+                    Err(_) => false,
+                };
+            // The guest is awake again: a later request of its own is news.
+            self.early_notified &= asked;
+            asked && !self.early_notified
+        };
+        if notify {
+            if self.event_idx {
+                self.signalled_used = Some(new);
+            } else {
+                self.early_notified = true;
+            }
+            self.stats.notifies += 1;
         }
         notify
     }

@@ -1,7 +1,8 @@
 //! The machine's ceilings: what the same work costs with no device around it, measured the way
 //! the engine is measured. `vhostbench limits` prints them; `run` measures each combination's own
 //! ceiling in the same invocation and puts the combination against it. A ceiling is a
-//! [`Ceiling`]; its measuring code is in the private modules `ring`, `rtt`, `tap` and `vf`.
+//! [`Ceiling`]; its measuring code is in the private modules `ring`, `sleep`, `rtt`, `tap`,
+//! `vf` and `xdp`.
 //!
 //! Every limit but the tap ones runs a producer (or requester) pinned to [`VCPU_CORE`](crate::pin::VCPU_CORE) and a
 //! consumer (or responder) pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE), threads named `limit-*`; the tap limits
@@ -14,6 +15,11 @@
 //!   shared 256-buffer pool (a memfd mapping, the same [`vring::GuestMemory`] copy path the
 //!   engine uses). The producer copies the packet in, the consumer copies it out into a
 //!   private sink: guest-fills-buffer plus vhost-copies-out, one copy on each side.
+//! - `sleep_ring_<size>_q<queue>` (Mpps): the copy ring with `queue` slots (and buffers) whose
+//!   sides sleep instead of spinning: a side with nothing to do arms a "wake me" flag, fences,
+//!   re-checks, and blocks in `read` on its eventfd; the other side writes that eventfd only
+//!   when it sees the flag armed (virtio's notification suppression without the event-index
+//!   arithmetic). The yardstick of a device and driver that sleep when idle (no busy polling).
 //! - `busy_poll_wake_rtt` / `_p99` (ns): A sets a flag, B busy-polls, sees it and answers
 //!   on a second cache line, A busy-polls for the answer. Median and p99 of per-sample round
 //!   trips (hdrhistogram), up to 100 000 samples per repeat, capped by the duration.
@@ -47,6 +53,7 @@
 
 mod ring;
 mod rtt;
+mod sleep;
 mod tap;
 mod vf;
 mod xdp;
@@ -70,6 +77,10 @@ pub const UNIT_NS: &str = "ns";
 const TAP_SIZES: std::ops::RangeInclusive<u32> = 30..=1514;
 /// Packet sizes of the copy ring: two 8-byte stamps up to 64 KiB.
 const COPY_SIZES: std::ops::RangeInclusive<u32> = 16..=65_536;
+/// Slots of the sleeping ring: powers of two in this range (a virtqueue's sizes, from 16).
+const SLEEP_QUEUES: std::ops::RangeInclusive<u16> = 16..=32_768;
+/// Most bytes the sleeping ring's buffer pool (`queue` buffers of `size`) may take.
+const SLEEP_POOL_MAX: u64 = 1 << 30;
 
 /// One ceiling of this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,6 +91,14 @@ pub enum Ceiling {
     SpscCopy {
         /// Packet bytes.
         size: u32,
+    },
+    /// The copy ring with `queue` slots, each side sleeping on an eventfd when idle and woken
+    /// only when it asked to be (Mpps).
+    SleepRing {
+        /// Packet bytes.
+        size: u32,
+        /// Ring slots (a power of two).
+        queue: u16,
     },
     /// Round trip between two busy-polling threads (ns; also a `_p99` row).
     BusyPollWakeRtt,
@@ -121,6 +140,17 @@ impl Ceiling {
             .then_some(Ceiling::SpscCopy { size })
     }
 
+    /// [`Ceiling::SleepRing`] of `size` and `queue`, if the ring takes them (`size` 16..=65536,
+    /// `queue` a power of two in 16..=32768, at most 1 GiB of buffers).
+    pub fn sleep_ring(size: u32, queue: u16) -> Option<Ceiling> {
+        let pool = u64::from(size.next_multiple_of(64)) * u64::from(queue);
+        (COPY_SIZES.contains(&size)
+            && SLEEP_QUEUES.contains(&queue)
+            && queue.is_power_of_two()
+            && pool <= SLEEP_POOL_MAX)
+            .then_some(Ceiling::SleepRing { size, queue })
+    }
+
     /// [`Ceiling::TapWrite`] of `size`, if a tap takes that size (30..=1514).
     pub fn tap_write(size: u32) -> Option<Ceiling> {
         TAP_SIZES
@@ -160,6 +190,14 @@ impl Ceiling {
             Ceiling::SpscHandoff,
             Ceiling::SpscCopy { size: 64 },
             Ceiling::SpscCopy { size: 1500 },
+            Ceiling::SleepRing {
+                size: 64,
+                queue: 256,
+            },
+            Ceiling::SleepRing {
+                size: 64,
+                queue: 1024,
+            },
             Ceiling::BusyPollWakeRtt,
             Ceiling::BlockingWakeRtt,
             Ceiling::TapWrite { size: 64 },
@@ -180,6 +218,7 @@ impl Ceiling {
         match self {
             Ceiling::SpscHandoff => "spsc_handoff".into(),
             Ceiling::SpscCopy { size } => format!("spsc_copy_{size}"),
+            Ceiling::SleepRing { size, queue } => format!("sleep_ring_{size}_q{queue}"),
             Ceiling::BusyPollWakeRtt => "busy_poll_wake_rtt".into(),
             Ceiling::BlockingWakeRtt => "blocking_wake_rtt".into(),
             Ceiling::TapWrite { size } => format!("tap_write_{size}"),
@@ -217,6 +256,7 @@ impl Ceiling {
     pub fn size(&self) -> Option<u32> {
         match *self {
             Ceiling::SpscCopy { size }
+            | Ceiling::SleepRing { size, .. }
             | Ceiling::TapWrite { size }
             | Ceiling::TapUring { size }
             | Ceiling::PacketWrite { size }
@@ -258,6 +298,19 @@ impl Ceiling {
             Ceiling::SpscCopy { size } => {
                 let size = Self::checked(&name, size, COPY_SIZES)?;
                 one(per_repeat(&mut || ring::copy_once(size, duration))?)
+            }
+            Ceiling::SleepRing { size, queue } => {
+                anyhow::ensure!(
+                    Ceiling::sleep_ring(size, queue).is_some(),
+                    "{name}: size {size} or queue {queue} out of range (size {}..={}, queue a \
+                     power of two in {}..={}, at most {SLEEP_POOL_MAX} bytes of buffers)",
+                    COPY_SIZES.start(),
+                    COPY_SIZES.end(),
+                    SLEEP_QUEUES.start(),
+                    SLEEP_QUEUES.end()
+                );
+                let (size, queue) = (size as usize, u32::from(queue));
+                one(per_repeat(&mut || sleep::once(size, queue, duration))?)
             }
             Ceiling::BusyPollWakeRtt => rtt::limit(&name, repeat, || rtt::busy_once(duration)),
             Ceiling::BlockingWakeRtt => rtt::limit(&name, repeat, || rtt::blocking_once(duration)),
@@ -339,6 +392,10 @@ impl FromStr for Ceiling {
             "busy_poll_wake_rtt" => Some(Ceiling::BusyPollWakeRtt),
             "blocking_wake_rtt" => Some(Ceiling::BlockingWakeRtt),
             _ => sized("spsc_copy_", Ceiling::spsc_copy)
+                .or_else(|| {
+                    let (size, queue) = s.strip_prefix("sleep_ring_")?.split_once("_q")?;
+                    Ceiling::sleep_ring(size.parse().ok()?, queue.parse().ok()?)
+                })
                 .or_else(|| sized("tap_write_", Ceiling::tap_write))
                 .or_else(|| sized("tap_uring_", Ceiling::tap_uring))
                 .or_else(|| sized("packet_write_", Ceiling::packet_write))
@@ -348,8 +405,9 @@ impl FromStr for Ceiling {
         found.ok_or_else(|| {
             format!(
                 "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
-                 busy_poll_wake_rtt[_p99], blocking_wake_rtt[_p99], tap_write_<30..1514>, \
-                 tap_uring_<30..1514>, packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>)"
+                 sleep_ring_<16..65536>_q<power of two 16..32768>, busy_poll_wake_rtt[_p99], \
+                 blocking_wake_rtt[_p99], tap_write_<30..1514>, tap_uring_<30..1514>, \
+                 packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>)"
             )
         })
     }
@@ -426,6 +484,14 @@ mod tests {
             Ceiling::SpscCopy { size: 9000 },
             Ceiling::TapUring { size: 30 },
             Ceiling::PacketUring { size: 1514 },
+            Ceiling::SleepRing {
+                size: 1500,
+                queue: 16,
+            },
+            Ceiling::SleepRing {
+                size: 64,
+                queue: 32768,
+            },
         ]) {
             for row in c.rows() {
                 assert_eq!(row.parse::<Ceiling>(), Ok(c), "{row}");
@@ -440,6 +506,14 @@ mod tests {
             "tap_uring_",
             "packet_write_1515",
             "packet_uring_29",
+            "sleep_ring_64",
+            "sleep_ring_64_q",
+            "sleep_ring_64_q1000",
+            "sleep_ring_64_q8",
+            "sleep_ring_8_q256",
+            "sleep_ring_64_q65536",
+            "sleep_ring_65536_q32768",
+            "sleep_ring_64_q256_p99",
         ] {
             let e = bad.parse::<Ceiling>().expect_err(bad);
             assert!(e.contains("known:"), "{e}");
@@ -451,7 +525,12 @@ mod tests {
         assert_eq!(Ceiling::spsc_copy(8), None);
         assert_eq!(Ceiling::tap_write(9000), None);
         assert_eq!(Ceiling::tap_uring(29), None);
+        assert_eq!(Ceiling::sleep_ring(64, 1000), None);
+        assert_eq!(Ceiling::sleep_ring(65_536, 32_768), None);
         let d = Duration::from_millis(5);
+        assert!(Ceiling::SleepRing { size: 64, queue: 8 }
+            .measure(d, 1)
+            .is_err());
         assert!(Ceiling::SpscCopy { size: 8 }.measure(d, 1).is_err());
         assert!(Ceiling::TapWrite { size: 8 }.measure(d, 1).is_err());
         assert!(Ceiling::TapUring { size: 9000 }.measure(d, 1).is_err());
