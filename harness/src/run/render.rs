@@ -119,7 +119,7 @@ pub fn render(doc: &Results) -> String {
          % ceiling: tx/rx vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
          rr vs the in-run busy-poll wake round trip (ceiling / p50); tap modes vs the in-run\n\
          tap ceilings (tap_write_N: a write(2) per frame; tap_uring_N: io_uring batches);\n\
-         direct-vf vs a VF's packet socket written a frame per write(2) (packet_write_N).\n\
+         direct-vf vs its VF backend's socket with nothing around it (packet_write_N, xdp_tx_N).\n\
          Each ratio is taken per repeat, against the ceiling measured right before it ran; the\n\
          median is shown.\n\
          x emulated: a vhost mode's throughput / emulated's, same row otherwise. ns/pkt: thread CPU time\n\
