@@ -377,6 +377,18 @@ pub(crate) fn test_config(workload: Workload) -> PairConfig {
     }
 }
 
+/// Moderate, rate-limited traffic for tests over kernel topologies (taps, VFs, AF_XDP): no
+/// loss is acceptable at this rate.
+#[cfg(test)]
+pub(crate) fn moderate_test_config(workload: Workload) -> PairConfig {
+    PairConfig {
+        frame_len: 128,
+        rate_pps: Some(3000),
+        duration: Duration::from_millis(300),
+        ..test_config(workload)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! End to end: guest-sim ↔ engine worker ↔ null backend. Every packet sent arrives exactly

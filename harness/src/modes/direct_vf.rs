@@ -311,7 +311,6 @@ impl Mode for DirectVf {
 mod tests {
     //! direct-vf end to end, on a VF pool in a private namespace. They need root; without it
     //! they skip, saying why.
-    use std::time::Duration;
 
     use super::*;
 
@@ -323,14 +322,8 @@ mod tests {
         p.vfs
     }
 
-    /// Moderate, rate-limited traffic: no loss is acceptable at this rate.
     fn cfg(workload: TrafficWorkload) -> PairConfig {
-        PairConfig {
-            frame_len: 128,
-            rate_pps: Some(3000),
-            duration: Duration::from_millis(300),
-            ..pair::test_config(workload)
-        }
+        pair::moderate_test_config(workload)
     }
 
     fn exactly_once(o: &RunOutcome, w: TrafficWorkload, at_least: u64) {
@@ -390,26 +383,34 @@ mod tests {
         assert_eq!(o.guest.rtt_ns.len(), o.guest.received);
     }
 
+    /// tx, rx and rr on `backend`, each exactly once; the backends each run named.
+    fn every_workload_on(backend: VfBackend) -> Vec<&'static str> {
+        [
+            TrafficWorkload::Tx,
+            TrafficWorkload::Rx,
+            TrafficWorkload::Rr,
+        ]
+        .into_iter()
+        .map(|w| {
+            let mut c = cfg(w);
+            c.vf.backend = Some(backend);
+            if w == TrafficWorkload::Rr {
+                c.rate_pps = Some(1000);
+            }
+            let o = DirectVf.run(&c).expect("run");
+            exactly_once(&o, w, 100);
+            o.backend.unwrap_or("none")
+        })
+        .collect()
+    }
+
     /// The same three workloads through macvtap in passthrough mode on the VF.
     #[test]
     fn the_macvtap_backend_delivers_exactly_once() {
         if !can_run("the_macvtap_backend_delivers_exactly_once") {
             return;
         }
-        for w in [
-            TrafficWorkload::Tx,
-            TrafficWorkload::Rx,
-            TrafficWorkload::Rr,
-        ] {
-            let mut c = cfg(w);
-            c.vf.backend = Some(VfBackend::Macvtap);
-            if w == TrafficWorkload::Rr {
-                c.rate_pps = Some(1000);
-            }
-            let o = DirectVf.run(&c).expect("run");
-            exactly_once(&o, w, 100);
-            assert_eq!(o.backend, Some("macvtap"), "{w:?}");
-        }
+        assert_eq!(every_workload_on(VfBackend::Macvtap), ["macvtap"; 3]);
     }
 
     /// A pool's size is fixed: a run that needs more VFs than `--vfs` gives fails naming the
@@ -440,23 +441,8 @@ mod tests {
         if !can_run("the_af_xdp_backend_delivers_exactly_once") {
             return;
         }
-        for w in [
-            TrafficWorkload::Tx,
-            TrafficWorkload::Rx,
-            TrafficWorkload::Rr,
-        ] {
-            let mut c = cfg(w);
-            c.vf.backend = Some(VfBackend::AfXdp);
-            if w == TrafficWorkload::Rr {
-                c.rate_pps = Some(1000);
-            }
-            let o = DirectVf.run(&c).expect("run");
-            exactly_once(&o, w, 100);
-            assert!(
-                o.backend.is_some_and(|b| b.starts_with("af-xdp")),
-                "{w:?}: {:?}",
-                o.backend
-            );
+        for b in every_workload_on(VfBackend::AfXdp) {
+            assert!(b.starts_with("af-xdp"), "{b}");
         }
     }
 

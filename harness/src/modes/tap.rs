@@ -143,14 +143,8 @@ mod tests {
         p.can_run
     }
 
-    /// Moderate, rate-limited traffic: no loss is acceptable at this rate.
     fn cfg(workload: Workload) -> PairConfig {
-        PairConfig {
-            frame_len: 128,
-            rate_pps: Some(3000),
-            duration: Duration::from_millis(300),
-            ..pair::test_config(workload)
-        }
+        pair::moderate_test_config(workload)
     }
 
     /// A UDP/IPv4 frame of 60 bytes whose checksum the guest asks the host to fill in.

@@ -261,14 +261,8 @@ mod live {
         p.can_run
     }
 
-    /// Moderate, rate-limited traffic: no loss is acceptable at this rate.
     fn cfg(workload: Workload) -> PairConfig {
-        PairConfig {
-            frame_len: 128,
-            rate_pps: Some(3000),
-            duration: Duration::from_millis(300),
-            ..pair::test_config(workload)
-        }
+        pair::moderate_test_config(workload)
     }
 
     /// A veth pair with an AF_XDP port on the VF end and the redirect program on it.
