@@ -64,14 +64,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use serde::{Deserialize, Serialize};
 
-use crate::stats::Summary;
-
-/// Unit of throughput ceilings: millions of packets per second.
-pub const UNIT_MPPS: &str = "mpps";
-/// Unit of latency ceilings: nanoseconds.
-pub const UNIT_NS: &str = "ns";
+pub use crate::results::{LimitResult, UNIT_MPPS, UNIT_NS};
 
 /// Frame sizes a tap takes: an Ethernet header and test-frame stamp up to MTU 1500 + header.
 const TAP_SIZES: std::ops::RangeInclusive<u32> = 30..=1514;
@@ -409,39 +403,6 @@ impl FromStr for Ceiling {
                  blocking_wake_rtt[_p99], tap_write_<30..1514>, tap_uring_<30..1514>, \
                  packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>)"
             )
-        })
-    }
-}
-
-/// One ceiling row, measured `repeat` times.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LimitResult {
-    /// Row name ([`Ceiling::rows`]).
-    pub name: String,
-    /// `"mpps"` or `"ns"`.
-    pub unit: String,
-    /// Smallest of `samples`.
-    pub min: f64,
-    /// Median of `samples`.
-    pub median: f64,
-    /// Largest of `samples`.
-    pub max: f64,
-    /// One value per repeat, in measurement order.
-    pub samples: Vec<f64>,
-}
-
-impl LimitResult {
-    /// Summarises per-repeat `samples`; an error if there are none.
-    pub fn from_samples(name: &str, unit: &str, samples: Vec<f64>) -> anyhow::Result<Self> {
-        let s =
-            Summary::from_values(&samples).ok_or_else(|| anyhow!("limit {name}: no samples"))?;
-        Ok(Self {
-            name: name.to_string(),
-            unit: unit.to_string(),
-            min: s.min,
-            median: s.median,
-            max: s.max,
-            samples,
         })
     }
 }

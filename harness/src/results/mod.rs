@@ -17,6 +17,7 @@ mod schema;
 pub use clock::UtcTime;
 pub use io::{default_results_path, read_results, workspace_root, write_results};
 pub use schema::{
-    gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, PctOfCeiling, Record, RepeatValues,
-    Results, Workload, PLACEMENT_CHANGE_RATIO, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, TOOL,
+    gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, LimitResult, PctOfCeiling, Record,
+    RepeatValues, Results, Workload, PLACEMENT_CHANGE_RATIO, READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION, TOOL, UNIT_MPPS, UNIT_NS,
 };

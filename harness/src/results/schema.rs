@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::UtcTime;
 use crate::calibrate::Calibration;
-use crate::ceilings::{LimitResult, UNIT_MPPS, UNIT_NS};
 use crate::host::{self, HostInfo};
 use crate::stats::Summary;
 
@@ -18,6 +17,44 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub const READABLE_SCHEMA_VERSIONS: std::ops::RangeInclusive<u32> = 1..=SCHEMA_VERSION;
 /// Value of the `tool` field.
 pub const TOOL: &str = "vhostbench";
+
+/// Unit of throughput ceilings and limits: millions of packets per second.
+pub const UNIT_MPPS: &str = "mpps";
+/// Unit of latency ceilings and limits: nanoseconds.
+pub const UNIT_NS: &str = "ns";
+
+/// One ceiling row, measured `repeat` times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitResult {
+    /// Row name (`crate::ceilings::Ceiling::rows`).
+    pub name: String,
+    /// `"mpps"` or `"ns"`.
+    pub unit: String,
+    /// Smallest of `samples`.
+    pub min: f64,
+    /// Median of `samples`.
+    pub median: f64,
+    /// Largest of `samples`.
+    pub max: f64,
+    /// One value per repeat, in measurement order.
+    pub samples: Vec<f64>,
+}
+
+impl LimitResult {
+    /// Summarises per-repeat `samples`; an error if there are none.
+    pub fn from_samples(name: &str, unit: &str, samples: Vec<f64>) -> anyhow::Result<Self> {
+        let s =
+            Summary::from_values(&samples).ok_or_else(|| anyhow!("limit {name}: no samples"))?;
+        Ok(Self {
+            name: name.to_string(),
+            unit: unit.to_string(),
+            min: s.min,
+            median: s.median,
+            max: s.max,
+            samples,
+        })
+    }
+}
 
 /// A whole results file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
