@@ -126,6 +126,12 @@ pub enum Ceiling {
     },
 }
 
+/// `make(size)` if an Ethernet interface takes frames of `size` bytes (30..=1514): the
+/// ceilings that write frames to a tap, a packet socket or an AF_XDP socket.
+fn framed(size: u32, make: fn(u32) -> Ceiling) -> Option<Ceiling> {
+    TAP_SIZES.contains(&size).then(|| make(size))
+}
+
 impl Ceiling {
     /// [`Ceiling::SpscCopy`] of `size`, if the ring takes that size (16..=65536).
     pub fn spsc_copy(size: u32) -> Option<Ceiling> {
@@ -147,35 +153,27 @@ impl Ceiling {
 
     /// [`Ceiling::TapWrite`] of `size`, if a tap takes that size (30..=1514).
     pub fn tap_write(size: u32) -> Option<Ceiling> {
-        TAP_SIZES
-            .contains(&size)
-            .then_some(Ceiling::TapWrite { size })
+        framed(size, |size| Ceiling::TapWrite { size })
     }
 
     /// [`Ceiling::TapUring`] of `size`, if a tap takes that size (30..=1514).
     pub fn tap_uring(size: u32) -> Option<Ceiling> {
-        TAP_SIZES
-            .contains(&size)
-            .then_some(Ceiling::TapUring { size })
+        framed(size, |size| Ceiling::TapUring { size })
     }
 
     /// [`Ceiling::PacketWrite`] of `size`, if a VF takes that size (30..=1514).
     pub fn packet_write(size: u32) -> Option<Ceiling> {
-        TAP_SIZES
-            .contains(&size)
-            .then_some(Ceiling::PacketWrite { size })
+        framed(size, |size| Ceiling::PacketWrite { size })
     }
 
     /// [`Ceiling::PacketUring`] of `size`, if a VF takes that size (30..=1514).
     pub fn packet_uring(size: u32) -> Option<Ceiling> {
-        TAP_SIZES
-            .contains(&size)
-            .then_some(Ceiling::PacketUring { size })
+        framed(size, |size| Ceiling::PacketUring { size })
     }
 
     /// [`Ceiling::XdpTx`] of `size`, if a veth takes that size (30..=1514).
     pub fn xdp_tx(size: u32) -> Option<Ceiling> {
-        TAP_SIZES.contains(&size).then_some(Ceiling::XdpTx { size })
+        framed(size, |size| Ceiling::XdpTx { size })
     }
 
     /// What `vhostbench limits` measures by default, in the order it reports them.
