@@ -38,7 +38,8 @@
 //!   raw `AF_PACKET` socket bound to a VF end of a one-VF pool), counted by the wire end's
 //!   receive counter.
 //! - `xdp_tx_64`, `xdp_tx_1500` (Mpps): the AF_XDP backend's TX with no engine: an AF_XDP
-//!   socket in copy mode on a veth end, batches of 64 frames copied into UMEM chunks,
+//!   socket in copy mode on the VF end of a one-VF pool (the path a `direct-vf` run's frames
+//!   take: the wire end is a port of the PF's switch), batches of 64 frames copied into UMEM chunks,
 //!   published with one producer store and one `sendto` kick, chunks reclaimed from the
 //!   completion ring; counted by the wire end's receive counter (`xdp` module).
 //!

@@ -1,6 +1,7 @@
 //! The AF_XDP ceiling `xdp_tx_<size>`: the AF_XDP backend's TX work with no engine around it,
-//! on the same kind of socket (copy mode, bound to queue 0 of a veth end in a fresh
-//! namespace, rings of 1024, 2 KiB chunks) and the same batch (64): per batch, reap the
+//! on the same kind of socket (copy mode, bound to queue 0 of the VF end of a one-VF pool in a
+//! fresh namespace, rings of 1024, 2 KiB chunks), over the same path (the VF's wire end is a
+//! port of the PF's switch, as in a `direct-vf` run) and the same batch (64): per batch, reap the
 //! completion ring, copy each test frame (EtherType 0x88b5, sequence-stamped) into a free
 //! UMEM chunk, write its TX descriptor, publish the batch with one Release store, kick with
 //! one `sendto` (more only if the kernel pushes back). One thread, `limit-xdp`, pinned to the
@@ -14,15 +15,14 @@ use engine::backend::af_xdp::sys::{Chunk, Xsk};
 
 use super::join;
 use crate::pin::{spawn_pinned, WORKER_CORE};
-use crate::topology::{self, Netns};
+use crate::topology::{self, Netns, VfPool};
 
 /// Frames per batch (`VHOST_NET_BATCH`).
 const BATCH: usize = 64;
 /// Entries per ring (the backend's default).
 const RING: u32 = 1024;
-/// The VF end the socket is bound to, and the wire end that counts.
-const VF: &str = "vhbxvf0";
-const WIRE: &str = "vhbxwire0";
+/// The PF of the ceiling's one-VF pool (inside its own namespace).
+const LIMIT_PF: &str = "vhbxpf";
 
 /// `repeat` samples (Mpps) of `size`-byte frames sent for `duration` each.
 pub(super) fn measure(
@@ -39,21 +39,23 @@ pub(super) fn measure(
     let p = topology::probe();
     ensure!(p.can_run, "limit {name} needs root: {}", p.summary());
     let ns = Netns::create().with_context(|| format!("{name}: namespace"))?;
-    topology::veth_pair(&ns, VF, WIRE).with_context(|| format!("{name}: veth"))?;
+    let pool = VfPool::create(&ns, LIMIT_PF, 1).with_context(|| format!("{name}: VF pool"))?;
+    let vf = pool.take()?;
+    let wire = vf.wire().to_string();
     // One socket for every repeat: a closed socket's queue is released by deferred kernel
     // work, and a new one bound right away would find the queue busy. Each repeat ends with
     // every chunk back (checked), so each starts alike.
-    let (mut xsk, mut chunks) = topology::open_xsk(&ns, VF, 0, RING)?;
+    let (mut xsk, mut chunks) = topology::open_xsk(&ns, vf.name(), 0, RING)?;
     let mut samples = Vec::with_capacity(repeat);
     for _ in 0..repeat {
-        let before = topology::link_stats(&ns, WIRE)?;
+        let before = topology::link_stats(&ns, &wire)?;
         let h = spawn_pinned("limit-xdp".into(), WORKER_CORE, move || {
             tx_once(xsk, chunks, size, duration)
         })
         .context("spawning limit-xdp")?;
         let (frames, secs);
         (xsk, chunks, frames, secs) = join(h, "limit-xdp")?;
-        let after = topology::link_stats(&ns, WIRE)?;
+        let after = topology::link_stats(&ns, &wire)?;
         // (Its `rx_dropped` counts the same frames again: the stack has no handler for the
         // test EtherType and drops each after the veth delivered it.)
         let received = after.rx_packets - before.rx_packets;
