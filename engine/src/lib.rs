@@ -26,6 +26,7 @@ pub mod emulated;
 pub mod metrics;
 pub mod net;
 pub mod sys;
+pub mod vhost_user;
 pub mod virtq;
 pub mod worker;
 

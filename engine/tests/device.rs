@@ -904,7 +904,7 @@ fn worker_tap_sends_a_full_batch_through_io_uring() {
     assert_eq!(stat(&report, "uring_submits"), 1, "{report:?}");
     assert_eq!(stat(&report, "single_writev"), 0, "{report:?}");
     let writes = stat(&report, "fixed_writes") + stat(&report, "vectored_writes");
-    assert_eq!(writes, N.into(), "{report:?}");
-    assert_eq!(got.frames, N.into(), "{got:?}");
+    assert_eq!(writes, u64::from(N), "{report:?}");
+    assert_eq!(got.frames, u64::from(N), "{got:?}");
     assert_eq!((got.bad, got.out_of_order), (0, 0), "{got:?}");
 }

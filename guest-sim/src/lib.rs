@@ -5,6 +5,8 @@
 //! - [`traffic`]: the `tx`, `rx` and `rr` workloads a vCPU runs on a device's queues.
 //! - [`testbed`]: one device wired both ways (memory, queue pairs, eventfds, buffers): the
 //!   device's half and each vCPU's half.
+//! - [`vhost_user`]: the frontend's side of vhost-user, so any vhost-user backend can serve a
+//!   testbed's queues.
 //! - [`mock`]: guest memory with queues and a buffer arena; raw ring writers for playing a
 //!   hostile guest in tests, benches and the fuzzer.
 //!
@@ -19,6 +21,7 @@ pub mod driver;
 pub mod mock;
 pub mod testbed;
 pub mod traffic;
+pub mod vhost_user;
 
 pub use driver::{Buf, DriverError, DriverQueue};
 pub use mock::MockGuest;

@@ -1,0 +1,723 @@
+//! The engine as a vhost-user net backend: a frontend (QEMU's `vhost-user` netdev, DPDK's
+//! virtio-user PMD, `guest_sim::vhost_user`) hands over its guest memory and each queue's
+//! rings and eventfds on a Unix socket, and the vhost worker serves them with a backend of the
+//! caller's choosing.
+//!
+//! The message layer (framing, fd passing, size checks, `REPLY_ACK`) is rust-vmm's `vhost`
+//! crate; what the messages mean is here: [`NetServer`] keeps what the frontend has set up
+//! so far, checks each value a frontend controls (queue index, size, ring addresses, memory
+//! table, features), and starts a [`Device`] once every queue has its size, addresses, kick
+//! and call and is enabled. `GET_VRING_BASE` stops the device and answers where each queue
+//! stopped; a frontend that disconnects stops it too, and one that comes back starts again
+//! from the bases it sends.
+//!
+//! A frontend's mistakes are its own: a bad request gets an error (a failed `REPLY_ACK`, or
+//! the connection closed when the stream itself is broken) and the server keeps listening.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{
+    BackendReqHandler, Error as VuError, GpuBackend, Result as VuResult,
+    VhostUserBackendReqHandlerMut,
+};
+use vring::layout::{QueueAddrs, MAX_QUEUE_SIZE};
+use vring::memory::RegionSpec;
+use vring::net::Features;
+use vring::{GuestMemory, QueuePair, Virtqueue};
+
+use crate::backend::Backend;
+use crate::device::{Device, DeviceReport, DeviceSpec};
+use crate::net::device::{negotiate, DEFAULT_OFFER};
+use crate::worker::{self, WorkerConfig};
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Builds the backends of a device about to start: one per queue pair, on its memory, for
+/// the features the frontend acknowledged.
+pub type BackendFactory =
+    Box<dyn FnMut(&Arc<GuestMemory>, Features, usize) -> io::Result<Vec<Box<dyn Backend>>> + Send>;
+
+/// What happened on a connection, for the operator and for tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Frontends accepted.
+    pub connections: u64,
+    /// Devices started.
+    pub starts: u64,
+    /// Requests refused (bad values, unsupported requests).
+    pub refused: u64,
+    /// The last refusal, in words.
+    pub last_refusal: Option<String>,
+}
+
+/// One queue as the frontend has set it up so far.
+#[derive(Debug, Default)]
+struct QueueSetup {
+    size: Option<u16>,
+    /// Descriptor table, used ring, avail ring: frontend virtual addresses.
+    addr: Option<(u64, u64, u64)>,
+    base: u16,
+    kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+}
+
+/// A memory table: the mapping and, per region, its guest-physical and frontend addresses.
+#[derive(Debug)]
+struct MemTable {
+    mem: Arc<GuestMemory>,
+    /// (frontend address, guest-physical address, size).
+    regions: Vec<(u64, u64, u64)>,
+}
+
+impl MemTable {
+    /// The guest-physical address of `len` bytes at frontend address `va`, which must lie in
+    /// one region.
+    fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
+        let end = va.checked_add(len)?;
+        self.regions
+            .iter()
+            .find(|&&(rva, _, size)| va >= rva && end <= rva + size)
+            .map(|&(rva, gpa, _)| gpa + (va - rva))
+    }
+}
+
+/// The state machine behind a vhost-user net device (see the module documentation).
+pub struct NetServer {
+    pairs: usize,
+    offer: Features,
+    acked: Option<Features>,
+    protocol: VhostUserProtocolFeatures,
+    mem: Option<MemTable>,
+    queues: Vec<QueueSetup>,
+    running: Option<Device>,
+    /// Where each queue stopped, once the device has stopped (`GET_VRING_BASE`).
+    stopped_at: Vec<Option<u16>>,
+    factory: BackendFactory,
+    cfg: WorkerConfig,
+    /// Reports of devices that ran and stopped.
+    pub reports: Vec<DeviceReport>,
+    /// Counters.
+    pub stats: ServerStats,
+}
+
+impl std::fmt::Debug for NetServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetServer")
+            .field("pairs", &self.pairs)
+            .field("acked", &self.acked)
+            .field("running", &self.running.is_some())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+fn refuse(what: String) -> VuError {
+    VuError::ReqHandlerError(io::Error::new(io::ErrorKind::InvalidInput, what))
+}
+
+impl NetServer {
+    /// A device with `pairs` queue pairs whose backends `factory` builds, served by a worker
+    /// configured as `cfg`.
+    pub fn new(pairs: usize, factory: BackendFactory, cfg: WorkerConfig) -> NetServer {
+        let pairs = pairs.max(1);
+        NetServer {
+            pairs,
+            offer: DEFAULT_OFFER,
+            acked: None,
+            protocol: VhostUserProtocolFeatures::empty(),
+            mem: None,
+            queues: (0..2 * pairs).map(|_| QueueSetup::default()).collect(),
+            running: None,
+            stopped_at: vec![None; 2 * pairs],
+            factory,
+            cfg,
+            reports: Vec::new(),
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// Whether a device is running.
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// The running device's counters.
+    pub fn device(&self) -> Option<&Device> {
+        self.running.as_ref()
+    }
+
+    fn queue(&mut self, index: u32) -> VuResult<&mut QueueSetup> {
+        let n = self.queues.len();
+        self.queues
+            .get_mut(index as usize)
+            .ok_or_else(|| refuse(format!("queue {index} does not exist ({n} queues)")))
+    }
+
+    fn refused<T>(&mut self, r: VuResult<T>) -> VuResult<T> {
+        if let Err(e) = &r {
+            self.stats.refused += 1;
+            self.stats.last_refusal = Some(e.to_string());
+        }
+        r
+    }
+
+    /// Stops the device, keeping where each queue stopped.
+    fn stop_device(&mut self) {
+        let Some(dev) = self.running.take() else {
+            return;
+        };
+        let report = dev.stop();
+        for (i, q) in self.queues.iter().enumerate() {
+            self.stopped_at[i] = Some(self.stop_index(i, q));
+        }
+        self.reports.push(report);
+    }
+
+    /// Where queue `i` stopped: the next avail index the device would have taken. The worker
+    /// returns every chain it took before it stops, so that is the used ring's index.
+    fn stop_index(&self, _i: usize, q: &QueueSetup) -> u16 {
+        let (Some(mem), Some((_, used_va, _))) = (&self.mem, q.addr) else {
+            return q.base;
+        };
+        mem.va_to_gpa(used_va, 4)
+            .and_then(|gpa| {
+                let mut b = [0u8; 2];
+                mem.mem.read_gpa(gpa + 2, &mut b).ok()?;
+                Some(u16::from_le_bytes(b))
+            })
+            .unwrap_or(q.base)
+    }
+
+    /// Starts the device if every queue is ready and enabled.
+    fn maybe_start(&mut self) -> VuResult<()> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let ready = self.queues.iter().all(|q| {
+            q.size.is_some()
+                && q.addr.is_some()
+                && q.kick.is_some()
+                && q.call.is_some()
+                && q.enabled
+        });
+        if !ready {
+            return Ok(());
+        }
+        let (Some(mem), Some(features)) = (&self.mem, self.acked) else {
+            return Err(refuse(
+                "queues set up before the memory table or the features".into(),
+            ));
+        };
+        let mut wired = Vec::with_capacity(self.queues.len());
+        for (i, q) in self.queues.iter().enumerate() {
+            let (Some(size), Some((d, u, a)), Some(kick), Some(call)) =
+                (q.size, q.addr, &q.kick, &q.call)
+            else {
+                return Err(refuse(format!("queue {i} is not set up")));
+            };
+            let s = u64::from(size);
+            let layout = [
+                (d, 16 * s, "descriptor table"),
+                (u, 6 + 8 * s, "used ring"),
+                (a, 6 + 2 * s, "avail ring"),
+            ];
+            let mut gpas = [0u64; 3];
+            for (k, &(va, len, what)) in layout.iter().enumerate() {
+                gpas[k] = mem.va_to_gpa(va, len).ok_or_else(|| {
+                    refuse(format!(
+                        "queue {i}: {what} at {va:#x}+{len:#x} is outside guest memory"
+                    ))
+                })?;
+            }
+            if q.base != 0 {
+                return Err(refuse(format!(
+                    "queue {i}: starting at avail index {} is not supported yet",
+                    q.base
+                )));
+            }
+            let clone = |f: &File| f.try_clone().map_err(VuError::ReqHandlerError);
+            wired.push(Virtqueue {
+                addrs: QueueAddrs {
+                    size,
+                    desc: gpas[0],
+                    used: gpas[1],
+                    avail: gpas[2],
+                },
+                kick: clone(kick)?,
+                call: clone(call)?,
+            });
+        }
+        let mut it = wired.into_iter();
+        let mut pairs = Vec::with_capacity(self.pairs);
+        while let (Some(rx), Some(tx)) = (it.next(), it.next()) {
+            pairs.push(QueuePair { rx, tx });
+        }
+        let mem = mem.mem.clone();
+        let backends =
+            (self.factory)(&mem, features, pairs.len()).map_err(VuError::ReqHandlerError)?;
+        let spec = DeviceSpec {
+            mem,
+            features,
+            pairs,
+        };
+        let dev = worker::spawn(spec, backends, self.cfg.clone())
+            .map_err(|e| refuse(format!("starting the device: {e}")))?;
+        self.running = Some(dev);
+        self.stats.starts += 1;
+        self.stopped_at.iter_mut().for_each(|s| *s = None);
+        Ok(())
+    }
+
+    /// Forgets the frontend's set-up (a new connection starts from nothing), stopping the
+    /// device first.
+    fn reset(&mut self) {
+        self.stop_device();
+        self.acked = None;
+        self.protocol = VhostUserProtocolFeatures::empty();
+        self.mem = None;
+        self.queues
+            .iter_mut()
+            .for_each(|q| *q = QueueSetup::default());
+    }
+
+    fn map_memory(regions: &[VhostUserMemoryRegion], files: Vec<File>) -> VuResult<MemTable> {
+        if regions.is_empty() || files.len() != regions.len() {
+            return Err(refuse(format!(
+                "{} memory regions with {} fds",
+                regions.len(),
+                files.len()
+            )));
+        }
+        // Today's guest memory is one file mapped from its start, its regions back to back
+        // in guest-physical order: the layout `guest_sim::vhost_user` sends. The region list
+        // is checked against that; a table that needs one mapping per fd is refused by name.
+        // (guest-physical, size, frontend address, mmap offset), copied out of the packed
+        // wire struct.
+        let mut sorted: Vec<((u64, u64, u64, u64), File)> = regions
+            .iter()
+            .map(|r| (r.guest_phys_addr, r.memory_size, r.user_addr, r.mmap_offset))
+            .zip(files)
+            .collect();
+        sorted.sort_by_key(|(r, _)| r.0);
+        let mut specs = Vec::with_capacity(sorted.len());
+        let mut table = Vec::with_capacity(sorted.len());
+        let mut expect_off = 0u64;
+        let mut first: Option<File> = None;
+        for ((gpa, size, va, off), f) in sorted {
+            if off != expect_off {
+                return Err(refuse(format!(
+                    "region at {gpa:#x}: mmap offset {off:#x}, expected {expect_off:#x} (regions must lie back to back in one file)"
+                )));
+            }
+            va.checked_add(size)
+                .ok_or_else(|| refuse(format!("region at frontend address {va:#x} overflows")))?;
+            if let Some(f0) = &first {
+                let (a, b) = (f0.metadata(), f.metadata());
+                let same = matches!((a, b), (Ok(a), Ok(b)) if {
+                    use std::os::unix::fs::MetadataExt;
+                    a.dev() == b.dev() && a.ino() == b.ino()
+                });
+                if !same {
+                    return Err(refuse(
+                        "regions in different files are not supported yet".into(),
+                    ));
+                }
+            } else {
+                first = Some(f);
+            }
+            specs.push(RegionSpec { gpa, len: size });
+            table.push((va, gpa, size));
+            expect_off = expect_off
+                .checked_add(size)
+                .ok_or_else(|| refuse("memory table overflows".into()))?;
+        }
+        for (i, a) in table.iter().enumerate() {
+            for b in &table[i + 1..] {
+                if a.0 < b.0 + b.2 && b.0 < a.0 + a.2 {
+                    return Err(refuse("regions overlap in frontend addresses".into()));
+                }
+            }
+        }
+        let file = first.ok_or_else(|| refuse("no memory regions".into()))?;
+        let mem = GuestMemory::from_file(file, &specs)
+            .map_err(|e| refuse(format!("mapping guest memory: {e}")))?;
+        Ok(MemTable {
+            mem: Arc::new(mem),
+            regions: table,
+        })
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for NetServer {
+    fn set_owner(&mut self) -> VuResult<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> VuResult<()> {
+        self.reset();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> VuResult<()> {
+        self.reset();
+        Ok(())
+    }
+
+    fn get_features(&mut self) -> VuResult<u64> {
+        Ok(self.offer.0 | F_PROTOCOL_FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> VuResult<()> {
+        let r = negotiate(self.offer, Features(features & !F_PROTOCOL_FEATURES))
+            .map_err(|e| refuse(format!("features {features:#x}: {e}")));
+        let r = self.refused(r)?;
+        if self.running.is_some() && self.acked != Some(r) {
+            return self.refused(Err(refuse("features changed while the device runs".into())));
+        }
+        self.acked = Some(r);
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> VuResult<Option<Vec<vhost::VhostUserMemoryRegionBase>>> {
+        // A new table replaces the old one: the device stops, as vhost does while it remaps.
+        self.stop_device();
+        let t = Self::map_memory(ctx, files);
+        self.mem = Some(self.refused(t)?);
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> VuResult<()> {
+        let r = if num == 0 || !num.is_power_of_two() || num > u32::from(MAX_QUEUE_SIZE) {
+            Err(refuse(format!(
+                "queue {index}: size {num} is not a power of two in 1..={MAX_QUEUE_SIZE}"
+            )))
+        } else {
+            self.queue(index).map(|q| q.size = Some(num as u16))
+        };
+        self.refused(r)
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> VuResult<()> {
+        let r = if flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG) {
+            Err(refuse(format!(
+                "queue {index}: dirty logging is not supported"
+            )))
+        } else {
+            self.queue(index)
+                .map(|q| q.addr = Some((descriptor, used, available)))
+        };
+        self.refused(r)
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> VuResult<()> {
+        let r = match u16::try_from(base) {
+            Ok(b) => self.queue(index).map(|q| q.base = b),
+            Err(_) => Err(refuse(format!("queue {index}: base {base} > 65535"))),
+        };
+        self.refused(r)
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> VuResult<VhostUserVringState> {
+        let r = self.queue(index).map(drop);
+        self.refused(r)?;
+        self.stop_device();
+        let i = index as usize;
+        let base = self.stopped_at[i].unwrap_or(self.queues[i].base);
+        // The queue is stopped; a restart waits for it to be set up (at least enabled) again.
+        let q = &mut self.queues[i];
+        q.enabled = false;
+        q.base = base;
+        q.kick = None;
+        Ok(VhostUserVringState::new(index, u32::from(base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let has_protocol = self.acked.is_some() && self.protocol_negotiated();
+        let r = self.queue(u32::from(index)).map(|q| {
+            q.kick = fd;
+            // Without protocol features a ring is enabled when it gets its kick.
+            if !has_protocol {
+                q.enabled = true;
+            }
+        });
+        self.refused(r)?;
+        let r = self.maybe_start();
+        self.refused(r)
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
+        let r = self.queue(u32::from(index)).map(|q| q.call = fd);
+        self.refused(r)?;
+        let r = self.maybe_start();
+        self.refused(r)
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VuResult<()> {
+        let r = self.queue(u32::from(index)).map(drop);
+        self.refused(r)
+    }
+
+    fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
+        let r = VhostUserProtocolFeatures::from_bits(features)
+            .filter(|f| {
+                (VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ).contains(*f)
+            })
+            .ok_or_else(|| refuse(format!("protocol features {features:#x} not offered")));
+        self.protocol = self.refused(r)?;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> VuResult<u64> {
+        Ok(self.pairs as u64)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
+        let r = self.queue(index).map(|q| q.enabled = enable);
+        self.refused(r)?;
+        if !enable {
+            // vhost-net serves a pair as a unit: disabling a ring stops the device.
+            self.stop_device();
+            return Ok(());
+        }
+        let r = self.maybe_start();
+        self.refused(r)
+    }
+
+    fn get_config(&mut self, _o: u32, _s: u32, _f: VhostUserConfigFlags) -> VuResult<Vec<u8>> {
+        self.unsupported("GET_CONFIG")
+    }
+
+    fn set_config(&mut self, _o: u32, _b: &[u8], _f: VhostUserConfigFlags) -> VuResult<()> {
+        self.unsupported("SET_CONFIG")
+    }
+
+    fn set_gpu_socket(&mut self, _g: GpuBackend) -> VuResult<()> {
+        self.unsupported("GPU_SET_SOCKET")
+    }
+
+    fn get_shared_object(&mut self, _u: VhostUserSharedMsg) -> VuResult<File> {
+        self.unsupported("GET_SHARED_OBJECT")
+    }
+
+    fn get_inflight_fd(&mut self, _i: &VhostUserInflight) -> VuResult<(VhostUserInflight, File)> {
+        self.unsupported("GET_INFLIGHT_FD")
+    }
+
+    fn set_inflight_fd(&mut self, _i: &VhostUserInflight, _f: File) -> VuResult<()> {
+        self.unsupported("SET_INFLIGHT_FD")
+    }
+
+    fn get_max_mem_slots(&mut self) -> VuResult<u64> {
+        self.unsupported("GET_MAX_MEM_SLOTS")
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _r: &VhostUserSingleMemoryRegion,
+        _f: File,
+        _p: Option<bool>,
+    ) -> VuResult<Option<vhost::VhostUserMemoryRegionBase>> {
+        self.unsupported("ADD_MEM_REG")
+    }
+
+    fn remove_mem_region(&mut self, _r: &VhostUserSingleMemoryRegion) -> VuResult<()> {
+        self.unsupported("REM_MEM_REG")
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _d: VhostTransferStateDirection,
+        _p: VhostTransferStatePhase,
+        _f: File,
+    ) -> VuResult<Option<File>> {
+        self.unsupported("SET_DEVICE_STATE_FD")
+    }
+
+    fn check_device_state(&mut self) -> VuResult<()> {
+        self.unsupported("CHECK_DEVICE_STATE")
+    }
+
+    fn get_shmem_config(&mut self) -> VuResult<VhostUserShMemConfig> {
+        self.unsupported("GET_SHMEM_CONFIG")
+    }
+
+    fn set_log_base(&mut self, _l: &VhostUserLog, _f: File) -> VuResult<()> {
+        self.unsupported("SET_LOG_BASE")
+    }
+}
+
+impl NetServer {
+    fn protocol_negotiated(&self) -> bool {
+        // PROTOCOL_FEATURES is a transport bit: it was acked if protocol features were set.
+        !self.protocol.is_empty()
+    }
+
+    fn unsupported<T>(&mut self, what: &str) -> VuResult<T> {
+        self.refused(Err(refuse(format!("{what} is not supported"))))
+    }
+}
+
+/// A listening vhost-user net backend: serves one frontend at a time, one after another,
+/// until [`Server::shutdown`].
+#[derive(Debug)]
+pub struct Server {
+    path: PathBuf,
+    state: Arc<Mutex<NetServer>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Listens on `path` (replacing a stale socket file) and serves in a thread.
+    pub fn start(path: &Path, server: NetServer) -> io::Result<Server> {
+        // A socket file left by a crashed server would make bind fail: replace it.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let state = Arc::new(Mutex::new(server));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (state2, stop2) = (state.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("vhost-user".into())
+            .spawn(move || serve(&listener, &state2, &stop2))?;
+        Ok(Server {
+            path: path.to_path_buf(),
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The device state (stats, reports, the running device).
+    pub fn state(&self) -> std::sync::MutexGuard<'_, NetServer> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops serving: the connection is dropped, the device stopped, the socket removed.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> io::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        let r = match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("vhost-user server thread panicked")),
+            None => Ok(()),
+        };
+        self.state().reset();
+        let _ = std::fs::remove_file(&self.path);
+        r
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}
+
+/// Requests refused in a row after which a connection is dropped (a frontend talking
+/// nonsense, or a stream out of step).
+const MAX_REFUSALS_IN_A_ROW: u32 = 64;
+/// How often an idle server looks at its stop flag.
+const POLL: Duration = Duration::from_millis(20);
+
+fn serve(
+    listener: &UnixListener,
+    state: &Arc<Mutex<NetServer>>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    while !stop.load(Ordering::Acquire) {
+        let sock = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sock.set_nonblocking(false)?;
+        let watch = sock.try_clone()?;
+        let mut handler = BackendReqHandler::from_stream(sock, state.clone());
+        lock(state).stats.connections += 1;
+        let mut in_a_row = 0;
+        while !stop.load(Ordering::Acquire) {
+            // Wait for a request with a bound, so a stop is seen.
+            let mut pfd = [PollFd::new(&watch, PollFlags::IN)];
+            let timeout = Timespec {
+                tv_sec: 0,
+                tv_nsec: POLL.as_nanos() as i64,
+            };
+            match rustix::event::poll(&mut pfd, Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match handler.handle_request() {
+                Ok(()) => in_a_row = 0,
+                Err(
+                    VuError::Disconnected
+                    | VuError::PartialMessage
+                    | VuError::SocketBroken(_)
+                    | VuError::SocketError(_),
+                ) => break,
+                Err(e) => {
+                    // A refusal of ours (`ReqHandlerError`) is counted where it was made; a
+                    // message the layer below rejected (bad size, fds, unknown request) here.
+                    if !matches!(e, VuError::ReqHandlerError(_)) {
+                        let mut s = lock(state);
+                        s.stats.refused += 1;
+                        s.stats.last_refusal = Some(e.to_string());
+                    }
+                    in_a_row += 1;
+                    if in_a_row >= MAX_REFUSALS_IN_A_ROW {
+                        break;
+                    }
+                }
+            }
+        }
+        // The frontend went away (or we are stopping): stop its device, forget its set-up.
+        lock(state).reset();
+    }
+    Ok(())
+}
+
+fn lock(state: &Mutex<NetServer>) -> std::sync::MutexGuard<'_, NetServer> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,195 @@
+//! The engine's vhost-user server driven by guest-sim's vhost-user frontend, two
+//! implementations of the protocol written apart (the server's message layer is rust-vmm's
+//! `vhost` crate, the frontend's is its own): every workload crosses exactly once, a queue
+//! stopped with `GET_VRING_BASE` says where it stopped and a second connection resumes there,
+//! and a frontend's bad requests are refused while the server keeps serving.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::backend::null::{NullBackend, NullMode};
+use engine::backend::Backend;
+use engine::metrics::get;
+use engine::vhost_user::{NetServer, Server};
+use engine::worker::WorkerConfig;
+use guest_sim::testbed::{Testbed, TestbedConfig};
+use guest_sim::traffic::{self, TrafficConfig, Workload};
+use guest_sim::vhost_user::{Frontend, VhostUserError};
+use vring::net::{bit, Features};
+
+const FRAME: usize = 64;
+const QUEUE: u16 = 256;
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vhb-vu-{}-{name}.sock", std::process::id()))
+}
+
+/// A server whose devices run the null backend for `w`.
+fn server(name: &str, w: Workload) -> (Server, PathBuf) {
+    let path = socket_path(name);
+    let mode = match w {
+        Workload::Tx => NullMode::Sink,
+        Workload::Rx => NullMode::Source { frame_len: FRAME },
+        Workload::Rr | Workload::Echo => NullMode::Reflect {
+            capacity: QUEUE as usize,
+        },
+    };
+    let factory = Box::new(move |_: &Arc<_>, _: Features, pairs: usize| {
+        Ok((0..pairs)
+            .map(|_| Box::new(NullBackend::new(mode, true)) as Box<dyn Backend>)
+            .collect())
+    });
+    let s = Server::start(&path, NetServer::new(1, factory, WorkerConfig::default()))
+        .expect("server starts");
+    (s, path)
+}
+
+fn testbed() -> Testbed {
+    Testbed::new(&TestbedConfig {
+        guest_mem_bytes: 4 << 20,
+        queue_size: QUEUE,
+        pairs: 1,
+        frame_len: FRAME,
+        mrg_rxbuf: true,
+    })
+    .expect("testbed")
+}
+
+fn wanted() -> Features {
+    Features::of(&[
+        bit::VERSION_1,
+        bit::RING_EVENT_IDX,
+        bit::MRG_RXBUF,
+        bit::IN_ORDER,
+    ])
+}
+
+fn traffic_cfg(w: Workload, f: Features) -> TrafficConfig {
+    TrafficConfig {
+        workload: w,
+        frame_len: FRAME,
+        rate_pps: None,
+        duration: Duration::from_millis(80),
+        warmup: Duration::ZERO,
+        poll: false,
+        event_idx: f.has(bit::RING_EVENT_IDX),
+        indirect: false,
+        mrg_rxbuf: f.has(bit::MRG_RXBUF),
+        in_order: f.has(bit::IN_ORDER),
+        verify_bytes: true,
+        exit_cost_ns: 0,
+    }
+}
+
+#[test]
+fn every_workload_crosses_a_vhost_user_socket_exactly_once() {
+    for w in [Workload::Tx, Workload::Rx, Workload::Rr] {
+        let (srv, path) = server(&format!("once-{w:?}"), w);
+        let tb = testbed();
+        let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
+        let f = fe.negotiate(wanted()).expect("negotiate");
+        assert_eq!(f, wanted(), "the engine offers all of them");
+        fe.set_mem_table(&tb.mem).expect("memory");
+        fe.start(&tb.device, &[0, 0]).expect("start");
+        assert!(srv.state().is_running(), "{w:?}: the device started");
+        let metrics = srv
+            .state()
+            .device()
+            .map(|d| d.metrics().clone())
+            .expect("device");
+        let stop = AtomicBool::new(false);
+        let mut bases = None;
+        let r = traffic::run(&tb.guest[0], &traffic_cfg(w, f), &stop, &mut || {
+            bases = Some(fe.stop().expect("GET_VRING_BASE"));
+        });
+        assert!(r.error.is_none(), "{w:?}: {:?}", r.error);
+        assert_eq!(r.rx_corrupt + r.rx_out_of_order, 0, "{w:?}");
+        assert!(
+            !srv.state().is_running(),
+            "{w:?}: stopped by GET_VRING_BASE"
+        );
+        match w {
+            Workload::Tx => {
+                assert!(r.sent > 0);
+                assert_eq!(
+                    get(&metrics.tx.packets),
+                    r.sent,
+                    "every TX frame reached the backend"
+                );
+            }
+            Workload::Rx => {
+                assert!(r.received > 0);
+                assert_eq!(
+                    get(&metrics.rx.packets),
+                    r.received,
+                    "every RX frame reached the guest"
+                );
+            }
+            _ => {
+                assert!(r.received > 0);
+                assert_eq!(r.received, r.sent, "every request came back");
+            }
+        }
+        // The bases are where the rings stopped: as many as the guest posted on TX.
+        let bases = bases.expect("stopped");
+        if w == Workload::Tx {
+            assert_eq!(u64::from(bases[1]), r.sent % 65536);
+        }
+        let st = srv.state().stats.clone();
+        assert_eq!((st.connections, st.starts, st.refused), (1, 1, 0), "{st:?}");
+        drop(fe);
+        srv.shutdown().expect("shutdown");
+        assert!(!path.exists(), "the socket file is removed");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_and_the_server_keeps_serving() {
+    let (srv, path) = server("hostile", Workload::Tx);
+    let tb = testbed();
+    {
+        // Rings outside guest memory: refused when the device would start.
+        let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
+        fe.negotiate(wanted()).expect("negotiate");
+        fe.set_mem_table(&tb.mem).expect("memory");
+        let mut bad = testbed();
+        bad.device[0].tx.addrs.desc = 1 << 40;
+        let e = fe.start(&bad.device, &[0, 0]).expect_err("refused");
+        assert!(matches!(e, VhostUserError::Refused { .. }), "{e}");
+        assert!(!srv.state().is_running());
+        let why = srv.state().stats.last_refusal.clone().unwrap_or_default();
+        assert!(why.contains("outside guest memory"), "{why}");
+    }
+    {
+        // A queue size that is not a power of two.
+        let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
+        fe.negotiate(wanted()).expect("negotiate");
+        fe.set_mem_table(&tb.mem).expect("memory");
+        let mut bad = testbed();
+        bad.device[0].rx.addrs.size = 100;
+        let e = fe.start(&bad.device, &[0, 0]).expect_err("refused");
+        assert!(matches!(e, VhostUserError::Refused { .. }), "{e}");
+    }
+    // A well-behaved frontend afterwards is served.
+    let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
+    let f = fe.negotiate(wanted()).expect("negotiate");
+    fe.set_mem_table(&tb.mem).expect("memory");
+    fe.start(&tb.device, &[0, 0]).expect("start");
+    let stop = AtomicBool::new(false);
+    let r = traffic::run(
+        &tb.guest[0],
+        &traffic_cfg(Workload::Tx, f),
+        &stop,
+        &mut || {
+            fe.stop().expect("stop");
+        },
+    );
+    assert!(r.error.is_none() && r.sent > 0, "{:?}", r.error);
+    let st = srv.state().stats.clone();
+    assert_eq!(st.connections, 3, "{st:?}");
+    assert!(st.refused >= 2, "{st:?}");
+    srv.shutdown().expect("shutdown");
+}
