@@ -63,6 +63,35 @@ pub struct ServerStats {
     pub last_refusal: Option<String>,
 }
 
+/// Frames the devices of a server moved, summed over every device it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// TX frames the backend took from the guest.
+    pub tx_packets: u64,
+    /// RX frames delivered to the guest.
+    pub rx_packets: u64,
+    /// Frames dropped, every reason.
+    pub drops: u64,
+}
+
+impl Served {
+    fn of(m: &crate::metrics::DeviceMetrics) -> Served {
+        Served {
+            tx_packets: crate::metrics::get(&m.tx.packets),
+            rx_packets: crate::metrics::get(&m.rx.packets),
+            drops: m.total_drops(),
+        }
+    }
+
+    fn add(self, o: Served) -> Served {
+        Served {
+            tx_packets: self.tx_packets + o.tx_packets,
+            rx_packets: self.rx_packets + o.rx_packets,
+            drops: self.drops + o.drops,
+        }
+    }
+}
+
 /// One queue as the frontend has set it up so far.
 #[derive(Debug, Default)]
 struct QueueSetup {
@@ -112,6 +141,8 @@ pub struct NetServer {
     pub reports: Vec<DeviceReport>,
     /// Counters.
     pub stats: ServerStats,
+    /// What the devices that stopped moved.
+    stopped_served: Served,
 }
 
 impl std::fmt::Debug for NetServer {
@@ -147,6 +178,7 @@ impl NetServer {
             cfg,
             reports: Vec::new(),
             stats: ServerStats::default(),
+            stopped_served: Served::default(),
         }
     }
 
@@ -158,6 +190,15 @@ impl NetServer {
     /// The running device's counters.
     pub fn device(&self) -> Option<&Device> {
         self.running.as_ref()
+    }
+
+    /// What every device this server started has moved so far, the running one included.
+    pub fn served(&self) -> Served {
+        let live = self
+            .running
+            .as_ref()
+            .map_or_else(Served::default, |d| Served::of(d.metrics()));
+        self.stopped_served.add(live)
     }
 
     fn queue(&mut self, index: u32) -> VuResult<&mut QueueSetup> {
@@ -180,7 +221,9 @@ impl NetServer {
         let Some(dev) = self.running.take() else {
             return;
         };
+        let metrics = dev.metrics().clone();
         let report = dev.stop();
+        self.stopped_served = self.stopped_served.add(Served::of(&metrics));
         for (i, q) in self.queues.iter().enumerate() {
             self.stopped_at[i] = Some(self.stop_index(i, q));
         }

@@ -50,6 +50,9 @@ pub enum Command {
     /// Show the mode and settings a libvirt `<interface>` maps to, and why, without running
     /// anything (`run --interface FILE` runs it).
     Interface(InterfaceArgs),
+    /// Serve a vhost-user net device on a Unix socket (the engine as a vhost-user backend for
+    /// QEMU, DPDK's virtio-user or `run --modes vhost-user`).
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Options of `vhostbench interface`.
@@ -177,6 +180,11 @@ pub struct RunArgs {
     /// (default: enough for the run).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub vfs: Option<u32>,
+    /// vhost-user: the backend's socket (any vhost-user net backend: DPDK's vhost PMD,
+    /// another `vhostbench serve`). Default: the engine, served in this process on a private
+    /// socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for RunArgs {

@@ -30,5 +30,6 @@ pub mod pair;
 pub mod pin;
 pub mod results;
 pub mod run;
+pub mod serve;
 pub mod stats;
 pub mod topology;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(args, &cli::given_run_options(&matches)),
         Command::Limits(args) => limits_command(args),
         Command::Interface(args) => interface_command(&args),
+        Command::Serve(args) => harness::serve::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,6 +61,8 @@ pub struct PairConfig {
     pub worker_core: Option<usize>,
     /// Where `direct-vf` takes its VFs from and how it reaches them.
     pub vf: VfOptions,
+    /// `vhost-user`: the backend's socket (`None`: the engine, served in-process).
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl PairConfig {
@@ -176,6 +178,14 @@ pub fn run_null(cfg: &PairConfig) -> Result<RunOutcome> {
     })
 }
 
+/// [`run`] with any [`Served`] device.
+pub fn run_served(
+    cfg: &PairConfig,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Box<dyn Served>>,
+) -> Result<RunOutcome> {
+    start_served(cfg, 0, start_device)?.join()
+}
+
 /// Builds the device with `start_device` (which gets the device's half of the wiring and the
 /// worker settings) and runs the workload once.
 pub fn run(
@@ -185,12 +195,31 @@ pub fn run(
     start(cfg, 0, start_device)?.join()
 }
 
+/// What serves a device's queues while a vCPU drives them: the engine's own [`Device`] in
+/// this process, or a vhost-user backend reached through a frontend connection
+/// ([`crate::modes::vhost_user`]).
+pub trait Served: Send {
+    /// The device's counters (a backend outside the process fills them when it stops).
+    fn metrics(&self) -> Arc<DeviceMetrics>;
+    /// Stops serving: the device stops taking new buffers, and says how it ended.
+    fn stop(self: Box<Self>) -> DeviceReport;
+}
+
+impl Served for Device {
+    fn metrics(&self) -> Arc<DeviceMetrics> {
+        Device::metrics(self).clone()
+    }
+
+    fn stop(self: Box<Self>) -> DeviceReport {
+        Device::stop(*self)
+    }
+}
+
 /// A device and its vCPU, running.
-#[derive(Debug)]
 pub struct Running {
     vcpu: std::thread::JoinHandle<(TrafficReport, u64)>,
     stop: Arc<AtomicBool>,
-    slot: Arc<Mutex<Option<Device>>>,
+    slot: Arc<Mutex<Option<Box<dyn Served>>>>,
     report: Arc<Mutex<Option<DeviceReport>>>,
     rss: Arc<Mutex<Option<Rss>>>,
     rss_before: Option<Rss>,
@@ -198,11 +227,30 @@ pub struct Running {
     started: Instant,
 }
 
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builds device number `n` (threads `vcpu-<n>` and the device's own) and starts its vCPU.
 pub fn start(
     cfg: &PairConfig,
     n: usize,
     start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Device>,
+) -> Result<Running> {
+    start_served(cfg, n, |spec, w| {
+        Ok(Box::new(start_device(spec, w)?) as Box<dyn Served>)
+    })
+}
+
+/// [`start`] with any [`Served`] device.
+pub fn start_served(
+    cfg: &PairConfig,
+    n: usize,
+    start_device: impl FnOnce(DeviceSpec, WorkerConfig) -> Result<Box<dyn Served>>,
 ) -> Result<Running> {
     let rss_before = process_rss();
     let features = negotiate(DEFAULT_OFFER, cfg.features()).context("feature negotiation")?;
@@ -250,7 +298,7 @@ pub fn start(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let vcpu_core = cfg.vcpu_core;
     let stop2 = stop.clone();
-    let slot: Arc<Mutex<Option<Device>>> = Arc::new(Mutex::new(None));
+    let slot: Arc<Mutex<Option<Box<dyn Served>>>> = Arc::new(Mutex::new(None));
     let report: Arc<Mutex<Option<DeviceReport>>> = Arc::new(Mutex::new(None));
     let rss: Arc<Mutex<Option<Rss>>> = Arc::new(Mutex::new(None));
     let (slot2, report2, rss2) = (slot.clone(), report.clone(), rss.clone());
@@ -287,7 +335,7 @@ pub fn start(
             return Err(e.context("starting the device"));
         }
     };
-    let metrics = worker.metrics().clone();
+    let metrics = worker.metrics();
     // The vCPU stops the device itself once it has drained (see `traffic::run`), so the last
     // reap sees everything the device completed.
     *slot.lock().map_err(|_| anyhow!("worker slot poisoned"))? = Some(worker);
@@ -374,6 +422,7 @@ pub(crate) fn test_config(workload: Workload) -> PairConfig {
         vcpu_core: None,
         worker_core: None,
         vf: VfOptions::default(),
+        socket: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! | [`emulated`] | QEMU `-net tap` | QEMU-style event loop (epoll, a syscall per frame) | tap in a private namespace ([`tap`]) |
 //! | [`tap_vhost`] | `-net tap,vhost=on` | vhost worker (io_uring, batches, busy poll) | the same tap topology |
 //! | [`direct_vf`] | vhost on an SR-IOV VF (raw packet socket backend) | vhost worker | a VF from a pool ([`crate::topology::VfPool`]) in a private namespace |
+//! | [`vhost_user`] | a VMM's `vhost-user` netdev | any vhost-user backend (default: the engine, in-process) | guest-sim as the frontend, on a Unix socket |
 //!
 //! A mode is a [`Mode`]: its name, what it needs from the host, the ceiling each of its
 //! combinations is compared with, and how one run of it is built. Adding a mode is one file
@@ -17,6 +18,7 @@ mod far;
 pub mod null;
 pub mod tap;
 pub mod tap_vhost;
+pub mod vhost_user;
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,6 +72,13 @@ pub trait Mode: Sync {
         true
     }
 
+    /// Whether `--modes all` (the default) runs it; a mode that measures something other than
+    /// the host's own data paths (`vhost-user`, whose backend may be anyone's) runs only when
+    /// named.
+    fn in_all(&self) -> bool {
+        true
+    }
+
     /// One timed run of one combination.
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome>;
 }
@@ -92,6 +101,7 @@ pub static MODES: &[&dyn Mode] = &[
     &emulated::Emulated,
     &tap_vhost::TapVhost,
     &direct_vf::DirectVf,
+    &vhost_user::VhostUser,
 ];
 
 /// The mode called `name`.
@@ -166,7 +176,7 @@ pub fn resolve(asked: &[Selector], host: &Privileges) -> Result<Resolved> {
     for sel in asked {
         match sel {
             Selector::All => {
-                for &m in MODES {
+                for &m in MODES.iter().filter(|m| m.in_all()) {
                     match m.unavailable(host) {
                         None => r.run.push(m),
                         Some(why) => r.skipped.push(format!("{}: {why}", m.name())),

@@ -164,6 +164,7 @@ impl Plan {
                 vfs: args.vfs,
                 backend: c.vf_backend,
             },
+            socket: args.socket.clone(),
         }
     }
 
