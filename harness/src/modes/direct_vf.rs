@@ -103,8 +103,9 @@ impl Port {
     }
 }
 
-/// AF_XDP ring entries (the UMEM has four rings' worth of chunks).
-const XSK_RING: u32 = 2048;
+/// AF_XDP ring entries (the UMEM has four rings' worth of chunks); the `xdp_rx` ceiling's
+/// socket has the same.
+pub(crate) const XSK_RING: u32 = 2048;
 
 /// Starts the vhost worker on a VF with the backend of its kind.
 fn start((kind, src): (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
