@@ -134,6 +134,7 @@ fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
         ("min", Align::Right),
         ("median", Align::Right),
         ("max", Align::Right),
+        ("offered (median)", Align::Right),
     ]);
     for l in &measured {
         table.push_row(vec![
@@ -142,9 +143,17 @@ fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
             fmt_num(l.min),
             fmt_num(l.median),
             fmt_num(l.max),
+            harness::stats::Summary::from_values(&l.offered)
+                .map_or_else(|| "-".into(), |s| fmt_num(s.median)),
         ]);
     }
     print!("{}", table.render());
+    if measured.iter().any(|l| !l.offered.is_empty()) {
+        println!(
+            "offered: what an RX ceiling's injector sent during its windows (received < offered: \
+             the ceiling's own path dropped frames)"
+        );
+    }
 
     if let Some(path) = &args.json {
         let config = serde_json::json!({ "command": "limits", "limits": &args });

@@ -2,11 +2,12 @@
 //! the engine is measured. `vhostbench limits` prints them; `run` measures each combination's own
 //! ceiling in the same invocation and puts the combination against it. A ceiling is a
 //! [`Ceiling`]; its measuring code is in the private modules `ring`, `sleep`, `rtt`, `tap`,
-//! `vf` and `xdp`.
+//! `vf`, `xdp` and `rx`.
 //!
-//! Every limit but the tap ones runs a producer (or requester) pinned to [`VCPU_CORE`](crate::pin::VCPU_CORE) and a
-//! consumer (or responder) pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE), threads named `limit-*`; the tap limits
-//! run one thread, `limit-tap`, on [`WORKER_CORE`](crate::pin::WORKER_CORE):
+//! Every limit but the frame ones runs a producer (or requester) pinned to [`VCPU_CORE`](crate::pin::VCPU_CORE) and a
+//! consumer (or responder) pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE), threads named `limit-*`; the frame limits
+//! (tap, VF, macvtap, AF_XDP) run one thread, `limit-tap`, `limit-xdp` or `limit-rx`, on
+//! [`WORKER_CORE`](crate::pin::WORKER_CORE) (the RX ones with the `rx` workload's unpinned injector as their source):
 //!
 //! - `spsc_handoff` (Mpps): a shared-memory single-producer single-consumer ring of 256 `u64`
 //!   slots; both sides keep local copies of the indices and publish once per batch of up to
@@ -42,18 +43,39 @@
 //!   take: the wire end is a port of the PF's switch), batches of 64 frames copied into UMEM chunks,
 //!   published with one producer store and one `sendto` kick, chunks reclaimed from the
 //!   completion ring; counted by the wire end's receive counter (`xdp` module).
+//! - `macvtap_write_<size>`, `macvtap_uring_<size>` (Mpps): the tap loops (12-byte zero header
+//!   in front of each frame) on macvtap in passthrough mode on the VF end of a one-VF pool
+//!   (the macvtap backend's fd), counted by the wire end's receive counter; `macvtap_best_<size>`
+//!   runs both back to back in each repeat and keeps the faster (the backend sends each batch
+//!   the way that has been cheaper per frame), the TX ceiling of `direct-vf` on macvtap.
+//! - `xdp_rx_<size>`, `packet_read_<size>`, `macvtap_read_<size>`, `tap_read_<size>` (Mpps;
+//!   `_r<pps>` appended when paced): RX with no engine. The `rx` workload's injector
+//!   (`modes::far`: a packet socket on the wire end, `sendmmsg` batches of 32, as fast
+//!   as the kernel takes them or at a run's `--rate-pps`) sends test frames into the same
+//!   wire end as the mode's `rx` run (a VF's wire end; the tap topology's uplink wire end), and
+//!   one thread pinned to the worker's core receives them on the backend's kind of socket
+//!   doing its per-frame work: an AF_XDP socket in copy mode with the redirect program
+//!   attached (reap the RX ring, copy out of the chunk, refill, publish every 32), the VF's
+//!   raw packet socket, macvtap, or the tap, one `read(2)` per frame; each frame lands in the
+//!   next of 256 private buffers (the guest's) and is checked to be a test frame; with nothing
+//!   ready it sleeps in `poll(2)`. The rate is test frames per second in a window opened a
+//!   tenth of the duration after the first frame; what the injector sent in the same window is
+//!   recorded beside it ([`LimitResult::offered`]), so a ceiling whose own path drops shows it
+//!   (`rx` module).
 //!
-//! The tap, VF and XDP ceilings need root ([`crate::topology::probe`]):
+//! The tap, VF, macvtap and XDP ceilings need root ([`crate::topology::probe`]):
 //! [`Ceiling::needs_privileges`] says which; measuring one without it fails with the reason.
 //! Each creates and deletes its own namespace.
 //!
 //! Every loop verifies what it transfers (sequence numbers, stamps in the packet bytes,
-//! eventfd counts, write lengths and the tap's receive counter); a mismatch is an error. The
+//! eventfd counts, write lengths and the tap's receive counter; the RX ones, that each frame
+//! received is a test frame); a mismatch is an error. The
 //! RTT samples include one pair of [`guest_sim::clock::now_ns`] reads (~20–40 ns with the TSC
 //! clocksource), the clock the guest's `rr` round trips are timed with.
 
 mod ring;
 mod rtt;
+mod rx;
 mod sleep;
 mod tap;
 mod vf;
@@ -125,6 +147,66 @@ pub enum Ceiling {
         /// Frame bytes.
         size: u32,
     },
+    /// One `write(2)` per frame (12-byte header + `size`-byte frame) into macvtap in
+    /// passthrough mode on a VF, counted at the VF's wire end (Mpps).
+    MacvtapWrite {
+        /// Frame bytes.
+        size: u32,
+    },
+    /// The same frames in io_uring batches of 64 on a fixed file (Mpps).
+    MacvtapUring {
+        /// Frame bytes.
+        size: u32,
+    },
+    /// The better of [`Ceiling::MacvtapWrite`] and [`Ceiling::MacvtapUring`], measured back to
+    /// back on the same macvtap in each repeat (Mpps): the backend picks the cheaper of the
+    /// two ways as it runs.
+    MacvtapBest {
+        /// Frame bytes.
+        size: u32,
+    },
+    /// Frames injected at the far side and received with no engine, on one thread doing the
+    /// backend's per-frame work (Mpps): see [`RxPort`].
+    Rx {
+        /// The socket and topology it receives on.
+        port: RxPort,
+        /// Frame bytes.
+        size: u32,
+        /// The injector's offered rate (`run --rate-pps`); `None`: as fast as it can.
+        rate_pps: Option<u64>,
+    },
+}
+
+/// Where an RX ceiling ([`Ceiling::Rx`]) receives: the same socket, behind the same topology,
+/// as the backend whose RX it bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RxPort {
+    /// `xdp_rx_<size>`: an AF_XDP socket (copy mode, the XDP redirect program attached) on the
+    /// VF end of a one-VF pool, frames injected at the wire end.
+    Xdp,
+    /// `packet_read_<size>`: the raw packet socket on the VF end, one `read(2)` per frame.
+    Packet,
+    /// `macvtap_read_<size>`: macvtap in passthrough mode on the VF end, one `read(2)` per
+    /// frame (12-byte header in front).
+    Macvtap,
+    /// `tap_read_<size>`: a tap on bridge `br0` with a veth uplink, frames injected at the
+    /// uplink's wire end, one `read(2)` per frame (12-byte header in front).
+    Tap,
+}
+
+impl RxPort {
+    /// Every RX port, in the order `limits` reports them.
+    pub const ALL: [RxPort; 4] = [RxPort::Xdp, RxPort::Packet, RxPort::Macvtap, RxPort::Tap];
+
+    /// The ceiling's name before its size (`tap_read`).
+    pub fn stem(self) -> &'static str {
+        match self {
+            RxPort::Xdp => "xdp_rx",
+            RxPort::Packet => "packet_read",
+            RxPort::Macvtap => "macvtap_read",
+            RxPort::Tap => "tap_read",
+        }
+    }
 }
 
 /// `make(size)` if an Ethernet interface takes frames of `size` bytes (30..=1514): the
@@ -177,8 +259,53 @@ impl Ceiling {
         framed(size, |size| Ceiling::XdpTx { size })
     }
 
+    /// [`Ceiling::MacvtapWrite`] of `size`, if a VF takes that size (30..=1514).
+    pub fn macvtap_write(size: u32) -> Option<Ceiling> {
+        framed(size, |size| Ceiling::MacvtapWrite { size })
+    }
+
+    /// [`Ceiling::MacvtapUring`] of `size`, if a VF takes that size (30..=1514).
+    pub fn macvtap_uring(size: u32) -> Option<Ceiling> {
+        framed(size, |size| Ceiling::MacvtapUring { size })
+    }
+
+    /// [`Ceiling::MacvtapBest`] of `size`, if a VF takes that size (30..=1514).
+    pub fn macvtap_best(size: u32) -> Option<Ceiling> {
+        framed(size, |size| Ceiling::MacvtapBest { size })
+    }
+
+    /// [`Ceiling::Rx`] on `port` of `size`, injected as fast as the injector can, if an
+    /// Ethernet interface takes that size (30..=1514); [`Ceiling::at_rate`] paces it.
+    pub fn rx(port: RxPort, size: u32) -> Option<Ceiling> {
+        TAP_SIZES.contains(&size).then_some(Ceiling::Rx {
+            port,
+            size,
+            rate_pps: None,
+        })
+    }
+
+    /// The same ceiling with its injector offering `rate_pps` (an RX ceiling measured for a
+    /// run with `--rate-pps`); the others are unchanged.
+    pub fn at_rate(self, rate_pps: Option<u64>) -> Ceiling {
+        match self {
+            Ceiling::Rx { port, size, .. } => Ceiling::Rx {
+                port,
+                size,
+                rate_pps,
+            },
+            other => other,
+        }
+    }
+
     /// What `vhostbench limits` measures by default, in the order it reports them.
     pub fn standard() -> Vec<Ceiling> {
+        let rx = RxPort::ALL.into_iter().flat_map(|port| {
+            [64, 1500].map(|size| Ceiling::Rx {
+                port,
+                size,
+                rate_pps: None,
+            })
+        });
         vec![
             Ceiling::SpscHandoff,
             Ceiling::SpscCopy { size: 64 },
@@ -203,7 +330,14 @@ impl Ceiling {
             Ceiling::PacketUring { size: 1500 },
             Ceiling::XdpTx { size: 64 },
             Ceiling::XdpTx { size: 1500 },
+            Ceiling::MacvtapWrite { size: 64 },
+            Ceiling::MacvtapWrite { size: 1500 },
+            Ceiling::MacvtapUring { size: 64 },
+            Ceiling::MacvtapUring { size: 1500 },
         ]
+        .into_iter()
+        .chain(rx)
+        .collect()
     }
 
     /// Its name in tables and results files (`spsc_copy_64`, `busy_poll_wake_rtt`).
@@ -219,6 +353,17 @@ impl Ceiling {
             Ceiling::PacketWrite { size } => format!("packet_write_{size}"),
             Ceiling::PacketUring { size } => format!("packet_uring_{size}"),
             Ceiling::XdpTx { size } => format!("xdp_tx_{size}"),
+            Ceiling::MacvtapWrite { size } => format!("macvtap_write_{size}"),
+            Ceiling::MacvtapUring { size } => format!("macvtap_uring_{size}"),
+            Ceiling::MacvtapBest { size } => format!("macvtap_best_{size}"),
+            Ceiling::Rx {
+                port,
+                size,
+                rate_pps,
+            } => match rate_pps {
+                None => format!("{}_{size}", port.stem()),
+                Some(pps) => format!("{}_{size}_r{pps}", port.stem()),
+            },
         }
     }
 
@@ -254,12 +399,17 @@ impl Ceiling {
             | Ceiling::TapUring { size }
             | Ceiling::PacketWrite { size }
             | Ceiling::PacketUring { size }
-            | Ceiling::XdpTx { size } => Some(size),
+            | Ceiling::XdpTx { size }
+            | Ceiling::MacvtapWrite { size }
+            | Ceiling::MacvtapUring { size }
+            | Ceiling::MacvtapBest { size }
+            | Ceiling::Rx { size, .. } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
     }
 
-    /// Whether it needs privileges (root: a tap, a VF pool, or an AF_XDP socket and its program).
+    /// Whether it needs privileges (root: a tap, a VF pool, macvtap, or an AF_XDP socket and
+    /// its program).
     pub fn needs_privileges(&self) -> bool {
         matches!(
             self,
@@ -268,6 +418,10 @@ impl Ceiling {
                 | Ceiling::PacketWrite { .. }
                 | Ceiling::PacketUring { .. }
                 | Ceiling::XdpTx { .. }
+                | Ceiling::MacvtapWrite { .. }
+                | Ceiling::MacvtapUring { .. }
+                | Ceiling::MacvtapBest { .. }
+                | Ceiling::Rx { .. }
         )
     }
 
@@ -279,6 +433,7 @@ impl Ceiling {
     /// Measures it `repeat` times for `duration` each: one [`LimitResult`] per row
     /// ([`Ceiling::rows`]), one sample per repeat.
     pub fn measure(&self, duration: Duration, repeat: usize) -> anyhow::Result<Vec<LimitResult>> {
+        use vf::VfPort::{Macvtap, Packet};
         let name = self.name();
         let per_repeat = |f: &mut dyn FnMut() -> anyhow::Result<f64>| {
             (0..repeat)
@@ -329,11 +484,43 @@ impl Ceiling {
             }
             Ceiling::PacketWrite { size } => {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
-                one(vf::measure(&name, size, duration, repeat, tap::write_once)?)
+                let loops = [tap::write_once as tap::WriteOnce];
+                one(vf::measure(&name, Packet, size, duration, repeat, &loops)?)
             }
             Ceiling::PacketUring { size } => {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
-                one(vf::measure(&name, size, duration, repeat, tap::uring_once)?)
+                let loops = [tap::uring_once as tap::WriteOnce];
+                one(vf::measure(&name, Packet, size, duration, repeat, &loops)?)
+            }
+            Ceiling::MacvtapWrite { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                let loops = [tap::write_once as tap::WriteOnce];
+                one(vf::measure(&name, Macvtap, size, duration, repeat, &loops)?)
+            }
+            Ceiling::MacvtapUring { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                let loops = [tap::uring_once as tap::WriteOnce];
+                one(vf::measure(&name, Macvtap, size, duration, repeat, &loops)?)
+            }
+            Ceiling::MacvtapBest { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                let loops = [tap::write_once as tap::WriteOnce, tap::uring_once];
+                one(vf::measure(&name, Macvtap, size, duration, repeat, &loops)?)
+            }
+            Ceiling::Rx {
+                port,
+                size,
+                rate_pps,
+            } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                let (delivered, offered) =
+                    rx::measure(&name, port, size, rate_pps, duration, repeat)?
+                        .into_iter()
+                        .unzip();
+                Ok(vec![LimitResult::from_samples(
+                    &name, UNIT_MPPS, delivered,
+                )?
+                .with_offered(offered)?])
             }
             Ceiling::XdpTx { size } => {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
@@ -393,17 +580,34 @@ impl FromStr for Ceiling {
                 .or_else(|| sized("tap_uring_", Ceiling::tap_uring))
                 .or_else(|| sized("packet_write_", Ceiling::packet_write))
                 .or_else(|| sized("packet_uring_", Ceiling::packet_uring))
-                .or_else(|| sized("xdp_tx_", Ceiling::xdp_tx)),
+                .or_else(|| sized("xdp_tx_", Ceiling::xdp_tx))
+                .or_else(|| sized("macvtap_write_", Ceiling::macvtap_write))
+                .or_else(|| sized("macvtap_uring_", Ceiling::macvtap_uring))
+                .or_else(|| sized("macvtap_best_", Ceiling::macvtap_best))
+                .or_else(|| RxPort::ALL.into_iter().find_map(|port| parse_rx(s, port))),
         };
         found.ok_or_else(|| {
             format!(
                 "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
                  sleep_ring_<16..65536>_q<power of two 16..32768>, busy_poll_wake_rtt[_p99], \
                  blocking_wake_rtt[_p99], tap_write_<30..1514>, tap_uring_<30..1514>, \
-                 packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>)"
+                 packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>, \
+                 macvtap_write_<30..1514>, macvtap_uring_<30..1514>, macvtap_best_<30..1514>, \
+                 xdp_rx_<30..1514>, packet_read_<30..1514>, macvtap_read_<30..1514>, \
+                 tap_read_<30..1514>; an RX ceiling paced at N pps ends in _r<N>)"
             )
         })
     }
+}
+
+/// `<stem>_<size>` or `<stem>_<size>_r<pps>` ([`Ceiling::Rx`] on `port`), if `s` is one.
+fn parse_rx(s: &str, port: RxPort) -> Option<Ceiling> {
+    let rest = s.strip_prefix(port.stem())?.strip_prefix('_')?;
+    let (size, rate_pps) = match rest.split_once("_r") {
+        Some((size, pps)) => (size, Some(pps.parse::<u64>().ok().filter(|&p| p > 0)?)),
+        None => (rest, None),
+    };
+    Ceiling::rx(port, size.parse().ok()?).map(|c| c.at_rate(rate_pps))
 }
 
 pub(crate) fn join<T>(h: JoinHandle<anyhow::Result<T>>, name: &str) -> anyhow::Result<T> {
@@ -452,11 +656,43 @@ mod tests {
                 size: 64,
                 queue: 32768,
             },
+            Ceiling::MacvtapBest { size: 64 },
+            Ceiling::MacvtapUring { size: 30 },
+            Ceiling::Rx {
+                port: RxPort::Tap,
+                size: 1514,
+                rate_pps: Some(100_000),
+            },
+            Ceiling::Rx {
+                port: RxPort::Xdp,
+                size: 30,
+                rate_pps: Some(1),
+            },
         ]) {
             for row in c.rows() {
                 assert_eq!(row.parse::<Ceiling>(), Ok(c), "{row}");
             }
         }
+        // Every RX port, by the names the run's table and results files use.
+        for (port, name) in [
+            (RxPort::Xdp, "xdp_rx_64"),
+            (RxPort::Packet, "packet_read_64"),
+            (RxPort::Macvtap, "macvtap_read_64"),
+            (RxPort::Tap, "tap_read_64"),
+        ] {
+            let c = Ceiling::rx(port, 64).expect("a size a VF takes");
+            assert_eq!(c.name(), name);
+            assert_eq!(
+                c.at_rate(Some(2000)).name(),
+                format!("{name}_r2000"),
+                "{port:?}"
+            );
+            assert_eq!(c.at_rate(Some(2000)).at_rate(None), c);
+            assert!(c.needs_privileges() && c.unit() == UNIT_MPPS);
+        }
+        // Pacing is for RX ceilings only.
+        let w = Ceiling::TapWrite { size: 64 };
+        assert_eq!(w.at_rate(Some(5)), w);
         for bad in [
             "nope",
             "spsc_copy_8",
@@ -474,6 +710,15 @@ mod tests {
             "sleep_ring_64_q65536",
             "sleep_ring_65536_q32768",
             "sleep_ring_64_q256_p99",
+            "macvtap_best_9000",
+            "macvtap_write_",
+            "tap_read_29",
+            "tap_read_64_r0",
+            "tap_read_64_r",
+            "tap_read_64_rx",
+            "xdp_rx_64_p99",
+            "packet_read64",
+            "macvtap_read_1515_r100",
         ] {
             let e = bad.parse::<Ceiling>().expect_err(bad);
             assert!(e.contains("known:"), "{e}");
@@ -496,11 +741,71 @@ mod tests {
         assert!(Ceiling::TapUring { size: 9000 }.measure(d, 1).is_err());
         assert_eq!(Ceiling::packet_write(1515), None);
         assert!(Ceiling::PacketWrite { size: 29 }.measure(d, 1).is_err());
+        assert_eq!(Ceiling::macvtap_best(29), None);
+        assert_eq!(Ceiling::rx(RxPort::Tap, 1515), None);
+        assert!(Ceiling::MacvtapWrite { size: 9000 }.measure(d, 1).is_err());
+        let rx = Ceiling::Rx {
+            port: RxPort::Packet,
+            size: 20,
+            rate_pps: None,
+        };
+        assert!(rx.measure(d, 1).is_err());
         let r = Ceiling::SpscCopy { size: 64 }
             .measure(d, 2)
             .expect("measure");
         assert_eq!((r.len(), r[0].samples.len()), (1, 2));
         assert!(Ceiling::SpscCopy { size: 64 }.sample(d).expect("sample") > 0.0);
+    }
+
+    /// The RX ceilings and macvtap's better-of TX (not in the standard set) each receive or
+    /// send something, say what was offered (RX), and delete the namespace they made.
+    #[test]
+    fn rx_and_macvtap_ceilings_measure_and_clean_up() {
+        let p = topology::probe();
+        if !p.vfs || !p.af_xdp {
+            eprintln!(
+                "skipping rx_and_macvtap_ceilings_measure_and_clean_up: {}",
+                p.summary()
+            );
+            return;
+        }
+        let d = Duration::from_millis(100);
+        let paced = Ceiling::Rx {
+            port: RxPort::Packet,
+            size: 64,
+            rate_pps: Some(20_000),
+        };
+        let best = Ceiling::MacvtapBest { size: 64 };
+        let _ = topology::created_on_this_thread();
+        for c in RxPort::ALL
+            .into_iter()
+            .filter_map(|port| Ceiling::rx(port, 64))
+            .chain([paced, best])
+        {
+            let r = c.measure(d, 1).unwrap_or_else(|e| panic!("{c}: {e:#}"));
+            assert_eq!(r.len(), 1);
+            let l = &r[0];
+            assert_eq!((l.name.as_str(), l.samples.len()), (c.name().as_str(), 1));
+            assert!(l.min > 0.0, "{l:?}");
+            match c {
+                Ceiling::Rx { .. } => {
+                    assert_eq!(l.offered.len(), 1, "{l:?}");
+                    assert!(l.offered[0] > 0.0, "{l:?}");
+                }
+                _ => assert!(l.offered.is_empty(), "{l:?}"),
+            }
+            let made = topology::created_on_this_thread();
+            assert_eq!(made.len(), 1, "{c}: {made:?}");
+            for ns in made {
+                assert!(
+                    !std::path::Path::new(topology::NETNS_DIR).join(&ns).exists(),
+                    "{c}: {ns} left behind"
+                );
+            }
+        }
+        // Paced at 20 000 pps, it receives about that (not the flood rate).
+        let r = paced.measure(d, 1).expect("paced");
+        assert!(r[0].median < 0.03, "{:?}", r[0]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! The write loops and [`measure_on`] take any fd and the interface that counts what it
 //! accepts ([`Target`]), so the raw VF ceilings (`super::vf`) run the same code on a packet
-//! socket.
+//! socket and on macvtap.
 //!
 //! The `unsafe` here is io_uring's contract, kept by [`UringWriter`]: the buffers it hands the
 //! kernel stay valid and untouched until their writes complete.

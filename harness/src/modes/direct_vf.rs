@@ -28,7 +28,7 @@ use guest_sim::traffic::Workload as TrafficWorkload;
 
 use super::far;
 use super::Mode;
-use crate::ceilings::Ceiling;
+use crate::ceilings::{Ceiling, RxPort};
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::results::Workload;
 use crate::topology::{self, Netns, Privileges, Vf, VfBackend, VfPool, XdpRedirect};
@@ -103,8 +103,9 @@ impl Port {
     }
 }
 
-/// AF_XDP ring entries (the UMEM has four rings' worth of chunks).
-const XSK_RING: u32 = 2048;
+/// AF_XDP ring entries (the UMEM has four rings' worth of chunks); the `xdp_rx` ceiling's
+/// socket has the same.
+pub(crate) const XSK_RING: u32 = 2048;
 
 /// Starts the vhost worker on a VF with the backend of its kind.
 fn start((kind, src): (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
@@ -126,6 +127,15 @@ fn start((kind, src): (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig)
         ),
     };
     Ok(worker::spawn(spec, vec![be], wcfg)?)
+}
+
+/// The RX ceiling's port of a VF backend: the same socket.
+fn rx_port(kind: VfBackend) -> RxPort {
+    match kind {
+        VfBackend::Packet => RxPort::Packet,
+        VfBackend::Macvtap => RxPort::Macvtap,
+        VfBackend::AfXdp => RxPort::Xdp,
+    }
 }
 
 /// VFs a workload needs: one per guest device.
@@ -185,27 +195,25 @@ impl Mode for DirectVf {
         (!host.vfs).then(|| host.summary())
     }
 
-    /// TX writes bare frames to a packet socket on the VF: its ceiling is that socket written
-    /// one frame per `write(2)` with nothing around it; RX is compared with the same ceiling
-    /// (what the injector's kind of socket pushes through a VF).
+    /// [`Mode::ceiling_on`] of the backend a run uses when it names none.
     fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
-        match workload {
-            Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
-            Workload::Tx | Workload::Rx => Ceiling::packet_write(size),
-        }
+        self.ceiling_on(workload, size, None)
     }
 
-    /// TX: each backend against the same kind of socket with nothing around it — the packet
-    /// socket written a frame per `write(2)`, the AF_XDP socket's batched TX; macvtap has no
-    /// raw ceiling yet, so its TX rows show no ratio rather than one against another kind of
-    /// socket. RX: what the injector's kind of socket pushes through a VF (`packet_write_N`),
-    /// whichever backend receives.
+    /// Each backend against its own kind of socket with nothing around it. TX: the packet
+    /// socket written a frame per `write(2)`, the AF_XDP socket's batched TX, and macvtap
+    /// written either way (`write(2)` or io_uring), whichever was faster in that repeat (the
+    /// backend picks the cheaper of the two as it runs). RX: the same socket receiving what
+    /// the rx workload's injector sends into the wire end, with no engine (`xdp_rx_N`,
+    /// `packet_read_N`, `macvtap_read_N`).
     fn ceiling_on(&self, workload: Workload, size: u32, vf: Option<VfBackend>) -> Option<Ceiling> {
-        match (workload, vf.unwrap_or(FALLBACK_BACKEND)) {
+        let kind = vf.unwrap_or(FALLBACK_BACKEND);
+        match (workload, kind) {
             (Workload::Rr, _) => Some(Ceiling::BusyPollWakeRtt),
-            (Workload::Rx, _) | (Workload::Tx, VfBackend::Packet) => Ceiling::packet_write(size),
+            (Workload::Tx, VfBackend::Packet) => Ceiling::packet_write(size),
             (Workload::Tx, VfBackend::AfXdp) => Ceiling::xdp_tx(size),
-            (Workload::Tx, VfBackend::Macvtap) => None,
+            (Workload::Tx, VfBackend::Macvtap) => Ceiling::macvtap_best(size),
+            (Workload::Rx, kind) => Ceiling::rx(rx_port(kind), size),
         }
     }
 
@@ -453,12 +461,23 @@ mod tests {
             d.ceiling(Workload::Tx, 64),
             Some(Ceiling::PacketWrite { size: 64 })
         );
-        assert_eq!(
-            d.ceiling(Workload::Rx, 1500),
-            Some(Ceiling::PacketWrite { size: 1500 })
-        );
         assert_eq!(d.ceiling(Workload::Rr, 64), Some(Ceiling::BusyPollWakeRtt));
         assert_eq!(d.ceiling(Workload::Tx, 9000), None);
+        assert_eq!(d.ceiling(Workload::Rx, 9000), None);
+        // Each backend against its own socket, rx as well as tx.
+        let on = |w, b| d.ceiling_on(w, 1500, Some(b)).map(|c| c.name());
+        let names = [
+            (Workload::Tx, VfBackend::Packet, "packet_write_1500"),
+            (Workload::Tx, VfBackend::AfXdp, "xdp_tx_1500"),
+            (Workload::Tx, VfBackend::Macvtap, "macvtap_best_1500"),
+            (Workload::Rx, VfBackend::Packet, "packet_read_1500"),
+            (Workload::Rx, VfBackend::AfXdp, "xdp_rx_1500"),
+            (Workload::Rx, VfBackend::Macvtap, "macvtap_read_1500"),
+        ];
+        for (w, b, name) in names {
+            assert_eq!(on(w, b).as_deref(), Some(name), "{w:?} {b:?}");
+        }
+        assert_eq!(d.ceiling(Workload::Rx, 64), Ceiling::rx(RxPort::Packet, 64));
         assert!(d.oversubscribed(Workload::Rr, true, 2).is_some());
         assert!(d.oversubscribed(Workload::Tx, true, 2).is_none());
         let no = Privileges {

@@ -10,7 +10,7 @@ use engine::worker::WorkerConfig;
 
 use super::tap::{self, TapDevice};
 use super::Mode;
-use crate::ceilings::Ceiling;
+use crate::ceilings::{Ceiling, RxPort};
 use crate::pair::{PairConfig, RunOutcome};
 use crate::results::Workload;
 use crate::topology::Privileges;
@@ -45,11 +45,13 @@ impl Mode for Emulated {
     }
 
     /// A `write(2)` (TX) or `read(2)` (RX) per frame on the tap is what the loop does: its
-    /// ceiling is the tap written one frame per syscall.
+    /// ceilings are the tap written one frame per syscall, and read one frame per syscall
+    /// with the rx workload's injector feeding it through the same bridge (`tap_read_N`).
     fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
         match workload {
             Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
-            Workload::Tx | Workload::Rx => Ceiling::tap_write(size),
+            Workload::Tx => Ceiling::tap_write(size),
+            Workload::Rx => Ceiling::rx(RxPort::Tap, size),
         }
     }
 

@@ -52,6 +52,18 @@ impl Injected {
     }
 }
 
+/// A running [`Injector`]'s count of frames sent so far, readable from another thread while it
+/// runs (updated once per `sendmmsg(2)`): what a receiver measuring a window was offered.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    /// Frames the kernel has accepted so far.
+    pub fn sent(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Frames per `sendmmsg(2)` of an [`Injector`].
 const INJECT_BATCH: usize = 32;
 
@@ -167,6 +179,11 @@ impl Injector {
             pushed_back,
             thread,
         })
+    }
+
+    /// A handle on how many frames it has sent so far.
+    pub fn progress(&self) -> Progress {
+        Progress(self.sent.clone())
     }
 
     /// Stops it and says what it did.

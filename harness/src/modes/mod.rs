@@ -14,7 +14,7 @@
 
 pub mod direct_vf;
 pub mod emulated;
-mod far;
+pub(crate) mod far;
 pub mod null;
 pub mod tap;
 pub mod tap_vhost;

@@ -11,7 +11,7 @@ use engine::worker::{self, WorkerConfig};
 
 use super::tap::{self, TapDevice};
 use super::Mode;
-use crate::ceilings::Ceiling;
+use crate::ceilings::{Ceiling, RxPort};
 use crate::pair::{PairConfig, RunOutcome};
 use crate::results::Workload;
 use crate::topology::Privileges;
@@ -43,12 +43,13 @@ impl Mode for TapVhost {
     }
 
     /// TX goes out in io_uring batches on a fixed file: its ceiling is the tap written that
-    /// way. RX reads one frame per `readv`, as the emulated loop does.
+    /// way. RX reads one frame per `readv`: its ceiling is the tap read one frame per
+    /// `read(2)`, fed by the rx workload's injector through the same bridge (`tap_read_N`).
     fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
         match workload {
             Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
             Workload::Tx => Ceiling::tap_uring(size),
-            Workload::Rx => Ceiling::tap_write(size),
+            Workload::Rx => Ceiling::rx(RxPort::Tap, size),
         }
     }
 

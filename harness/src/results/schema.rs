@@ -38,6 +38,11 @@ pub struct LimitResult {
     pub max: f64,
     /// One value per repeat, in measurement order.
     pub samples: Vec<f64>,
+    /// RX ceilings only: what their far-side injector offered during each repeat's window, in
+    /// `unit`, paired with `samples` (a ceiling that delivers less than it was offered drops
+    /// frames itself). Empty for the others and in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<f64>,
 }
 
 impl LimitResult {
@@ -52,7 +57,22 @@ impl LimitResult {
             median: s.median,
             max: s.max,
             samples,
+            offered: Vec::new(),
         })
+    }
+
+    /// The same with what was offered during each repeat ([`LimitResult::offered`]); an error
+    /// unless there is one value per sample.
+    pub fn with_offered(mut self, offered: Vec<f64>) -> anyhow::Result<Self> {
+        ensure!(
+            offered.len() == self.samples.len(),
+            "limit {}: {} offered values for {} samples",
+            self.name,
+            offered.len(),
+            self.samples.len()
+        );
+        self.offered = offered;
+        Ok(self)
     }
 }
 

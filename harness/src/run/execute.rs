@@ -38,7 +38,8 @@ pub struct Executed {
 
 /// Runs every round of `plan`, printing a line per round.
 pub fn execute(plan: &Plan) -> Result<Executed> {
-    let mut samples: Vec<(String, String, Vec<f64>)> = Vec::new();
+    // Per row: its name, unit, one sample per round, and (RX ceilings) what was offered.
+    let mut samples: Vec<LimitResult> = Vec::new();
     let mut ex = Executed {
         accs: plan.combos.iter().map(|_| Acc::default()).collect(),
         ..Executed::default()
@@ -58,9 +59,12 @@ pub fn execute(plan: &Plan) -> Result<Executed> {
                 .measure(CEILING_DURATION, 1)
                 .with_context(|| format!("measuring the ceiling {}", ceiling.name()))?;
             for l in measured {
-                match samples.iter_mut().find(|(n, _, _)| *n == l.name) {
-                    Some((_, _, v)) => v.extend(l.samples),
-                    None => samples.push((l.name, l.unit, l.samples)),
+                match samples.iter_mut().find(|s| s.name == l.name) {
+                    Some(s) => {
+                        s.samples.extend(l.samples);
+                        s.offered.extend(l.offered);
+                    }
+                    None => samples.push(l),
                 }
             }
         }
@@ -94,7 +98,14 @@ pub fn execute(plan: &Plan) -> Result<Executed> {
     }
     ex.ceilings = samples
         .into_iter()
-        .map(|(name, unit, v)| LimitResult::from_samples(&name, &unit, v))
+        .map(|s| {
+            let l = LimitResult::from_samples(&s.name, &s.unit, s.samples)?;
+            if s.offered.is_empty() {
+                Ok(l)
+            } else {
+                l.with_offered(s.offered)
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(ex)
 }

@@ -23,6 +23,14 @@ use crate::topology;
 pub use plan::{Combo, Plan};
 pub use render::render;
 
+/// `; offered <median>` for an RX ceiling (what its injector sent during its windows), else
+/// nothing.
+fn offered(l: &crate::results::LimitResult) -> String {
+    crate::stats::Summary::from_values(&l.offered)
+        .map(|s| format!("; offered {}", fmt_num(s.median)))
+        .unwrap_or_default()
+}
+
 /// Plans, runs, prints and writes the comparison `args` asks for.
 pub fn main(args: RunArgs) -> Result<()> {
     let started = UtcTime::now();
@@ -41,12 +49,13 @@ pub fn main(args: RunArgs) -> Result<()> {
     let executed = execute::execute(&plan)?;
     for l in &executed.ceilings {
         println!(
-            "ceiling {}: {} {} (min {}, max {}, over the rounds)",
+            "ceiling {}: {} {} (min {}, max {}, over the rounds{})",
             l.name,
             fmt_num(l.median),
             l.unit,
             fmt_num(l.min),
-            fmt_num(l.max)
+            fmt_num(l.max),
+            offered(l)
         );
     }
     let doc = aggregate::aggregate(&plan, &started, executed)?;

@@ -31,6 +31,9 @@ pub struct Combo {
     pub batch: u32,
     /// `direct-vf`'s VF backend, where the run sweeps it (`None`: the mode's default).
     pub vf_backend: Option<VfBackend>,
+    /// The offered rate of the run (`--rate-pps`; `None`: as fast as possible), which an RX
+    /// ceiling's injector offers too.
+    pub rate_pps: Option<u64>,
 }
 
 impl Combo {
@@ -50,10 +53,12 @@ impl Combo {
         )
     }
 
-    /// The ceiling this combination is compared with, if it has one.
+    /// The ceiling this combination is compared with, if it has one (an RX ceiling fed at
+    /// the run's offered rate, as the combination is).
     pub fn ceiling(&self) -> Option<Ceiling> {
         self.mode
             .ceiling_on(self.workload, self.size, self.vf_backend)
+            .map(|c| c.at_rate(self.rate_pps))
     }
 }
 
@@ -101,6 +106,7 @@ impl Plan {
                                     busy_poll_us,
                                     batch,
                                     vf_backend,
+                                    rate_pps: args.rate_pps,
                                 };
                                 match mode.oversubscribed(workload, guest_polls(args, &c), cores) {
                                     None => combos.push(c),
@@ -224,6 +230,7 @@ fn guest_polls(args: &RunArgs, c: &Combo) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modes::Selector;
 
     fn host() -> Privileges {
         Privileges {
@@ -268,15 +275,41 @@ mod tests {
             [
                 "spsc_copy_64",
                 "tap_write_64",
+                "tap_read_64",
                 "tap_uring_64",
                 "xdp_tx_64",
-                "packet_write_64",
+                "xdp_rx_64",
                 "spsc_copy_1500",
                 "tap_write_1500",
+                "tap_read_1500",
                 "tap_uring_1500",
                 "xdp_tx_1500",
-                "packet_write_1500",
+                "xdp_rx_1500",
                 "busy_poll_wake_rtt",
+            ]
+        );
+        // Each VF backend swept brings its own ceilings, rx as well as tx; a paced run's RX
+        // ceilings are paced alike.
+        let swept = RunArgs {
+            modes: vec![Selector::One(&crate::modes::direct_vf::DirectVf)],
+            workloads: vec![Workload::Tx, Workload::Rx],
+            sizes: vec![64],
+            vf_backend: vec![VfBackend::Packet, VfBackend::Macvtap, VfBackend::AfXdp],
+            rate_pps: Some(50_000),
+            ..RunArgs::default()
+        };
+        let p = Plan::new(&swept, &host(), 2).expect("plan");
+        let names: Vec<String> = p.round_ceilings().iter().map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "spsc_copy_64",
+                "packet_write_64",
+                "macvtap_best_64",
+                "xdp_tx_64",
+                "packet_read_64_r50000",
+                "macvtap_read_64_r50000",
+                "xdp_rx_64_r50000",
             ]
         );
         // A size a tap cannot take has no tap ceiling.

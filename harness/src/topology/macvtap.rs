@@ -6,12 +6,26 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{ensure, Context};
 
 use super::netns::{ip, Netns};
 use super::sys;
 use super::tap::{check_ifname, Tap, TAP_VNET_HDR_LEN};
+
+/// The interface index of the next macvtap: unique among this process's macvtaps (a counter
+/// over 100) and those of every other live process (its pid), and above the small indexes a
+/// namespace hands out itself. A macvtap's character device is `/dev/tap<ifindex>`, in the one
+/// `/dev` of every namespace: two macvtaps of the same index in two namespaces (two runs or
+/// ceilings built alike) would share one node, and the fd opened for the second would be the
+/// first's.
+fn next_ifindex() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+    // Linux pids are below 2^22, so this stays below 2^31 (an ifindex is a positive int).
+    1_000_000 + (std::process::id() % (1 << 22)) * 100 + n
+}
 
 /// Creates macvtap `name` in passthrough mode on `lower` in `ns`, sets both up, and opens its
 /// character device non-blocking with `IFF_VNET_HDR` and a 12-byte little-endian header.
@@ -23,8 +37,10 @@ pub fn open_macvtap(ns: &Netns, lower: &str, name: &str) -> anyhow::Result<Tap> 
     check_ifname(lower)?;
     check_ifname(name)?;
     ns.run_in(|| -> anyhow::Result<Tap> {
+        let index = next_ifindex().to_string();
         ip(&[
-            "link", "add", "link", lower, "name", name, "type", "macvtap", "mode", "passthru",
+            "link", "add", "link", lower, "name", name, "index", &index, "type", "macvtap", "mode",
+            "passthru",
         ])?;
         ip(&["link", "set", "dev", lower, "up"])?;
         ip(&["link", "set", "dev", name, "up"])?;
@@ -118,5 +134,43 @@ mod tests {
             Some(f.len()),
             "the injected frame never came out of the macvtap"
         );
+    }
+
+    /// Two namespaces built alike, a macvtap of the same name in each: each fd is its own
+    /// macvtap's (their `/dev/tap<ifindex>` nodes differ), so a frame written to the second
+    /// leaves through the second namespace's veth.
+    #[test]
+    fn alike_macvtaps_in_two_namespaces_get_their_own_fds() {
+        let p = topology::probe();
+        if !p.can_run {
+            eprintln!(
+                "skipping alike_macvtaps_in_two_namespaces_get_their_own_fds: {}",
+                p.summary()
+            );
+            return;
+        }
+        let build = || {
+            let ns = Netns::create().expect("netns");
+            ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "w0"])
+                .expect("veth");
+            ns.ip(&["link", "set", "dev", "w0", "up"]).expect("up");
+            let mvt = open_macvtap(&ns, "v0", "mvt0").expect("macvtap");
+            (ns, mvt)
+        };
+        let (ns_a, a) = build();
+        let (ns_b, b) = build();
+        assert_ne!(a.ifindex, b.ifindex);
+        let mut f = vec![0u8; TAP_VNET_HDR_LEN + 64];
+        vring::frame::fill(&mut f[TAP_VNET_HDR_LEN..], 1, 0);
+        let before_a = link_stats(&ns_a, "w0").expect("stats").rx_packets;
+        let before_b = link_stats(&ns_b, "w0").expect("stats").rx_packets;
+        assert_eq!((&b.file).write(&f).expect("write"), f.len());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while link_stats(&ns_b, "w0").expect("stats").rx_packets == before_b {
+            assert!(Instant::now() < deadline, "the frame never reached b's w0");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(link_stats(&ns_a, "w0").expect("stats").rx_packets, before_a);
+        drop((a, b));
     }
 }

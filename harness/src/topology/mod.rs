@@ -32,6 +32,8 @@ mod xdp;
 mod xdp_sys;
 
 pub use macvtap::open_macvtap;
+#[cfg(test)]
+pub(crate) use netns::created_on_this_thread;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
 pub use probe::{probe, Privileges};
 pub use tap::{

@@ -48,6 +48,19 @@ static HANDLERS: Once = Once::new();
 /// the middle of `ip netns add` or `del`) before cleaning up without it.
 const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
+#[cfg(test)]
+thread_local! {
+    /// Names of the namespaces created on this thread, for tests that check something they
+    /// called cleaned up after itself (other tests create namespaces in parallel).
+    static CREATED_HERE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The names of the namespaces created on this thread since the last call (tests only).
+#[cfg(test)]
+pub(crate) fn created_on_this_thread() -> Vec<String> {
+    CREATED_HERE.with(|c| std::mem::take(&mut *c.borrow_mut()))
+}
+
 fn live() -> MutexGuard<'static, Vec<String>> {
     // A panic while the lock is held cannot leave the list inconsistent (push / remove only).
     LIVE.lock().unwrap_or_else(PoisonError::into_inner)
@@ -84,6 +97,8 @@ impl Netns {
             ip(&["netns", "add", &name])
                 .with_context(|| format!("creating network namespace {name}"))?;
             live.push(name.clone());
+            #[cfg(test)]
+            CREATED_HERE.with(|c| c.borrow_mut().push(name.clone()));
             name
         };
         let fd = match File::open(netns_path(&name)) {
