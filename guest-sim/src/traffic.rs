@@ -298,9 +298,15 @@ impl Guest<'_> {
         let (mut base_pkts, mut base_bytes) = (0u64, 0u64);
         let mut window_start = self.clock;
         let mut iter: u32 = 0;
+        let mut waits = self.r.interrupt_waits;
         loop {
             iter = iter.wrapping_add(1);
-            if iter.is_multiple_of(32) {
+            // The clock is read every 32 steps, and after every step that slept: a starved or
+            // idle vCPU that waits on each step would otherwise overrun its window by up to
+            // 32 waits.
+            let slept = self.r.interrupt_waits != waits;
+            waits = self.r.interrupt_waits;
+            if slept || iter.is_multiple_of(32) {
                 let now = Instant::now();
                 if !measuring && now >= measure_from {
                     measuring = true;

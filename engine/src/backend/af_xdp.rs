@@ -61,12 +61,14 @@ pub struct UmemAccount {
     pub tx_in_flight: u32,
     /// RX chunks posted to the fill ring and not taken back from the RX ring (ring indices).
     pub rx_out: u32,
+    /// RX chunks taken back and waiting for room on the fill ring.
+    pub rx_parked: u32,
 }
 
 impl UmemAccount {
     /// Whether every chunk is accounted for.
     pub fn balanced(&self) -> bool {
-        self.tx_free + self.tx_in_flight + self.rx_out == self.total
+        self.tx_free + self.tx_in_flight + self.rx_out + self.rx_parked == self.total
     }
 }
 
@@ -83,6 +85,7 @@ struct XdpStats {
     rx_frames: u64,
     rx_bad_descs: u64,
     rx_publishes: u64,
+    fill_parked: u64,
 }
 
 /// The AF_XDP backend. See the module documentation.
@@ -91,6 +94,10 @@ pub struct AfXdp {
     xsk: Xsk,
     /// TX chunks we own, ready for frames.
     free: Vec<Chunk>,
+    /// RX chunks taken from the RX ring that found no room on the fill ring: the kernel
+    /// publishes a received frame before it frees the fill slot the chunk came from, so a
+    /// full fill ring can be momentarily short of room. They go back at the next publish.
+    parked: Vec<Chunk>,
     stats: XdpStats,
 }
 
@@ -115,6 +122,7 @@ impl AfXdp {
         Ok(AfXdp {
             xsk,
             free: chunks,
+            parked: Vec::with_capacity(rx),
             stats: XdpStats::default(),
         })
     }
@@ -149,6 +157,7 @@ impl AfXdp {
             tx_free: self.free.len() as u32,
             tx_in_flight: self.xsk.tx_chunks_out(),
             rx_out: self.xsk.rx_chunks_out(),
+            rx_parked: self.parked.len() as u32,
         }
     }
 
@@ -225,16 +234,23 @@ impl AfXdp {
         if self.xsk.rx_unreleased() > 0 || self.xsk.fill_unpublished() > 0 {
             self.stats.rx_publishes += 1;
             self.xsk.rx_release();
+            // Parked chunks first: the kernel may have freed fill slots since.
+            while let Some(c) = self.parked.pop() {
+                if let Err(c) = self.xsk.fill_put(c) {
+                    self.parked.push(c);
+                    break;
+                }
+            }
             self.xsk.fill_publish();
         }
     }
 
-    /// Puts a chunk taken from the RX ring back on the fill ring (there is always room: the
-    /// fill ring holds as many entries as there are RX chunks).
+    /// Puts a chunk taken from the RX ring back on the fill ring, or parks it until there is
+    /// room (see the `parked` field).
     fn refill(&mut self, chunk: Chunk) {
-        if self.xsk.fill_put(chunk).is_err() {
-            // Cannot happen (see above); a chunk dropped here shows in `account`.
-            self.stats.rx_bad_descs += 1;
+        if let Err(c) = self.xsk.fill_put(chunk) {
+            self.stats.fill_parked += 1;
+            self.parked.push(c);
         }
         if self.xsk.rx_unreleased() >= RX_PUBLISH {
             self.rx_publish();
@@ -366,6 +382,7 @@ impl Backend for AfXdp {
         let s = &self.stats;
         vec![
             ("xdp_kicks", s.kicks),
+            ("xdp_fill_parked", s.fill_parked),
             ("xdp_kick_eagain", s.kick_eagain),
             ("xdp_kick_ebusy", s.kick_ebusy),
             ("xdp_kick_errors", s.kick_errors),
@@ -381,6 +398,7 @@ impl Backend for AfXdp {
             ("xdp_umem_tx_free", self.free.len() as u64),
             ("xdp_umem_tx_in_flight", u64::from(self.xsk.tx_chunks_out())),
             ("xdp_umem_rx_out", u64::from(self.xsk.rx_chunks_out())),
+            ("xdp_umem_rx_parked", self.parked.len() as u64),
             ("xdp_k_rx_dropped", k.rx_dropped),
             ("xdp_k_rx_ring_full", k.rx_ring_full),
             ("xdp_k_rx_fill_empty", k.rx_fill_ring_empty_descs),

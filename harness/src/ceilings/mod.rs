@@ -48,6 +48,9 @@
 //!   (the macvtap backend's fd), counted by the wire end's receive counter; `macvtap_best_<size>`
 //!   runs both back to back in each repeat and keeps the faster (the backend sends each batch
 //!   the way that has been cheaper per frame), the TX ceiling of `direct-vf` on macvtap.
+//!   `tap_best_<size>` and `packet_best_<size>` do the same on the tap and on the packet
+//!   socket: the TX ceilings of `tap-vhost` and of `direct-vf` on the packet socket, whose
+//!   backend picks between the two ways the same way.
 //! - `xdp_rx_<size>`, `packet_read_<size>`, `macvtap_read_<size>`, `tap_read_<size>` (Mpps;
 //!   `_r<pps>` appended when paced): RX with no engine. The `rx` workload's injector
 //!   (`modes::far`: a packet socket on the wire end, `sendmmsg` batches of 32, as fast
@@ -165,6 +168,19 @@ pub enum Ceiling {
         /// Frame bytes.
         size: u32,
     },
+    /// The better of [`Ceiling::TapWrite`] and [`Ceiling::TapUring`], measured back to back on
+    /// the same tap in each repeat (Mpps): tap-vhost's backend picks the cheaper way as it
+    /// runs, so it is put against the better of the two.
+    TapBest {
+        /// Frame bytes.
+        size: u32,
+    },
+    /// The better of [`Ceiling::PacketWrite`] and [`Ceiling::PacketUring`], back to back on the
+    /// same socket in each repeat (Mpps), for the same reason.
+    PacketBest {
+        /// Frame bytes.
+        size: u32,
+    },
     /// Frames injected at the far side and received with no engine, on one thread doing the
     /// backend's per-frame work (Mpps): see [`RxPort`].
     Rx {
@@ -274,6 +290,16 @@ impl Ceiling {
         framed(size, |size| Ceiling::MacvtapBest { size })
     }
 
+    /// [`Ceiling::TapBest`] of `size`, if a tap takes that size (30..=1514).
+    pub fn tap_best(size: u32) -> Option<Ceiling> {
+        framed(size, |size| Ceiling::TapBest { size })
+    }
+
+    /// [`Ceiling::PacketBest`] of `size`, if a VF takes that size (30..=1514).
+    pub fn packet_best(size: u32) -> Option<Ceiling> {
+        framed(size, |size| Ceiling::PacketBest { size })
+    }
+
     /// [`Ceiling::Rx`] on `port` of `size`, injected as fast as the injector can, if an
     /// Ethernet interface takes that size (30..=1514); [`Ceiling::at_rate`] paces it.
     pub fn rx(port: RxPort, size: u32) -> Option<Ceiling> {
@@ -356,6 +382,8 @@ impl Ceiling {
             Ceiling::MacvtapWrite { size } => format!("macvtap_write_{size}"),
             Ceiling::MacvtapUring { size } => format!("macvtap_uring_{size}"),
             Ceiling::MacvtapBest { size } => format!("macvtap_best_{size}"),
+            Ceiling::TapBest { size } => format!("tap_best_{size}"),
+            Ceiling::PacketBest { size } => format!("packet_best_{size}"),
             Ceiling::Rx {
                 port,
                 size,
@@ -403,6 +431,8 @@ impl Ceiling {
             | Ceiling::MacvtapWrite { size }
             | Ceiling::MacvtapUring { size }
             | Ceiling::MacvtapBest { size }
+            | Ceiling::TapBest { size }
+            | Ceiling::PacketBest { size }
             | Ceiling::Rx { size, .. } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
@@ -421,6 +451,8 @@ impl Ceiling {
                 | Ceiling::MacvtapWrite { .. }
                 | Ceiling::MacvtapUring { .. }
                 | Ceiling::MacvtapBest { .. }
+                | Ceiling::TapBest { .. }
+                | Ceiling::PacketBest { .. }
                 | Ceiling::Rx { .. }
         )
     }
@@ -469,7 +501,7 @@ impl Ceiling {
                     size,
                     duration,
                     repeat,
-                    tap::write_once,
+                    &[tap::write_once],
                 )?)
             }
             Ceiling::TapUring { size } => {
@@ -479,7 +511,7 @@ impl Ceiling {
                     size,
                     duration,
                     repeat,
-                    tap::uring_once,
+                    &[tap::uring_once],
                 )?)
             }
             Ceiling::PacketWrite { size } => {
@@ -491,6 +523,16 @@ impl Ceiling {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
                 let loops = [tap::uring_once as tap::WriteOnce];
                 one(vf::measure(&name, Packet, size, duration, repeat, &loops)?)
+            }
+            Ceiling::PacketBest { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                let loops = [tap::write_once as tap::WriteOnce, tap::uring_once];
+                one(vf::measure(&name, Packet, size, duration, repeat, &loops)?)
+            }
+            Ceiling::TapBest { size } => {
+                let size = Self::checked(&name, size, TAP_SIZES)?;
+                let loops = [tap::write_once as tap::WriteOnce, tap::uring_once];
+                one(tap::measure(&name, size, duration, repeat, &loops)?)
             }
             Ceiling::MacvtapWrite { size } => {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
@@ -584,6 +626,8 @@ impl FromStr for Ceiling {
                 .or_else(|| sized("macvtap_write_", Ceiling::macvtap_write))
                 .or_else(|| sized("macvtap_uring_", Ceiling::macvtap_uring))
                 .or_else(|| sized("macvtap_best_", Ceiling::macvtap_best))
+                .or_else(|| sized("tap_best_", Ceiling::tap_best))
+                .or_else(|| sized("packet_best_", Ceiling::packet_best))
                 .or_else(|| RxPort::ALL.into_iter().find_map(|port| parse_rx(s, port))),
         };
         found.ok_or_else(|| {
@@ -593,6 +637,7 @@ impl FromStr for Ceiling {
                  blocking_wake_rtt[_p99], tap_write_<30..1514>, tap_uring_<30..1514>, \
                  packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>, \
                  macvtap_write_<30..1514>, macvtap_uring_<30..1514>, macvtap_best_<30..1514>, \
+                 tap_best_<30..1514>, packet_best_<30..1514>, \
                  xdp_rx_<30..1514>, packet_read_<30..1514>, macvtap_read_<30..1514>, \
                  tap_read_<30..1514>; an RX ceiling paced at N pps ends in _r<N>)"
             )
@@ -657,6 +702,8 @@ mod tests {
                 queue: 32768,
             },
             Ceiling::MacvtapBest { size: 64 },
+            Ceiling::TapBest { size: 64 },
+            Ceiling::PacketBest { size: 1500 },
             Ceiling::MacvtapUring { size: 30 },
             Ceiling::Rx {
                 port: RxPort::Tap,

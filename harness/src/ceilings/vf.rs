@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 
-use super::tap::{check_size, measure_on, Target, WriteOnce};
+use super::tap::{check_size, measure_best, Target, WriteOnce};
 use crate::topology::{self, Netns, VfPool};
 
 /// The PF of the VF ceilings' pool (inside their own namespace).
@@ -72,15 +72,5 @@ pub(super) fn measure(
         hdr_len,
         counter: vf.wire().to_string(),
     };
-    let mut samples = Vec::with_capacity(repeat);
-    for _ in 0..repeat {
-        let mut best = f64::NEG_INFINITY;
-        for &once in loops {
-            for s in measure_on(name, &target, size, duration, 1, once)? {
-                best = best.max(s);
-            }
-        }
-        samples.push(best);
-    }
-    Ok(samples)
+    measure_best(name, &target, size, duration, repeat, loops)
 }

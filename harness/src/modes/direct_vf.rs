@@ -200,17 +200,17 @@ impl Mode for DirectVf {
         self.ceiling_on(workload, size, None)
     }
 
-    /// Each backend against its own kind of socket with nothing around it. TX: the packet
-    /// socket written a frame per `write(2)`, the AF_XDP socket's batched TX, and macvtap
-    /// written either way (`write(2)` or io_uring), whichever was faster in that repeat (the
-    /// backend picks the cheaper of the two as it runs). RX: the same socket receiving what
+    /// Each backend against its own kind of socket with nothing around it. TX: the AF_XDP
+    /// socket's batched TX; the packet socket and macvtap each written either way (`write(2)`
+    /// or io_uring), whichever was faster in that repeat (their backend picks the cheaper of
+    /// the two as it runs). RX: the same socket receiving what
     /// the rx workload's injector sends into the wire end, with no engine (`xdp_rx_N`,
     /// `packet_read_N`, `macvtap_read_N`).
     fn ceiling_on(&self, workload: Workload, size: u32, vf: Option<VfBackend>) -> Option<Ceiling> {
         let kind = vf.unwrap_or(FALLBACK_BACKEND);
         match (workload, kind) {
             (Workload::Rr, _) => Some(Ceiling::BusyPollWakeRtt),
-            (Workload::Tx, VfBackend::Packet) => Ceiling::packet_write(size),
+            (Workload::Tx, VfBackend::Packet) => Ceiling::packet_best(size),
             (Workload::Tx, VfBackend::AfXdp) => Ceiling::xdp_tx(size),
             (Workload::Tx, VfBackend::Macvtap) => Ceiling::macvtap_best(size),
             (Workload::Rx, kind) => Ceiling::rx(rx_port(kind), size),
@@ -343,7 +343,13 @@ mod tests {
             o.worker
         );
         assert!(o.sent(w) > at_least, "{w:?}: sent {}", o.sent(w));
-        assert_eq!(o.dropped(), 0, "{w:?}: {:?}", o.drops_by_reason());
+        assert_eq!(
+            o.dropped(),
+            0,
+            "{w:?}: {:?}; backend: {:?}",
+            o.drops_by_reason(),
+            o.worker.backend_stats
+        );
         assert_eq!(
             o.lost(w),
             0,
@@ -459,7 +465,7 @@ mod tests {
         let d = DirectVf;
         assert_eq!(
             d.ceiling(Workload::Tx, 64),
-            Some(Ceiling::PacketWrite { size: 64 })
+            Some(Ceiling::PacketBest { size: 64 })
         );
         assert_eq!(d.ceiling(Workload::Rr, 64), Some(Ceiling::BusyPollWakeRtt));
         assert_eq!(d.ceiling(Workload::Tx, 9000), None);
@@ -467,7 +473,7 @@ mod tests {
         // Each backend against its own socket, rx as well as tx.
         let on = |w, b| d.ceiling_on(w, 1500, Some(b)).map(|c| c.name());
         let names = [
-            (Workload::Tx, VfBackend::Packet, "packet_write_1500"),
+            (Workload::Tx, VfBackend::Packet, "packet_best_1500"),
             (Workload::Tx, VfBackend::AfXdp, "xdp_tx_1500"),
             (Workload::Tx, VfBackend::Macvtap, "macvtap_best_1500"),
             (Workload::Rx, VfBackend::Packet, "packet_read_1500"),

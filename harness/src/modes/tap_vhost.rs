@@ -48,7 +48,7 @@ impl Mode for TapVhost {
     fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
         match workload {
             Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
-            Workload::Tx => Ceiling::tap_uring(size),
+            Workload::Tx => Ceiling::tap_best(size),
             Workload::Rx => Ceiling::rx(RxPort::Tap, size),
         }
     }

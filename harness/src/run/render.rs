@@ -119,7 +119,7 @@ pub fn render(doc: &Results) -> String {
          % ceiling: null vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
          rr vs the in-run busy-poll wake round trip (ceiling / p50); the kernel-backed modes vs\n\
          their own socket with nothing around it, tx written (tap_write_N: a write(2) per frame;\n\
-         tap_uring_N: io_uring batches; direct-vf: packet_write_N, xdp_tx_N, macvtap_best_N,\n\
+         tap_uring_N: io_uring batches; direct-vf: packet_best_N, xdp_tx_N, macvtap_best_N,\n\
          the better of macvtap_write_N and macvtap_uring_N), rx fed by the same injector into\n\
          the same wire end and read by one thread (tap_read_N; direct-vf: packet_read_N,\n\
          xdp_rx_N, macvtap_read_N; _r<pps> when paced by --rate-pps).\n\

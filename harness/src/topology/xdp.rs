@@ -290,7 +290,7 @@ mod live {
         let (free, in_flight, rx) = (
             stat(o, "xdp_umem_tx_free"),
             stat(o, "xdp_umem_tx_in_flight"),
-            stat(o, "xdp_umem_rx_out"),
+            stat(o, "xdp_umem_rx_out") + stat(o, "xdp_umem_rx_parked"),
         );
         assert!(total > 0, "{:?}", o.worker.backend_stats);
         assert_eq!(

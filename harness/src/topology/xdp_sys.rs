@@ -115,6 +115,19 @@ fn bpf<T>(cmd: c_int, attr: &T) -> io::Result<i64> {
     Ok(r)
 }
 
+/// `BPF_PROG_LOAD`, retried while the kernel answers `EAGAIN` (the verifier gives up with it
+/// when it is interrupted or short of memory for a moment; libbpf retries 5 times the same
+/// way).
+fn prog_load<T>(attr: &T) -> io::Result<i64> {
+    let mut tries = 0;
+    loop {
+        match bpf(BPF_PROG_LOAD, attr) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 5 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 fn owned(fd: i64) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf returned no fd"))?;
     // SAFETY: the commands that reach here return a new descriptor nobody else owns.
@@ -172,13 +185,13 @@ pub(crate) fn prog_load_xdp(name: &str, insns: &[Insn], license: &str) -> io::Re
         expected_attach_type: BPF_XDP,
         ..ProgLoad::default()
     };
-    match bpf(BPF_PROG_LOAD, &attr) {
+    match prog_load(&attr) {
         Ok(fd) => return owned(fd),
         // Kernels that do not know `BPF_XDP` as an expected attach type take 0.
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => attr.expected_attach_type = 0,
         Err(e) => return Err(e),
     }
-    if let Ok(fd) = bpf(BPF_PROG_LOAD, &attr) {
+    if let Ok(fd) = prog_load(&attr) {
         return owned(fd);
     }
     // Once more with the verifier's log, to say why.
@@ -186,7 +199,7 @@ pub(crate) fn prog_load_xdp(name: &str, insns: &[Insn], license: &str) -> io::Re
     attr.log_level = 1;
     attr.log_size = log.len() as u32;
     attr.log_buf = log.as_mut_ptr() as u64;
-    match bpf(BPF_PROG_LOAD, &attr) {
+    match prog_load(&attr) {
         Ok(fd) => owned(fd),
         Err(e) => {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
