@@ -22,6 +22,7 @@
 pub mod calibrate;
 pub mod ceilings;
 pub mod cli;
+mod exit;
 pub mod host;
 pub mod libvirt;
 pub mod modes;

@@ -25,7 +25,7 @@
 mod macvtap;
 mod netns;
 mod probe;
-mod sys;
+pub(crate) mod sys;
 mod tap;
 mod vf_pool;
 mod xdp;
