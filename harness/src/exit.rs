@@ -20,8 +20,10 @@ use std::sync::{Mutex, Once, PoisonError};
 
 use crate::topology::sys;
 
-/// The hooks, by name, in registration order.
-static HOOKS: Mutex<Vec<(&'static str, fn())>> = Mutex::new(Vec::new());
+/// A hook: what it cleans up, and the function.
+type Hook = (&'static str, fn());
+/// The hooks, in registration order.
+static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 /// Installs the panic hook and the signal thread, once.
 static HANDLERS: Once = Once::new();
 
@@ -39,10 +41,7 @@ pub(crate) fn register(name: &'static str, hook: fn()) {
 fn run_hooks() {
     // Pushing is the only thing done under the lock, so it is never held for long; a panic
     // while it was held cannot leave the list inconsistent.
-    let hooks = HOOKS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let hooks = HOOKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
     for (_, hook) in hooks {
         hook();
     }

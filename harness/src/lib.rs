@@ -28,6 +28,7 @@ pub mod libvirt;
 pub mod modes;
 pub mod padded;
 pub mod pair;
+pub mod peers;
 pub mod pin;
 pub mod results;
 pub mod run;

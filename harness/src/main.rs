@@ -87,6 +87,9 @@ fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
             ceilings.push(c);
         }
     }
+    for stale in harness::peers::dpdk::cleanup_stale() {
+        eprintln!("{stale} (its vhostbench process is gone)");
+    }
     if ceilings.iter().any(Ceiling::needs_tap) {
         let stale = topology::cleanup_stale();
         if !stale.is_empty() {

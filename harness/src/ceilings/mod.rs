@@ -43,6 +43,15 @@
 //!   published with one producer store and one `sendto` kick, chunks reclaimed from the
 //!   completion ring; counted by the wire end's receive counter (`xdp` module).
 //!
+//! - `dpdk_pair_g2h_<size>`, `dpdk_pair_h2g_<size>` (Mpps): DPDK 22.11's own two halves,
+//!   `dpdk-testpmd` with its virtio-user PMD (`txonly` for g2h, `rxonly` for h2g) on
+//!   [`VCPU_CORE`](crate::pin::VCPU_CORE) and `dpdk-testpmd` with its vhost PMD (the other
+//!   mode) on [`WORKER_CORE`](crate::pin::WORKER_CORE), one vhost-user socket, ring 256,
+//!   bursts of 32 ([`crate::peers::dpdk::pair`]). Both processes are started once and every
+//!   repeat is one window of the receiver's `RX-packets`; the sender's `TX-packets` must all
+//!   arrive. Not in [`Ceiling::standard`] (it needs `dpdk-testpmd`, which `.ci/run`
+//!   installs): asked for by name (`vhostbench limits --only dpdk_pair_g2h_64`).
+//!
 //! The tap, VF and XDP ceilings need root ([`crate::topology::probe`]):
 //! [`Ceiling::needs_privileges`] says which; measuring one without it fails with the reason.
 //! Each creates and deletes its own namespace.
@@ -66,6 +75,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
+use crate::peers::dpdk::pair as dpdk_pair;
+pub use crate::peers::dpdk::pair::PairDirection;
 pub use crate::results::{LimitResult, UNIT_MPPS, UNIT_NS};
 
 /// Frame sizes a tap takes: an Ethernet header and test-frame stamp up to MTU 1500 + header.
@@ -125,6 +136,14 @@ pub enum Ceiling {
         /// Frame bytes.
         size: u32,
     },
+    /// `size`-byte frames from testpmd's virtio-user PMD to testpmd's vhost PMD (`g2h`) or
+    /// back (`h2g`), one core each (Mpps): DPDK with nothing of ours in the path.
+    DpdkPair {
+        /// Which way.
+        direction: PairDirection,
+        /// Frame bytes.
+        size: u32,
+    },
 }
 
 /// `make(size)` if an Ethernet interface takes frames of `size` bytes (30..=1514): the
@@ -177,6 +196,23 @@ impl Ceiling {
         framed(size, |size| Ceiling::XdpTx { size })
     }
 
+    /// [`Ceiling::DpdkPair`] of `direction` and `size`, if testpmd's `txonly` makes that size
+    /// (42..=1514).
+    pub fn dpdk_pair(direction: PairDirection, size: u32) -> Option<Ceiling> {
+        dpdk_pair::SIZES
+            .contains(&size)
+            .then_some(Ceiling::DpdkPair { direction, size })
+    }
+
+    /// The DPDK yardsticks at `size`, g2h then h2g (asked for by name; not in
+    /// [`Ceiling::standard`]).
+    pub fn dpdk(size: u32) -> Vec<Ceiling> {
+        [PairDirection::G2h, PairDirection::H2g]
+            .into_iter()
+            .filter_map(|d| Ceiling::dpdk_pair(d, size))
+            .collect()
+    }
+
     /// What `vhostbench limits` measures by default, in the order it reports them.
     pub fn standard() -> Vec<Ceiling> {
         vec![
@@ -219,6 +255,9 @@ impl Ceiling {
             Ceiling::PacketWrite { size } => format!("packet_write_{size}"),
             Ceiling::PacketUring { size } => format!("packet_uring_{size}"),
             Ceiling::XdpTx { size } => format!("xdp_tx_{size}"),
+            Ceiling::DpdkPair { direction, size } => {
+                format!("dpdk_pair_{}_{size}", direction.name())
+            }
         }
     }
 
@@ -254,13 +293,20 @@ impl Ceiling {
             | Ceiling::TapUring { size }
             | Ceiling::PacketWrite { size }
             | Ceiling::PacketUring { size }
-            | Ceiling::XdpTx { size } => Some(size),
+            | Ceiling::XdpTx { size }
+            | Ceiling::DpdkPair { size, .. } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
     }
 
-    /// Whether it needs privileges (root: a tap, a VF pool, or an AF_XDP socket and its program).
+    /// Whether it needs privileges (root: a tap, a VF pool, an AF_XDP socket and its program,
+    /// or the hugepage pool testpmd runs on).
     pub fn needs_privileges(&self) -> bool {
+        self.needs_tap() || self.needs_dpdk()
+    }
+
+    /// Whether it needs what [`crate::topology::probe`] checks (a tap, veth, a namespace).
+    pub fn needs_tap(&self) -> bool {
         matches!(
             self,
             Ceiling::TapWrite { .. }
@@ -271,9 +317,9 @@ impl Ceiling {
         )
     }
 
-    /// [`Ceiling::needs_privileges`], under the name `main.rs` knows it by.
-    pub fn needs_tap(&self) -> bool {
-        self.needs_privileges()
+    /// Whether it runs `dpdk-testpmd` ([`crate::peers::dpdk::probe`] says whether it can).
+    pub fn needs_dpdk(&self) -> bool {
+        matches!(self, Ceiling::DpdkPair { .. })
     }
 
     /// Measures it `repeat` times for `duration` each: one [`LimitResult`] per row
@@ -339,6 +385,10 @@ impl Ceiling {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
                 one(xdp::measure(&name, size, duration, repeat)?)
             }
+            Ceiling::DpdkPair { direction, size } => {
+                Self::checked(&name, size, dpdk_pair::SIZES)?;
+                one(dpdk_pair::measure(direction, size, duration, repeat)?)
+            }
         }
     }
 
@@ -393,14 +443,19 @@ impl FromStr for Ceiling {
                 .or_else(|| sized("tap_uring_", Ceiling::tap_uring))
                 .or_else(|| sized("packet_write_", Ceiling::packet_write))
                 .or_else(|| sized("packet_uring_", Ceiling::packet_uring))
-                .or_else(|| sized("xdp_tx_", Ceiling::xdp_tx)),
+                .or_else(|| sized("xdp_tx_", Ceiling::xdp_tx))
+                .or_else(|| {
+                    let (dir, size) = s.strip_prefix("dpdk_pair_")?.split_once('_')?;
+                    Ceiling::dpdk_pair(PairDirection::from_name(dir)?, size.parse().ok()?)
+                }),
         };
         found.ok_or_else(|| {
             format!(
                 "unknown ceiling {s:?} (known: spsc_handoff, spsc_copy_<16..65536>, \
                  sleep_ring_<16..65536>_q<power of two 16..32768>, busy_poll_wake_rtt[_p99], \
                  blocking_wake_rtt[_p99], tap_write_<30..1514>, tap_uring_<30..1514>, \
-                 packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>)"
+                 packet_write_<30..1514>, packet_uring_<30..1514>, xdp_tx_<30..1514>, \
+                 dpdk_pair_g2h_<42..1514>, dpdk_pair_h2g_<42..1514>)"
             )
         })
     }
@@ -452,6 +507,14 @@ mod tests {
                 size: 64,
                 queue: 32768,
             },
+            Ceiling::DpdkPair {
+                direction: PairDirection::G2h,
+                size: 64,
+            },
+            Ceiling::DpdkPair {
+                direction: PairDirection::H2g,
+                size: 1514,
+            },
         ]) {
             for row in c.rows() {
                 assert_eq!(row.parse::<Ceiling>(), Ok(c), "{row}");
@@ -474,6 +537,11 @@ mod tests {
             "sleep_ring_64_q65536",
             "sleep_ring_65536_q32768",
             "sleep_ring_64_q256_p99",
+            "dpdk_pair_g2h_41",
+            "dpdk_pair_h2g_1515",
+            "dpdk_pair_x2y_64",
+            "dpdk_pair_g2h",
+            "dpdk_pair_g2h_64_p99",
         ] {
             let e = bad.parse::<Ceiling>().expect_err(bad);
             assert!(e.contains("known:"), "{e}");
@@ -495,6 +563,14 @@ mod tests {
         assert!(Ceiling::TapWrite { size: 8 }.measure(d, 1).is_err());
         assert!(Ceiling::TapUring { size: 9000 }.measure(d, 1).is_err());
         assert_eq!(Ceiling::packet_write(1515), None);
+        assert_eq!(Ceiling::dpdk_pair(PairDirection::G2h, 41), None);
+        assert_eq!(Ceiling::dpdk(64).len(), 2);
+        assert!(Ceiling::DpdkPair {
+            direction: PairDirection::H2g,
+            size: 2000
+        }
+        .measure(d, 1)
+        .is_err());
         assert!(Ceiling::PacketWrite { size: 29 }.measure(d, 1).is_err());
         let r = Ceiling::SpscCopy { size: 64 }
             .measure(d, 2)

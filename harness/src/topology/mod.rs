@@ -32,6 +32,7 @@ mod xdp;
 mod xdp_sys;
 
 pub use macvtap::open_macvtap;
+pub(crate) use netns::process_dead;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
 pub use probe::{probe, Privileges};
 pub use tap::{
