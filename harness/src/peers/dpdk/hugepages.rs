@@ -21,7 +21,9 @@
 //!   the claims of processes that are gone and restores `original` when none is left.
 //!
 //! Lowering the pool below what is in use is safe: the kernel turns the pages still mapped
-//! into surplus pages and frees them when their last user (a testpmd being killed) lets go.
+//! into surplus pages and frees them when their last user (a testpmd being killed) lets go —
+//! on this kernel (6.18) a moment later, from a workqueue; until then `nr_hugepages` reads
+//! larger. A change waits (bounded) for that, so the pool reads as restored when it returns.
 //! The `lock` file stays (removing a lock file others may be waiting on would break the
 //! lock).
 
@@ -44,6 +46,8 @@ pub const STATE_DIR: &str = "/run/vhostbench/hugepages";
 /// Bytes per page.
 pub const PAGE_BYTES: u64 = 2 << 20;
 
+/// How long a smaller pool may keep reading larger (surplus pages still being freed).
+const SURPLUS_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a change waits for the lock another process holds.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 /// How long the panic hook and the signal thread wait for it before going ahead without it.
@@ -77,7 +81,9 @@ impl HugepageFiles {
             .with_context(|| format!("{}: {s:?} is not a number", self.nr_hugepages.display()))
     }
 
-    /// Asks for a pool of `pages` and returns what the kernel made of it.
+    /// Asks for a pool of `pages` and returns what the kernel made of it. A smaller pool
+    /// reads larger until the pages still in use (of a testpmd that is exiting) are freed,
+    /// which the kernel may defer; that is waited for, up to [`SURPLUS_PATIENCE`].
     fn write(&self, pages: u64) -> anyhow::Result<u64> {
         fs::write(&self.nr_hugepages, pages.to_string()).with_context(|| {
             format!(
@@ -85,7 +91,14 @@ impl HugepageFiles {
                 self.nr_hugepages.display()
             )
         })?;
-        self.read()
+        let deadline = Instant::now() + SURPLUS_PATIENCE;
+        loop {
+            let now = self.read()?;
+            if now <= pages || Instant::now() >= deadline {
+                return Ok(now);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn original_path(&self) -> PathBuf {
@@ -285,7 +298,7 @@ impl Hugepages {
     /// [`Hugepages::reserve`] on `files`.
     pub fn reserve_in(files: &HugepageFiles, pages: u64) -> anyhow::Result<Hugepages> {
         anyhow::ensure!(pages > 0, "a hugepage claim of 0 pages");
-        crate::exit::register("hugepages", release_all_live);
+        super::register_exit_hook();
         let pid = std::process::id();
         let claim = format!("claim-{pid}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let locked = Locked::take(files, LOCK_PATIENCE, true)?;
@@ -380,7 +393,7 @@ fn release_one(
 
 /// The exit hook: releases every claim of this process, waiting a bounded time for the
 /// registry and the lock.
-fn release_all_live() {
+pub(super) fn release_all_live() {
     let deadline = Instant::now() + HOOK_PATIENCE;
     let mut live = loop {
         match LIVE.try_lock() {

@@ -41,8 +41,8 @@ pub use hugepages::{
     HugepageFiles, Hugepages, StaleHugepages, NR_HUGEPAGES, PAGE_BYTES, STATE_DIR,
 };
 pub use testpmd::{
-    live_testpmds, ForwardMode, ForwardStats, PortStats, Testpmd, TestpmdConfig, Vdev,
-    PAGES_PER_TESTPMD,
+    live_testpmds, runtime_dir, testpmd_prefix, ForwardMode, ForwardStats, PortStats, Testpmd,
+    TestpmdConfig, Vdev, KILL_PATIENCE, PAGES_PER_TESTPMD, STDBUF,
 };
 
 /// The program.
@@ -84,9 +84,17 @@ pub struct DpdkInstall {
 /// usage; it creates nothing). Errors say what is missing and how to get it: no testpmd, not
 /// root (the hugepage pool needs it), no 2 MiB hugepage pool in this kernel.
 pub fn probe() -> anyhow::Result<DpdkInstall> {
-    let Some(testpmd) = find_on_path(TESTPMD) else {
+    probe_on(std::env::var_os("PATH").as_deref())
+}
+
+/// [`probe`] with `path` standing in for `PATH`.
+fn probe_on(path: Option<&std::ffi::OsStr>) -> anyhow::Result<DpdkInstall> {
+    let Some(testpmd) = find_on_path(path, TESTPMD) else {
         bail!("{TESTPMD} is not on PATH: {INSTALL_HINT}");
     };
+    if find_on_path(path, STDBUF).is_none() {
+        bail!("{STDBUF} (coreutils) is not on PATH; testpmd runs under it");
+    }
     let mut cmd = std::process::Command::new(&testpmd);
     cmd.args(["-v", "-h"]);
     let out = testpmd::output_bounded(cmd, PROBE_TIMEOUT)
@@ -115,10 +123,9 @@ pub fn parse_version(banner: &str) -> Option<String> {
     })
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
+fn find_on_path(path: Option<&std::ffi::OsStr>, program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    std::env::split_paths(path?)
         .map(|d| d.join(program))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
@@ -160,6 +167,16 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Registers the exit hook of the DPDK peers (once): every testpmd of this process is
+/// stopped first, then its hugepage claims are given back (so the pool shrinks with no page
+/// of a dying testpmd still in use).
+pub(crate) fn register_exit_hook() {
+    crate::exit::register("dpdk peers", || {
+        testpmd::kill_all_live();
+        hugepages::release_all_live();
+    });
 }
 
 /// What [`cleanup_stale`] found and undid, one line each, for the caller to report.
@@ -224,6 +241,19 @@ mod tests {
         let b = unique_name();
         assert_ne!(a, b);
         assert_eq!(crate::topology::owner_pid(&a), Some(std::process::id()));
+    }
+
+    #[test]
+    fn without_testpmd_the_error_says_how_to_install_it() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        for path in [None, Some(empty.path().as_os_str())] {
+            let e = format!("{:#}", probe_on(path).expect_err("no testpmd"));
+            assert!(e.contains("dpdk-testpmd is not on PATH"), "{e}");
+            assert!(
+                e.contains("apt-get install --no-install-recommends dpdk-dev"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

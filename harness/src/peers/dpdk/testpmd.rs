@@ -98,6 +98,9 @@ pub enum Vdev {
         /// Listen instead of connecting.
         server: bool,
     },
+    /// The null PMD (`net_null0`): a port that is always up, receives nothing and takes
+    /// everything sent to it. For tests that need a testpmd but no peer.
+    Null,
 }
 
 impl Vdev {
@@ -118,6 +121,7 @@ impl Vdev {
                 path.display(),
                 u8::from(*server)
             ),
+            Vdev::Null => "net_null0".to_string(),
         };
         for e in extra {
             s.push(',');
@@ -131,6 +135,7 @@ impl Vdev {
         match self {
             Vdev::Vhost { .. } => "vhost",
             Vdev::VirtioUser { .. } => "virtio-user",
+            Vdev::Null => "null",
         }
     }
 }
@@ -172,7 +177,7 @@ impl TestpmdConfig {
     pub fn new(vdev: Vdev, forward: ForwardMode) -> TestpmdConfig {
         let (fwd_core, main_core) = match vdev {
             Vdev::VirtioUser { .. } => (VCPU_CORE, WORKER_CORE),
-            Vdev::Vhost { .. } => (WORKER_CORE, VCPU_CORE),
+            Vdev::Vhost { .. } | Vdev::Null => (WORKER_CORE, VCPU_CORE),
         };
         TestpmdConfig {
             vdev,
@@ -494,7 +499,7 @@ impl Testpmd {
     /// waits for its first prompt; its port is then configured but not forwarding. Needs
     /// hugepages in the pool ([`super::Hugepages`]) and root.
     pub fn spawn(testpmd: &Path, config: &TestpmdConfig) -> anyhow::Result<Testpmd> {
-        crate::exit::register("testpmd processes", kill_all_live);
+        super::register_exit_hook();
         let prefix = super::unique_name();
         let label = format!(
             "testpmd {prefix} ({} {})",
@@ -675,8 +680,10 @@ impl Testpmd {
                     self.label,
                     timeout.as_secs_f64(),
                     match &self.config.vdev {
-                        Vdev::Vhost { iface, .. } => iface.display(),
-                        Vdev::VirtioUser { path, .. } => path.display(),
+                        Vdev::Vhost { iface: p, .. } | Vdev::VirtioUser { path: p, .. } => {
+                            p.display().to_string()
+                        }
+                        Vdev::Null => "net_null0".into(),
                     }
                 );
             }
@@ -819,7 +826,7 @@ fn remove_runtime_dir(prefix: &str) {
 /// The exit hook: SIGTERM to every testpmd this process runs, SIGKILL to those still there
 /// after [`KILL_PATIENCE`], their runtime directories removed. They are not reaped here (their
 /// [`Testpmd`] values do that, or the process exits).
-fn kill_all_live() {
+pub(super) fn kill_all_live() {
     let deadline = Instant::now() + KILL_PATIENCE;
     let live = loop {
         match LIVE.try_lock() {
