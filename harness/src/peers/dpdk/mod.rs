@@ -112,6 +112,10 @@ fn probe_on(path: Option<&std::ffi::OsStr>) -> anyhow::Result<DpdkInstall> {
     if !Path::new(NR_HUGEPAGES).exists() {
         bail!("this kernel has no 2 MiB hugepage pool ({NR_HUGEPAGES} is missing)");
     }
+    // Opening it for writing changes nothing; a read-only /sys (a container) fails here.
+    if let Err(e) = fs::OpenOptions::new().write(true).open(NR_HUGEPAGES) {
+        bail!("the 2 MiB hugepage pool cannot be resized here ({NR_HUGEPAGES}: {e})");
+    }
     Ok(DpdkInstall { testpmd, version })
 }
 
