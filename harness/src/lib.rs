@@ -17,16 +17,23 @@
 //! - [`libvirt`]: a libvirt `<interface>` (and `<network>`) mapped to a mode and settings,
 //!   with the reasons, what was probed, and what is unused or unsupported
 //!   (`vhostbench interface`, `run --interface`).
+//! - [`peers`]: real, independent peers — DPDK 22.11's `dpdk-testpmd` with its virtio-user and
+//!   vhost PMDs ([`peers::dpdk`]), the hugepages it runs on, and the testpmd ↔ testpmd
+//!   yardstick; cleaned up on every exit path like the topology.
+//! - `exit` (private): the one panic hook and `vhb-signals` thread every clean-up registers
+//!   with.
 //! - [`pin`]: pinned, named threads; [`padded`]: cache-line padding.
 
 pub mod calibrate;
 pub mod ceilings;
 pub mod cli;
+mod exit;
 pub mod host;
 pub mod libvirt;
 pub mod modes;
 pub mod padded;
 pub mod pair;
+pub mod peers;
 pub mod pin;
 pub mod results;
 pub mod run;

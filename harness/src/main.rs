@@ -88,6 +88,13 @@ fn limits_command(args: LimitsArgs) -> anyhow::Result<()> {
             ceilings.push(c);
         }
     }
+    for stale in harness::peers::dpdk::cleanup_stale() {
+        eprintln!("{stale} (its vhostbench process is gone)");
+    }
+    // Only ever asked for by name: one that cannot run is an error, before anything runs.
+    if let Some(c) = ceilings.iter().find(|c| c.needs_dpdk()) {
+        harness::peers::dpdk::probe().with_context(|| format!("{c} needs DPDK's testpmd"))?;
+    }
     if ceilings.iter().any(Ceiling::needs_tap) {
         let stale = topology::cleanup_stale();
         if !stale.is_empty() {

@@ -258,6 +258,13 @@ impl AfXdp {
     }
 }
 
+impl AsFd for AfXdp {
+    /// The socket (for an XSKMAP entry, or to poll).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.xsk.as_fd()
+    }
+}
+
 /// Copies the frame of a chain's readable `spans` (after the 12-byte header) into `dst`;
 /// the bytes copied, or `None` if it does not fit or guest memory fails.
 fn copy_frame(mem: &GuestMemory, spans: &[Span], dst: &mut [u8]) -> Option<usize> {

@@ -66,7 +66,16 @@
 //!   recorded beside it ([`LimitResult::offered`]), so a ceiling whose own path drops shows it
 //!   (`rx` module).
 //!
-//! The tap, VF, macvtap and XDP ceilings need root ([`crate::topology::probe`]):
+//! - `dpdk_pair_g2h_<size>`, `dpdk_pair_h2g_<size>` (Mpps): DPDK 22.11's own two halves,
+//!   `dpdk-testpmd` with its virtio-user PMD (`txonly` for g2h, `rxonly` for h2g) on
+//!   [`VCPU_CORE`](crate::pin::VCPU_CORE) and `dpdk-testpmd` with its vhost PMD (the other
+//!   mode) on [`WORKER_CORE`](crate::pin::WORKER_CORE), one vhost-user socket, ring 256,
+//!   bursts of 32 ([`crate::peers::dpdk::pair`]). Both processes are started once and every
+//!   repeat is one window of the receiver's `RX-packets`; the sender's `TX-packets` must all
+//!   arrive. Not in [`Ceiling::standard`] (it needs `dpdk-testpmd`, which `.ci/run`
+//!   installs): asked for by name (`vhostbench limits --only dpdk_pair_g2h_64`).
+//!
+//! The tap, VF, macvtap, XDP and DPDK ceilings need root ([`crate::topology::probe`]):
 //! [`Ceiling::needs_privileges`] says which; measuring one without it fails with the reason.
 //! Each creates and deletes its own namespace.
 //!
@@ -91,6 +100,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
+use crate::peers::dpdk::pair as dpdk_pair;
+pub use crate::peers::dpdk::pair::PairDirection;
 pub use crate::results::{LimitResult, UNIT_MPPS, UNIT_NS};
 
 /// Frame sizes a tap takes: an Ethernet header and test-frame stamp up to MTU 1500 + header.
@@ -190,6 +201,14 @@ pub enum Ceiling {
         size: u32,
         /// The injector's offered rate (`run --rate-pps`); `None`: as fast as it can.
         rate_pps: Option<u64>,
+    },
+    /// `size`-byte frames from testpmd's virtio-user PMD to testpmd's vhost PMD (`g2h`) or
+    /// back (`h2g`), one core each (Mpps): DPDK with nothing of ours in the path.
+    DpdkPair {
+        /// Which way.
+        direction: PairDirection,
+        /// Frame bytes.
+        size: u32,
     },
 }
 
@@ -323,6 +342,23 @@ impl Ceiling {
         }
     }
 
+    /// [`Ceiling::DpdkPair`] of `direction` and `size`, if testpmd's `txonly` makes that size
+    /// (42..=1514).
+    pub fn dpdk_pair(direction: PairDirection, size: u32) -> Option<Ceiling> {
+        dpdk_pair::SIZES
+            .contains(&size)
+            .then_some(Ceiling::DpdkPair { direction, size })
+    }
+
+    /// The DPDK yardsticks at `size`, g2h then h2g (asked for by name; not in
+    /// [`Ceiling::standard`]).
+    pub fn dpdk(size: u32) -> Vec<Ceiling> {
+        [PairDirection::G2h, PairDirection::H2g]
+            .into_iter()
+            .filter_map(|d| Ceiling::dpdk_pair(d, size))
+            .collect()
+    }
+
     /// What `vhostbench limits` measures by default, in the order it reports them.
     pub fn standard() -> Vec<Ceiling> {
         let rx = RxPort::ALL.into_iter().flat_map(|port| {
@@ -392,6 +428,9 @@ impl Ceiling {
                 None => format!("{}_{size}", port.stem()),
                 Some(pps) => format!("{}_{size}_r{pps}", port.stem()),
             },
+            Ceiling::DpdkPair { direction, size } => {
+                format!("dpdk_pair_{}_{size}", direction.name())
+            }
         }
     }
 
@@ -433,14 +472,20 @@ impl Ceiling {
             | Ceiling::MacvtapBest { size }
             | Ceiling::TapBest { size }
             | Ceiling::PacketBest { size }
-            | Ceiling::Rx { size, .. } => Some(size),
+            | Ceiling::Rx { size, .. }
+            | Ceiling::DpdkPair { size, .. } => Some(size),
             Ceiling::SpscHandoff | Ceiling::BusyPollWakeRtt | Ceiling::BlockingWakeRtt => None,
         }
     }
 
-    /// Whether it needs privileges (root: a tap, a VF pool, macvtap, or an AF_XDP socket and
-    /// its program).
+    /// Whether it needs privileges (root: a tap, a VF pool, macvtap, an AF_XDP socket and its
+    /// program, or the hugepage pool testpmd runs on).
     pub fn needs_privileges(&self) -> bool {
+        self.needs_tap() || self.needs_dpdk()
+    }
+
+    /// Whether it needs what [`crate::topology::probe`] checks (a tap, veth, a namespace).
+    pub fn needs_tap(&self) -> bool {
         matches!(
             self,
             Ceiling::TapWrite { .. }
@@ -457,9 +502,9 @@ impl Ceiling {
         )
     }
 
-    /// [`Ceiling::needs_privileges`], under the name `main.rs` knows it by.
-    pub fn needs_tap(&self) -> bool {
-        self.needs_privileges()
+    /// Whether it runs `dpdk-testpmd` ([`crate::peers::dpdk::probe`] says whether it can).
+    pub fn needs_dpdk(&self) -> bool {
+        matches!(self, Ceiling::DpdkPair { .. })
     }
 
     /// Measures it `repeat` times for `duration` each: one [`LimitResult`] per row
@@ -568,6 +613,10 @@ impl Ceiling {
                 let size = Self::checked(&name, size, TAP_SIZES)?;
                 one(xdp::measure(&name, size, duration, repeat)?)
             }
+            Ceiling::DpdkPair { direction, size } => {
+                Self::checked(&name, size, dpdk_pair::SIZES)?;
+                one(dpdk_pair::measure(direction, size, duration, repeat)?)
+            }
         }
     }
 
@@ -628,7 +677,11 @@ impl FromStr for Ceiling {
                 .or_else(|| sized("macvtap_best_", Ceiling::macvtap_best))
                 .or_else(|| sized("tap_best_", Ceiling::tap_best))
                 .or_else(|| sized("packet_best_", Ceiling::packet_best))
-                .or_else(|| RxPort::ALL.into_iter().find_map(|port| parse_rx(s, port))),
+                .or_else(|| RxPort::ALL.into_iter().find_map(|port| parse_rx(s, port)))
+                .or_else(|| {
+                    let (dir, size) = s.strip_prefix("dpdk_pair_")?.split_once('_')?;
+                    Ceiling::dpdk_pair(PairDirection::from_name(dir)?, size.parse().ok()?)
+                }),
         };
         found.ok_or_else(|| {
             format!(
@@ -639,7 +692,8 @@ impl FromStr for Ceiling {
                  macvtap_write_<30..1514>, macvtap_uring_<30..1514>, macvtap_best_<30..1514>, \
                  tap_best_<30..1514>, packet_best_<30..1514>, \
                  xdp_rx_<30..1514>, packet_read_<30..1514>, macvtap_read_<30..1514>, \
-                 tap_read_<30..1514>; an RX ceiling paced at N pps ends in _r<N>)"
+                 tap_read_<30..1514>; an RX ceiling paced at N pps ends in _r<N>, \
+                 dpdk_pair_g2h_<42..1514>, dpdk_pair_h2g_<42..1514>)"
             )
         })
     }
@@ -715,6 +769,14 @@ mod tests {
                 size: 30,
                 rate_pps: Some(1),
             },
+            Ceiling::DpdkPair {
+                direction: PairDirection::G2h,
+                size: 64,
+            },
+            Ceiling::DpdkPair {
+                direction: PairDirection::H2g,
+                size: 1514,
+            },
         ]) {
             for row in c.rows() {
                 assert_eq!(row.parse::<Ceiling>(), Ok(c), "{row}");
@@ -766,6 +828,11 @@ mod tests {
             "xdp_rx_64_p99",
             "packet_read64",
             "macvtap_read_1515_r100",
+            "dpdk_pair_g2h_41",
+            "dpdk_pair_h2g_1515",
+            "dpdk_pair_x2y_64",
+            "dpdk_pair_g2h",
+            "dpdk_pair_g2h_64_p99",
         ] {
             let e = bad.parse::<Ceiling>().expect_err(bad);
             assert!(e.contains("known:"), "{e}");
@@ -787,6 +854,14 @@ mod tests {
         assert!(Ceiling::TapWrite { size: 8 }.measure(d, 1).is_err());
         assert!(Ceiling::TapUring { size: 9000 }.measure(d, 1).is_err());
         assert_eq!(Ceiling::packet_write(1515), None);
+        assert_eq!(Ceiling::dpdk_pair(PairDirection::G2h, 41), None);
+        assert_eq!(Ceiling::dpdk(64).len(), 2);
+        assert!(Ceiling::DpdkPair {
+            direction: PairDirection::H2g,
+            size: 2000
+        }
+        .measure(d, 1)
+        .is_err());
         assert!(Ceiling::PacketWrite { size: 29 }.measure(d, 1).is_err());
         assert_eq!(Ceiling::macvtap_best(29), None);
         assert_eq!(Ceiling::rx(RxPort::Tap, 1515), None);

@@ -26,7 +26,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -126,9 +126,9 @@ pub(super) fn measure(
         RxPort::Xdp => {
             // The program stays attached (and the socket registered in its map) while the
             // socket receives: without it nothing reaches the socket.
-            let (redirect, xsk, chunks) = topology::xdp_port(&ns, vf.name(), XSK_RING)
+            let (redirect, port) = topology::xdp_port(&ns, vf.name(), XSK_RING, XskPort::new)
                 .with_context(|| format!("{name}: AF_XDP port"))?;
-            let samples = run.repeats(&ns, vf.wire(), XskPort::new(xsk, chunks)?);
+            let samples = run.repeats(&ns, vf.wire(), port);
             drop(redirect);
             samples
         }
@@ -290,6 +290,12 @@ impl Port for FdPort {
 
 /// An AF_XDP socket whose fill ring holds one ring's worth of chunks, reaped as the AF_XDP
 /// backend's RX reaps it.
+impl AsFd for XskPort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.xsk.as_fd()
+    }
+}
+
 struct XskPort {
     xsk: Xsk,
     /// Chunks taken from the RX ring that found the fill ring full, put back at the next

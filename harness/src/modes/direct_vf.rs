@@ -17,7 +17,6 @@
 use std::fs::File;
 
 use anyhow::{bail, Context, Result};
-use engine::backend::af_xdp::sys::{Chunk, Xsk};
 use engine::backend::af_xdp::AfXdp;
 use engine::backend::packet::packet_backend;
 use engine::backend::tap::tap_backend;
@@ -56,7 +55,7 @@ enum Source {
     /// A fd that carries one frame per read and write (packet socket, macvtap).
     Fd(File),
     /// An AF_XDP socket with its UMEM chunks.
-    Xsk(Box<(Xsk, Vec<Chunk>)>),
+    Xsk(Box<AfXdp>),
 }
 
 /// What stays with the run while the device uses the VF, for accounting at the end.
@@ -81,10 +80,12 @@ impl Port {
             VfBackend::Packet => vf.backend_socket()?,
             VfBackend::Macvtap => topology::open_macvtap(ns, vf.name(), &format!("mvt{n}"))?.file,
             VfBackend::AfXdp => {
-                let (redirect, xsk, chunks) = topology::xdp_port(ns, vf.name(), XSK_RING)?;
+                let (redirect, be) = topology::xdp_port(ns, vf.name(), XSK_RING, |x, c| {
+                    AfXdp::new(x, c).context("AF_XDP backend")
+                })?;
                 return Ok(Port {
                     kind,
-                    src: Source::Xsk(Box::new((xsk, chunks))),
+                    src: Source::Xsk(Box::new(be)),
                     keep: Keep::Xdp(redirect),
                 });
             }
@@ -117,10 +118,7 @@ fn start((kind, src): (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig)
             tap_backend(fd, spec.mem.clone(), wcfg.batch, spec.features)
                 .context("macvtap backend")?,
         ),
-        (VfBackend::AfXdp, Source::Xsk(x)) => {
-            let (xsk, chunks) = *x;
-            Box::new(AfXdp::new(xsk, chunks).context("AF_XDP backend")?)
-        }
+        (VfBackend::AfXdp, Source::Xsk(be)) => be,
         (kind, _) => bail!(
             "{} backend built from the wrong kind of VF port",
             kind.name()

@@ -37,6 +37,9 @@ pub fn main(args: RunArgs) -> Result<()> {
     for stale in topology::cleanup_stale() {
         println!("removed stale namespace {stale} (its vhostbench process is gone)");
     }
+    for stale in crate::peers::dpdk::cleanup_stale() {
+        println!("{stale} (its vhostbench process is gone)");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plan = Plan::new(&args, &topology::probe(), cores)?;
     for note in &plan.modes.notes {

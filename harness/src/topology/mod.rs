@@ -25,7 +25,7 @@
 mod macvtap;
 mod netns;
 mod probe;
-mod sys;
+pub(crate) mod sys;
 mod tap;
 mod vf_pool;
 mod xdp;
@@ -34,6 +34,7 @@ mod xdp_sys;
 pub use macvtap::open_macvtap;
 #[cfg(test)]
 pub(crate) use netns::created_on_this_thread;
+pub(crate) use netns::process_dead;
 pub use netns::{cleanup_stale, owner_pid, Netns, NETNS_DIR, PREFIX};
 pub use probe::{probe, Privileges};
 pub use tap::{

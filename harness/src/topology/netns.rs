@@ -8,12 +8,13 @@
 //!
 //! Cleanup on every exit path:
 //! - normal return and unwinding: [`Netns`]'s `Drop` runs `ip netns del`;
-//! - a panic: a panic hook (installed once, chaining the previous hook) deletes every
-//!   namespace this process still has (it cannot know whether the panic will be caught, so it
-//!   errs on the side of not leaking; live [`Netns`] values keep working through their fds);
-//! - SIGINT, SIGTERM, SIGHUP: a thread waiting on them (`signal-hook`) deletes every
+//! - a panic: the harness's panic hook ([`crate::exit`], registered when the first namespace
+//!   is created) deletes every namespace this process still has (it cannot know whether the
+//!   panic will be caught, so it errs on the side of not leaking; live [`Netns`] values keep
+//!   working through their fds);
+//! - SIGINT, SIGTERM, SIGHUP: the `vhb-signals` thread ([`crate::exit`]) deletes every
 //!   namespace, then exits with status 128 + signal number. A signal whose disposition was
-//!   "ignore" when the first namespace was created (SIGHUP under `nohup`) stays ignored;
+//!   "ignore" when the first hook was registered (SIGHUP under `nohup`) stays ignored;
 //! - SIGKILL (and power loss) cannot be caught: [`cleanup_stale`], called at start-up, deletes
 //!   the namespaces of processes that no longer exist.
 //!
@@ -25,7 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, Once, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -41,8 +42,6 @@ pub const NETNS_DIR: &str = "/run/netns";
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// The `<n>` of the next name.
 static NEXT: AtomicU64 = AtomicU64::new(0);
-/// Installs the panic hook and the signal thread, once.
-static HANDLERS: Once = Once::new();
 
 /// How long the panic hook and the signal thread wait for the registry (held by a thread in
 /// the middle of `ip netns add` or `del`) before cleaning up without it.
@@ -79,7 +78,7 @@ impl Netns {
     /// no router solicitations or MLD reports of its own on the interfaces created in it:
     /// every frame on a tap is one a test or benchmark put there).
     pub fn create() -> anyhow::Result<Netns> {
-        install_handlers();
+        crate::exit::register("network namespaces", delete_all_registered);
         let pid = std::process::id();
         let name = {
             let mut live = live();
@@ -235,38 +234,6 @@ fn delete_all_registered() {
     }
 }
 
-fn install_handlers() {
-    HANDLERS.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            delete_all_registered();
-            previous(info);
-        }));
-
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let signals: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
-            .into_iter()
-            .filter(|&s| !sys::signal_ignored(s))
-            .collect();
-        let spawned = signal_hook::iterator::Signals::new(&signals).and_then(|mut signals| {
-            std::thread::Builder::new()
-                .name("vhb-signals".into())
-                .spawn(move || {
-                    if let Some(sig) = signals.forever().next() {
-                        delete_all_registered();
-                        std::process::exit(128 + sig);
-                    }
-                })
-        });
-        if let Err(e) = spawned {
-            eprintln!(
-                "warning: no signal handling ({e}); an interrupted run may leave network \
-                 namespaces behind (cleaned up by the next run)"
-            );
-        }
-    });
-}
-
 /// The owner pid of a namespace named `vhb-<pid>-<n>`, or `None` for any other name.
 pub fn owner_pid(name: &str) -> Option<u32> {
     let (pid, n) = name.strip_prefix(PREFIX)?.split_once('-')?;
@@ -279,7 +246,7 @@ pub fn owner_pid(name: &str) -> Option<u32> {
 
 /// Whether process `pid` no longer runs: `kill(pid, 0)` fails with `ESRCH`, `/proc/<pid>` is
 /// missing, or it is a zombie (dead, waiting for its parent to reap it).
-fn process_dead(pid: u32) -> bool {
+pub(crate) fn process_dead(pid: u32) -> bool {
     if sys::process_gone(pid) {
         return true;
     }

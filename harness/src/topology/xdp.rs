@@ -175,17 +175,22 @@ pub fn open_xsk(
     .with_context(|| format!("AF_XDP socket on {ifname} queue {queue} in {}", ns.name()))
 }
 
-/// An AF_XDP port on `ifname` queue 0: the redirect program attached and the socket
-/// registered in its map. Keep the [`XdpRedirect`] for as long as RX should reach the socket.
-pub fn xdp_port(
+/// An AF_XDP port on `ifname` queue 0: the socket opened, handed to `build` (which makes
+/// its owner: the engine's backend, a ceiling's reader — and stocks the fill ring), and only
+/// then the redirect program attached and the socket registered in its map, so no frame is
+/// redirected to a socket with nothing on its fill ring (the kernel would drop it as
+/// `rx_fill_empty`). Keep the [`XdpRedirect`] for as long as RX should reach the socket.
+pub fn xdp_port<T: AsFd>(
     ns: &Netns,
     ifname: &str,
     ring_size: u32,
-) -> anyhow::Result<(XdpRedirect, Xsk, Vec<Chunk>)> {
+    build: impl FnOnce(Xsk, Vec<Chunk>) -> anyhow::Result<T>,
+) -> anyhow::Result<(XdpRedirect, T)> {
     let (xsk, chunks) = open_xsk(ns, ifname, 0, ring_size)?;
+    let port = build(xsk, chunks)?;
     let redirect = XdpRedirect::attach(ns, ifname, 1)?;
-    redirect.register(0, &xsk)?;
-    Ok((redirect, xsk, chunks))
+    redirect.register(0, &port)?;
+    Ok((redirect, port))
 }
 
 /// A veth pair `a` — `b` in `ns`, both up (a VF end and its wire end, for tests and ceilings).
@@ -268,13 +273,14 @@ mod live {
     /// A veth pair with an AF_XDP port on the VF end and the redirect program on it.
     fn port(ns: &Netns) -> (XdpRedirect, AfXdp) {
         veth_pair(ns, VF, WIRE).expect("veth pair");
-        let (redirect, xsk, chunks) = xdp_port(ns, VF, 256).expect("AF_XDP port");
+        let (redirect, be) =
+            xdp_port(ns, VF, 256, |x, c| Ok(AfXdp::new(x, c)?)).expect("AF_XDP port");
         eprintln!(
             "XDP on {VF}: {} mode (native refused: {:?})",
             redirect.mode.name(),
             redirect.native_error
         );
-        (redirect, AfXdp::new(xsk, chunks).expect("backend"))
+        (redirect, be)
     }
 
     fn stat(o: &RunOutcome, name: &str) -> u64 {
