@@ -192,6 +192,13 @@ impl NetServer {
         self.running.as_ref()
     }
 
+    /// Stops the running device (its queues stay set up; a frontend's next enable starts it
+    /// again): for a caller that must stop the device side first, as a VMM stopping its
+    /// backend before its guest.
+    pub fn stop_serving(&mut self) {
+        self.stop_device();
+    }
+
     /// What every device this server started has moved so far, the running one included.
     pub fn served(&self) -> Served {
         let live = self

@@ -63,6 +63,7 @@ fn traffic_cfg(workload: Workload) -> TrafficConfig {
         in_order: true,
         verify_bytes: true,
         exit_cost_ns: 0,
+        count_foreign: false,
     }
 }
 

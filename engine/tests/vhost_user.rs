@@ -81,6 +81,7 @@ fn traffic_cfg(w: Workload, f: Features) -> TrafficConfig {
         in_order: f.has(bit::IN_ORDER),
         verify_bytes: true,
         exit_cost_ns: 0,
+        count_foreign: false,
     }
 }
 

@@ -89,6 +89,10 @@ pub struct TrafficConfig {
     /// exit of the notify) and after each interrupt it takes (injection + EOI). 0: none.
     /// Never mixed silently with measured numbers: results carry it as a modeled input.
     pub exit_cost_ns: u64,
+    /// `rx`: count every frame received as delivered, test frame or not. For a far side that
+    /// sends frames of its own (DPDK's `txonly`): they carry no sequence number, so order and
+    /// loss are the far side's counters to check, not ours.
+    pub count_foreign: bool,
 }
 
 /// What the guest saw.
@@ -586,6 +590,10 @@ impl Guest<'_> {
                 // carry some). Counted apart; it is neither delivered nor lost.
                 self.r.rx_foreign += 1;
                 self.frame_buf = fb;
+                if self.cfg.count_foreign {
+                    self.r.received += 1;
+                    frames += 1;
+                }
                 continue;
             };
             if self.cfg.verify_bytes && (f.len() != self.cfg.frame_len || !frame::verify(f)) {

@@ -185,6 +185,19 @@ pub struct RunArgs {
     /// socket.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Also run the driver × backend pairings with a real, independent peer: `dpdk` (DPDK
+    /// 22.11's testpmd: its virtio-user PMD and its vhost PMD, against guest-sim and the
+    /// engine), for `tx` (g2h) and `rx` (h2g) at each size, after the matrix.
+    #[arg(long, value_enum, value_name = "PEER")]
+    pub peer: Option<Peer>,
+}
+
+/// A peer `run --peer` measures against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Peer {
+    /// DPDK 22.11's testpmd (`apt-get install dpdk-dev`).
+    Dpdk,
 }
 
 impl Default for RunArgs {

@@ -63,6 +63,8 @@ pub struct PairConfig {
     pub vf: VfOptions,
     /// `vhost-user`: the backend's socket (`None`: the engine, served in-process).
     pub socket: Option<std::path::PathBuf>,
+    /// `rx`: every frame received counts, test frame or not (a far side that sends its own).
+    pub count_foreign: bool,
 }
 
 impl PairConfig {
@@ -284,6 +286,7 @@ pub fn start_served(
         in_order: cfg.in_order,
         verify_bytes: cfg.verify_bytes,
         exit_cost_ns: cfg.exit_cost_ns,
+        count_foreign: cfg.count_foreign,
     };
     let wcfg = WorkerConfig {
         name: n.to_string(),
@@ -423,6 +426,7 @@ pub(crate) fn test_config(workload: Workload) -> PairConfig {
         worker_core: None,
         vf: VfOptions::default(),
         socket: None,
+        count_foreign: false,
     }
 }
 

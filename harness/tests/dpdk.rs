@@ -403,3 +403,57 @@ fn sigkill_leaves_no_testpmd_and_the_next_start_gives_the_hugepages_back() {
     assert_eq!(pool(), before);
     assert_nothing_left_of(owner);
 }
+
+/// The four driver × backend pairings (`run --peer dpdk`), both ways, briefly: every pairing
+/// moves frames, and every frame a sender put out reached its receiver — DPDK's drivers and
+/// backends against the engine's and guest-sim's, counted on both sides.
+#[test]
+fn the_four_pairings_move_every_frame_both_ways() {
+    let Some(_d) = dpdk_or_skip("the_four_pairings_move_every_frame_both_ways") else {
+        return;
+    };
+    let _s = serial();
+    let base = harness::pair::PairConfig {
+        workload: guest_sim::traffic::Workload::Tx,
+        frame_len: 64,
+        queue_size: 256,
+        guest_mem_bytes: 64 << 20,
+        event_idx: true,
+        indirect: false,
+        mrg_rxbuf: true,
+        in_order: true,
+        batch: 64,
+        busy_poll_us: 50,
+        guest_poll: true,
+        rate_pps: None,
+        duration: Duration::from_millis(400),
+        warmup: Duration::from_millis(100),
+        verify_bytes: false,
+        exit_cost_ns: 0,
+        vcpu_core: None,
+        worker_core: None,
+        vf: harness::topology::VfOptions::default(),
+        socket: None,
+        count_foreign: false,
+    };
+    for dir in [pair::PairDirection::G2h, pair::PairDirection::H2g] {
+        let recs = harness::peers::pairings::measure(
+            dir,
+            64,
+            Duration::from_millis(300),
+            Duration::from_millis(100),
+            1,
+            50,
+            &base,
+        )
+        .expect("pairings");
+        assert_eq!(recs.len(), 4);
+        for r in &recs {
+            let who = format!("{} {} -> {}", dir.name(), r.driver.name(), r.backend.name());
+            assert!(r.mpps[0] > 0.0, "{who}: {r:?}");
+            assert!(r.sent[0] > 0, "{who}: {r:?}");
+            assert_eq!(r.sent, r.received, "{who}");
+        }
+    }
+    assert!(dpdk::live_testpmds().is_empty(), "no testpmd left");
+}

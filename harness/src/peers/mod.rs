@@ -8,4 +8,5 @@
 //! The private `sys` module holds the peers' `unsafe` (`flock`, `kill`, `prctl`).
 
 pub mod dpdk;
+pub mod pairings;
 mod sys;

@@ -101,6 +101,9 @@ pub struct Results {
     pub process_rss_bytes: Option<u64>,
     /// One entry per measured combination.
     pub records: Vec<Record>,
+    /// `run --peer dpdk`: the driver × backend pairings (absent without `--peer`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<crate::peers::pairings::PeerRecord>,
 }
 
 impl Results {
@@ -124,6 +127,7 @@ impl Results {
             config,
             process_rss_bytes: host::process_rss_bytes(),
             records: Vec::new(),
+            peers: Vec::new(),
         }
     }
 }

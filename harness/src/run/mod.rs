@@ -32,6 +32,57 @@ fn offered(l: &crate::results::LimitResult) -> String {
 }
 
 /// Plans, runs, prints and writes the comparison `args` asks for.
+/// `--peer dpdk`: the four driver × backend pairings, g2h for `tx` and h2g for `rx`, at each
+/// size testpmd makes, the run's repeats interleaved; our side busy-polls as DPDK's PMDs do
+/// (the run's largest `--busy-poll-us`, 50 µs if it has none).
+fn peers(plan: &Plan, args: &RunArgs) -> Result<Vec<crate::peers::pairings::PeerRecord>> {
+    use crate::peers::dpdk::pair::{PairDirection, SIZES};
+    use crate::results::Workload;
+    let (duration, warmup) = plan.timing();
+    let window = duration;
+    let poll = args.busy_poll_us.iter().copied().max().unwrap_or(0);
+    let poll = if poll == 0 { 50 } else { poll };
+    let base = plan
+        .combos
+        .first()
+        .map(|c| plan.pair_config(c))
+        .ok_or_else(|| anyhow::anyhow!("--peer needs at least one combination in the matrix"))?;
+    let mut out = Vec::new();
+    for (w, d) in [
+        (Workload::Tx, PairDirection::G2h),
+        (Workload::Rx, PairDirection::H2g),
+    ] {
+        if !args.workloads.contains(&w) {
+            continue;
+        }
+        for &size in &args.sizes {
+            if !SIZES.contains(&size) {
+                println!(
+                    "peer dpdk: {size} B left out (testpmd's txonly makes {}..={} B)",
+                    SIZES.start(),
+                    SIZES.end()
+                );
+                continue;
+            }
+            println!(
+                "peer dpdk: {} {size} B, the four pairings x {} repeats",
+                d.name(),
+                args.repeat
+            );
+            out.extend(crate::peers::pairings::measure(
+                d,
+                size,
+                window,
+                warmup,
+                args.repeat as usize,
+                poll,
+                &base,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
 pub fn main(args: RunArgs) -> Result<()> {
     let started = UtcTime::now();
     for stale in topology::cleanup_stale() {
@@ -61,7 +112,10 @@ pub fn main(args: RunArgs) -> Result<()> {
             offered(l)
         );
     }
-    let doc = aggregate::aggregate(&plan, &started, executed)?;
+    let mut doc = aggregate::aggregate(&plan, &started, executed)?;
+    if args.peer.is_some() {
+        doc.peers = peers(&plan, &args)?;
+    }
     let cal = &doc.calibration;
     println!(
         "calibration: cross-core cache-line round trip {} ns (min {}, max {}; per round: {})",
@@ -86,6 +140,9 @@ pub fn main(args: RunArgs) -> Result<()> {
     }
     if !args.json_only {
         print!("{}", render(&doc));
+        if !doc.peers.is_empty() {
+            print!("{}", render::peers(&doc.peers));
+        }
     }
     let path = args
         .out

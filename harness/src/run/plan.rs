@@ -171,6 +171,7 @@ impl Plan {
                 backend: c.vf_backend,
             },
             socket: args.socket.clone(),
+            count_foreign: false,
         }
     }
 

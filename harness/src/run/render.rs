@@ -159,3 +159,73 @@ pub fn render(doc: &Results) -> String {
     }
     out
 }
+
+/// The `--peer` pairings: per direction and size, each driver × backend pairing's Mpps
+/// (median [min-max] over repeats), its ratio to the DPDK ↔ DPDK pair of the same repeats,
+/// and whether every frame sent was received.
+pub fn peers(recs: &[crate::peers::pairings::PeerRecord]) -> String {
+    use crate::peers::pairings::{Backend_, Driver};
+    let mut t = Table::new(&[
+        ("dir", Align::Left),
+        ("size", Align::Right),
+        ("driver", Align::Left),
+        ("backend", Align::Left),
+        ("Mpps median [min-max]", Align::Right),
+        ("x dpdk pair", Align::Right),
+        ("sent = received", Align::Left),
+    ]);
+    for r in recs {
+        let s = Summary::from_values(&r.mpps);
+        let dpdk = recs.iter().find(|o| {
+            o.direction == r.direction
+                && o.size_bytes == r.size_bytes
+                && o.driver == Driver::DpdkVirtioUser
+                && o.backend == Backend_::DpdkVhost
+        });
+        // Ratio per repeat (same repeat, same sitting), then the median.
+        let ratio = dpdk.and_then(|d| {
+            let per: Vec<f64> = r
+                .mpps
+                .iter()
+                .zip(&d.mpps)
+                .filter(|(_, b)| **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect();
+            crate::stats::median(&per)
+        });
+        let lost: Vec<String> = r
+            .sent
+            .iter()
+            .zip(&r.received)
+            .filter(|(s, g)| s != g)
+            .map(|(s, g)| format!("{g} of {s}"))
+            .collect();
+        t.push_row(vec![
+            r.direction.clone(),
+            r.size_bytes.to_string(),
+            r.driver.name().into(),
+            r.backend.name().into(),
+            s.map_or("-".into(), |s| {
+                format!(
+                    "{} [{}-{}]",
+                    fmt_num(s.median),
+                    fmt_num(s.min),
+                    fmt_num(s.max)
+                )
+            }),
+            ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            if lost.is_empty() {
+                "yes".into()
+            } else {
+                format!("no: {}", lost.join(", "))
+            },
+        ]);
+    }
+    let mut out = t.render();
+    out.push_str(
+        "Peers: g2h = the driver sends, the backend takes; h2g = the other way. One core each\n\
+         (driver: the vCPU's, backend: the worker's); our side busy-polls as DPDK's PMDs do.\n\
+         x dpdk pair: this pairing / DPDK virtio-user -> DPDK vhost, per repeat, median.\n",
+    );
+    out
+}
