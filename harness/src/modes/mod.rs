@@ -72,6 +72,13 @@ pub trait Mode: Sync {
         true
     }
 
+    /// The ceiling of a combination in which neither side polls (both sleep on eventfds when
+    /// idle), where it differs from [`Mode::ceiling_on`]'s: a yardstick whose sides sleep the
+    /// same way. `None`: the same ceiling as polling.
+    fn sleeping_ceiling(&self, _workload: Workload, _size: u32, _queue: u16) -> Option<Ceiling> {
+        None
+    }
+
     /// Whether `--modes all` (the default) runs it; a mode that measures something other than
     /// the host's own data paths (`vhost-user`, whose backend may be anyone's) runs only when
     /// named.

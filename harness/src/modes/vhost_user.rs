@@ -105,6 +105,16 @@ impl Mode for VhostUser {
         }
     }
 
+    /// Throughput without polling against the copy ring whose two sides sleep on eventfds
+    /// with armed-flag suppression (`sleep_ring_<size>_q<queue>`): a busy ring would charge
+    /// the engine for sleeping at all.
+    fn sleeping_ceiling(&self, workload: Workload, size: u32, queue: u16) -> Option<Ceiling> {
+        match workload {
+            Workload::Tx | Workload::Rx => Ceiling::sleep_ring(size, queue),
+            Workload::Rr => None,
+        }
+    }
+
     fn vs_emulated(&self) -> bool {
         false
     }

@@ -34,6 +34,10 @@ pub struct Combo {
     /// The offered rate of the run (`--rate-pps`; `None`: as fast as possible), which an RX
     /// ceiling's injector offers too.
     pub rate_pps: Option<u64>,
+    /// Entries per queue.
+    pub queue_size: u16,
+    /// Neither the worker nor the guest polls: both sides sleep on eventfds when idle.
+    pub sleeps: bool,
 }
 
 impl Combo {
@@ -56,6 +60,14 @@ impl Combo {
     /// The ceiling this combination is compared with, if it has one (an RX ceiling fed at
     /// the run's offered rate, as the combination is).
     pub fn ceiling(&self) -> Option<Ceiling> {
+        if self.sleeps {
+            if let Some(c) = self
+                .mode
+                .sleeping_ceiling(self.workload, self.size, self.queue_size)
+            {
+                return Some(c);
+            }
+        }
         self.mode
             .ceiling_on(self.workload, self.size, self.vf_backend)
             .map(|c| c.at_rate(self.rate_pps))
@@ -99,7 +111,7 @@ impl Plan {
                     for &busy_poll_us in &args.busy_poll_us {
                         for &batch in &args.batch {
                             for vf_backend in vf_backends(args, mode, host) {
-                                let c = Combo {
+                                let mut c = Combo {
                                     mode,
                                     workload,
                                     size,
@@ -107,7 +119,10 @@ impl Plan {
                                     batch,
                                     vf_backend,
                                     rate_pps: args.rate_pps,
+                                    queue_size: args.queue_size,
+                                    sleeps: false,
                                 };
+                                c.sleeps = busy_poll_us == 0 && !guest_polls(args, &c);
                                 match mode.oversubscribed(workload, guest_polls(args, &c), cores) {
                                     None => combos.push(c),
                                     Some(why) => left_out.push(format!("{}: {why}", c.label())),
@@ -275,12 +290,14 @@ mod tests {
             names,
             [
                 "spsc_copy_64",
+                "sleep_ring_64_q256",
                 "tap_write_64",
                 "tap_read_64",
                 "tap_best_64",
                 "xdp_tx_64",
                 "xdp_rx_64",
                 "spsc_copy_1500",
+                "sleep_ring_1500_q256",
                 "tap_write_1500",
                 "tap_read_1500",
                 "tap_best_1500",
@@ -317,7 +334,14 @@ mod tests {
         args.sizes = vec![9000];
         let p = Plan::new(&args, &host(), 2).expect("plan");
         let names: Vec<String> = p.round_ceilings().iter().map(|c| c.name()).collect();
-        assert_eq!(names, ["spsc_copy_9000", "busy_poll_wake_rtt"]);
+        assert_eq!(
+            names,
+            [
+                "spsc_copy_9000",
+                "sleep_ring_9000_q256",
+                "busy_poll_wake_rtt"
+            ]
+        );
     }
 
     #[test]

@@ -116,7 +116,9 @@ pub fn render(doc: &Results) -> String {
     let mut out = t.render();
     out.push_str(
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
-         % ceiling: null vs the in-run ring + per-packet copy of the same size (spsc_copy_N);\n\
+         % ceiling: null vs the in-run ring + per-packet copy of the same size (spsc_copy_N), or,\n\
+         when neither side polls, the same ring with both sides sleeping on eventfds\n\
+         (sleep_ring_N_qQ);\n\
          rr vs the in-run busy-poll wake round trip (ceiling / p50); the kernel-backed modes vs\n\
          their own socket with nothing around it, tx written (tap_write_N: a write(2) per frame;\n\
          tap_uring_N: io_uring batches; direct-vf: packet_best_N, xdp_tx_N, macvtap_best_N,\n\
