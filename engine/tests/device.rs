@@ -283,7 +283,10 @@ fn assert_guest_exact(g: &TrafficReport, w: Workload) {
         Workload::Tx => assert!(g.sent >= 100, "too little traffic: {g:?}"),
         Workload::Rx => assert!(g.received >= 100, "too little traffic: {g:?}"),
         Workload::Rr | Workload::Echo => {
-            assert!(g.sent >= 20, "too little traffic: {g:?}");
+            // Each round trip pays two wake-ups (~50 µs each here, milliseconds on a loaded
+            // CI machine sharing its two cores with three pairs): a handful in the window is
+            // enough to have checked the path; counts are checked exactly below.
+            assert!(g.sent >= 5, "too little traffic: {g:?}");
             assert_eq!(g.received, g.sent, "rr: a request or response was lost");
             assert_eq!(g.rtt_ns.len(), g.received);
         }
