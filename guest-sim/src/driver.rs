@@ -337,11 +337,26 @@ impl DriverQueue {
             return Err(DriverError::Empty);
         }
         let bytes = (bufs.len() * Descriptor::SIZE) as u64;
-        let table = mem.translate(table_gpa, bytes)?;
-        for (k, b) in bufs.iter().enumerate() {
+        let entry = |k: usize| {
             let more = k + 1 < bufs.len();
-            let d = b.descriptor(more, if more { k as u16 + 1 } else { 0 });
-            self.write_desc(mem, table.off, k as u16, d)?;
+            bufs[k].descriptor(more, if more { k as u16 + 1 } else { 0 })
+        };
+        match mem.translate(table_gpa, bytes) {
+            Ok(table) => {
+                for k in 0..bufs.len() {
+                    self.write_desc(mem, table.off, k as u16, entry(k))?;
+                }
+            }
+            // Across a region boundary (physically contiguous memory may span two memory
+            // backends): entry by entry, once the whole table is known to be mapped.
+            Err(_) => {
+                mem.segments(table_gpa, bytes)
+                    .try_for_each(|s| s.map(drop))?;
+                for k in 0..bufs.len() {
+                    let at = table_gpa + (k * Descriptor::SIZE) as u64;
+                    mem.write_gpa(at, &entry(k).to_bytes())?;
+                }
+            }
         }
         let head = self.alloc(1)?;
         self.chain_wlen[head as usize] = writable_len(bufs);
