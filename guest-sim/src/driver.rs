@@ -192,6 +192,25 @@ impl DriverQueue {
         self
     }
 
+    /// A queue whose rings were already in use — a guest going on after its device was
+    /// restarted, or after a migration: as [`DriverQueue::new`], but with `avail.idx` and
+    /// `used.idx` both at `idx` and nothing in flight. A device takes over from base `idx`.
+    pub fn new_at(
+        mem: &GuestMemory,
+        addrs: QueueAddrs,
+        event_idx: bool,
+        idx: u16,
+    ) -> Result<Self, DriverError> {
+        let mut q = Self::new(mem, addrs, event_idx)?;
+        mem.store_u16(q.avail_off + avail::IDX as usize, idx, Ordering::Release)?;
+        mem.store_u16(q.used_off + used::IDX as usize, idx, Ordering::Release)?;
+        q.avail_idx = idx;
+        q.published = idx;
+        q.last_used = idx;
+        q.used_idx = idx;
+        Ok(q)
+    }
+
     /// Where the rings are.
     pub fn addrs(&self) -> QueueAddrs {
         self.addrs
@@ -776,6 +795,23 @@ mod tests {
             .write_gpa(a.used + used::IDX, &7u16.to_le_bytes())
             .expect("idx");
         assert!(q.enable_interrupts_delayed(&g.mem).expect("enable"));
+    }
+
+    #[test]
+    fn a_queue_resumed_at_an_index_posts_from_there() {
+        let mut g = MockGuest::new(1 << 16, &[4]).expect("guest");
+        let a = g.queues[0];
+        let mut q = DriverQueue::new_at(&g.mem, a, true, 65534).expect("queue");
+        let b = g.alloc(64).expect("alloc");
+        for _ in 0..3 {
+            q.add_one(&g.mem, Buf::read(b, 8)).expect("add");
+        }
+        q.publish(&g.mem).expect("publish");
+        let mut idx = [0u8; 2];
+        g.mem.read_gpa(a.avail + avail::IDX, &mut idx).expect("idx");
+        assert_eq!(u16::from_le_bytes(idx), 1);
+        assert_eq!(q.in_flight(), 3);
+        assert!(!q.has_used(&g.mem).expect("nothing used"));
     }
 
     #[test]
