@@ -59,6 +59,19 @@ impl Buf {
     }
 }
 
+/// Which free descriptors the driver takes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FreeOrder {
+    /// Those freed longest ago: while the device returns chains in order, descriptors cycle in
+    /// ring order and heads come in sequence (DPDK's rings).
+    #[default]
+    Fifo,
+    /// Those freed last (Linux `virtio_ring`'s free list): heads come in no ring order, and a
+    /// device that assumed they did would be caught. Not with `VIRTIO_F_IN_ORDER`, where the
+    /// ring order is the rule.
+    Lifo,
+}
+
 /// Device-writable bytes of a chain (saturating: a chain's total is at most 2^32 - 1 anyway).
 fn writable_len(bufs: &[Buf]) -> u32 {
     bufs.iter()
@@ -135,6 +148,8 @@ pub struct DriverQueue {
     /// `VIRTIO_F_IN_ORDER` negotiated: descriptors are taken in ring order and the device may
     /// return a batch with one used element.
     in_order: bool,
+    /// Freed chains go to the front of the free list (see [`FreeOrder::Lifo`]).
+    lifo: bool,
     /// In order: the used element of the batch being reaped (it names the batch's last
     /// buffer), once read and checked.
     batch_last: Option<UsedElem>,
@@ -176,6 +191,7 @@ impl DriverQueue {
             last_used: 0,
             used_idx: 0,
             in_order: false,
+            lifo: false,
             batch_last: None,
             broken: None,
         })
@@ -209,6 +225,13 @@ impl DriverQueue {
         q.last_used = idx;
         q.used_idx = idx;
         Ok(q)
+    }
+
+    /// Takes free descriptors in `order` (ignored with `VIRTIO_F_IN_ORDER`, where descriptors
+    /// go in ring order).
+    pub fn with_free_order(mut self, order: FreeOrder) -> Self {
+        self.lifo = order == FreeOrder::Lifo;
+        self
     }
 
     /// Where the rings are.
@@ -478,20 +501,29 @@ impl DriverQueue {
 
     /// Puts chain `head` (`n` descriptors) at the *tail* of the free list and counts it used:
     /// descriptors cycle in order, so a driver posting the same buffers again finds the same
-    /// descriptors already written (see `write_desc`) — like DPDK's in-order TX rings, unlike
-    /// Linux's LIFO free list.
+    /// descriptors already written (see `write_desc`) — like DPDK's in-order TX rings. With
+    /// [`FreeOrder::Lifo`], at the front instead, as Linux's free list.
     #[inline]
     fn free_chain(&mut self, head: u16, n: u16) {
         let mut last = head;
         for _ in 1..n {
             last = self.next_of(last);
         }
-        if self.num_free == 0 {
+        if self.lifo && !self.in_order {
+            // To the front (Linux `detach_buf_split`): the next chain reuses these first.
+            self.next[last as usize] = self.free_head;
             self.free_head = head;
-        } else if !self.in_order {
-            self.next[self.free_tail as usize] = head;
+            if self.num_free == 0 {
+                self.free_tail = last;
+            }
+        } else {
+            if self.num_free == 0 {
+                self.free_head = head;
+            } else if !self.in_order {
+                self.next[self.free_tail as usize] = head;
+            }
+            self.free_tail = last;
         }
-        self.free_tail = last;
         self.num_free += n;
         self.chain_len[head as usize] = 0;
         self.last_used = self.last_used.wrapping_add(1);
@@ -795,6 +827,43 @@ mod tests {
             .write_gpa(a.used + used::IDX, &7u16.to_le_bytes())
             .expect("idx");
         assert!(q.enable_interrupts_delayed(&g.mem).expect("enable"));
+    }
+
+    #[test]
+    fn lifo_reuses_the_last_freed_chain_first() {
+        let mut g = MockGuest::new(1 << 16, &[8]).expect("guest");
+        let a = g.queues[0];
+        let mut q = DriverQueue::new(&g.mem, a, false)
+            .expect("queue")
+            .with_free_order(FreeOrder::Lifo);
+        let b = g.alloc(64).expect("alloc");
+        let heads: Vec<u16> = (0..3)
+            .map(|_| {
+                q.add(&g.mem, &[Buf::read(b, 8), Buf::read(b, 8)])
+                    .expect("add")
+            })
+            .collect();
+        assert_eq!(heads, [0, 2, 4]);
+        q.publish(&g.mem).expect("publish");
+        // The device returns the first two, in order.
+        for (i, h) in heads[..2].iter().enumerate() {
+            g.mem
+                .write_gpa(a.used + used::ring(i as u16), &(*h as u64).to_le_bytes())
+                .expect("elem");
+        }
+        g.mem
+            .write_gpa(a.used + used::IDX, &2u16.to_le_bytes())
+            .expect("idx");
+        assert_eq!(q.reap(&g.mem, |_| {}).expect("reap"), 2);
+        // The chain freed last (head 2) comes first, then head 0, then the never-used tail.
+        let next: Vec<u16> = (0..3)
+            .map(|_| {
+                q.add(&g.mem, &[Buf::read(b, 8), Buf::read(b, 8)])
+                    .expect("add")
+            })
+            .collect();
+        assert_eq!(next, [2, 0, 6]);
+        assert_eq!(q.num_free(), 0);
     }
 
     #[test]

@@ -20,5 +20,5 @@ pub mod mock;
 pub mod testbed;
 pub mod traffic;
 
-pub use driver::{Buf, DriverError, DriverQueue};
+pub use driver::{Buf, DriverError, DriverQueue, FreeOrder};
 pub use mock::MockGuest;
