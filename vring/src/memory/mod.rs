@@ -189,6 +189,8 @@ impl Span {
 /// A region to map: where it goes, and which of the files backs it.
 struct Source {
     region: FrontendRegion,
+    /// Its place in the table as given (for errors).
+    index: usize,
     /// False for memory this process made: its frontend address is where it is mapped here.
     va_given: bool,
     file: usize,
@@ -225,6 +227,7 @@ impl GuestMemory {
                         va: 0,
                         mmap_offset: off,
                     },
+                    index: 0,
                     va_given: false,
                     file: 0,
                 };
@@ -253,6 +256,7 @@ impl GuestMemory {
                     va: 0,
                     mmap_offset: 0,
                 },
+                index: files.len(),
                 va_given: false,
                 file: files.len(),
             });
@@ -276,6 +280,7 @@ impl GuestMemory {
         for (i, (region, file)) in regions.into_iter().enumerate() {
             sources.push(Source {
                 region,
+                index: i,
                 va_given: true,
                 file: i,
             });
@@ -312,7 +317,7 @@ impl GuestMemory {
         let mut cursor: u64 = 0;
         let mut max_align: u64 = page;
         let mut lens = vec![None; files.len()];
-        for (index, s) in sources.iter().enumerate() {
+        for s in &sources {
             let file = &files[s.file];
             let file_len = match lens[s.file] {
                 Some(l) => l,
@@ -322,7 +327,7 @@ impl GuestMemory {
             // `check` made sure the sum does not overflow.
             if r.mmap_offset + r.size > file_len {
                 return Err(MemError::FileRange {
-                    index,
+                    index: s.index,
                     offset: r.mmap_offset,
                     size: r.size,
                     file_len,
@@ -1075,6 +1080,13 @@ mod tests {
         assert!(matches!(
             bad(one(r(0, 0x4001, 0, 0))),
             Some(MemError::FileRange { .. })
+        ));
+        // Named by its place in the table, whatever order the mapping takes.
+        let mut two = one(r(0, 0x1000, 0x9000, 0));
+        two.extend(one(r(0x1000, 0x1000, 0x1000, 0x3800)));
+        assert!(matches!(
+            bad(two),
+            Some(MemError::FileRange { index: 1, .. })
         ));
         assert!(matches!(
             bad(one(r(0, 0x1000, 0, 0x3001))),
