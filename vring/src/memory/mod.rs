@@ -4,7 +4,7 @@
 //!
 //! This module owns every `unsafe` access to guest memory in the workspace. The rules it keeps:
 //!
-//! - The host side is one reserved range of the address space ([`map`]), every byte of it
+//! - The host side is one reserved range of the address space (`map`), every byte of it
 //!   mapped, with each region's file mapped shared into its own place: one `mmap` per region
 //!   (as rust-vmm `vm-memory`'s `GuestRegionMmap`), and one bounds check for any access
 //!   whatever the number of regions. The range lives as long as the [`GuestMemory`]; it is
@@ -16,7 +16,7 @@
 //! - Every access is bounds-checked against the mapping, so a wrong offset is an error, never
 //!   an access outside it.
 //! - Guest-physical addresses are translated with overflow checks, through the region table
-//!   ([`table`]): [`GuestMemory::translate`] for a range inside one region (ring parts),
+//!   (`table`): [`GuestMemory::translate`] for a range inside one region (ring parts),
 //!   [`GuestMemory::segments`] for a buffer, which may cross from one region into the next
 //!   (Linux `translate_desc`): one [`Span`] per region. Regions that are neighbours in
 //!   guest-physical space need not be neighbours in the mapping. Holes are unmapped.
