@@ -397,8 +397,10 @@ impl DeviceQueue {
         } else {
             for head in heads {
                 let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
-                res = mem.write_u64(off, head as u64 | (len as u64) << 32);
-                if res.is_err() {
+                // `res` is assigned only on the way out: overwriting it every element made the
+                // loop run the drop glue of the `Result` it replaced, per element.
+                if let Err(e) = mem.write_u64(off, head as u64 | (len as u64) << 32) {
+                    res = Err(e);
                     break;
                 }
                 self.next_used = self.next_used.wrapping_add(1);

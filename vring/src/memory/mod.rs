@@ -382,7 +382,7 @@ impl GuestMemory {
         }
         Ok(GuestMemory {
             map,
-            table: Table::new(regions),
+            table: Table::new(regions).ok_or(MemError::NoRegions)?,
             files: files.into_boxed_slice(),
         })
     }

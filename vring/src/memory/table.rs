@@ -108,20 +108,24 @@ pub(super) fn check(regions: &[FrontendRegion]) -> Result<(), MemError> {
 /// frontend virtual address.
 #[derive(Debug)]
 pub(super) struct Table {
+    /// A copy of the lowest region, for the one-region fast path of [`Table::translate`].
+    first: Region,
     pub(super) by_gpa: Box<[Region]>,
     by_va: Box<[u32]>,
 }
 
 impl Table {
-    /// `regions` must have passed [`check`] (no overlaps, no overflow).
-    pub(super) fn new(mut regions: Vec<Region>) -> Table {
+    /// `regions` must have passed [`check`] (at least one region, no overlaps, no overflow);
+    /// `None` if there is none after all.
+    pub(super) fn new(mut regions: Vec<Region>) -> Option<Table> {
         regions.sort_by_key(|r| r.gpa);
         let mut by_va: Vec<u32> = (0..regions.len() as u32).collect();
         by_va.sort_by_key(|&i| regions[i as usize].va);
-        Table {
+        Some(Table {
+            first: *regions.first()?,
             by_gpa: regions.into_boxed_slice(),
             by_va: by_va.into_boxed_slice(),
-        }
+        })
     }
 
     /// The region that holds `gpa`, or would if it were not past the region's end: the last one
@@ -139,19 +143,38 @@ impl Table {
     }
 
     /// `[gpa, gpa + len)` inside one region, as a span of the mapping.
+    ///
+    /// The lowest region is tried first, from a copy kept in the table itself: with one region
+    /// (the simulator's memory, a small VM) that is all there is, and it costs what the
+    /// one-region memory did before there could be more. Other regions are searched out of
+    /// line, which hands back only a host offset (in a register; a whole `Result` from there
+    /// would make the fast path build its own in memory too).
     #[inline(always)]
     pub(super) fn translate(&self, gpa: u64, len: u64) -> Result<Span, MemError> {
         let end = gpa
             .checked_add(len)
             .ok_or(MemError::Overflow { gpa, len })?;
-        match self.candidate(gpa) {
-            Some(r) if gpa >= r.gpa && end <= r.end => Ok(Span {
-                // Both fit in usize: the region's bytes are all inside the mapping.
-                off: r.host_off + (gpa - r.gpa) as usize,
-                len: len as usize,
-            }),
-            _ => Err(MemError::Unmapped { gpa, len }),
-        }
+        let r = &self.first;
+        let off = if gpa >= r.gpa && end <= r.end {
+            // Both fit in usize: the region's bytes are all inside the mapping.
+            r.host_off + (gpa - r.gpa) as usize
+        } else {
+            match self.host_off_elsewhere(gpa, end) {
+                Some(off) => off,
+                None => return Err(MemError::Unmapped { gpa, len }),
+            }
+        };
+        Ok(Span {
+            off,
+            len: len as usize,
+        })
+    }
+
+    /// The host offset of `gpa` if `[gpa, end)` is inside a region other than the lowest.
+    #[inline(never)]
+    fn host_off_elsewhere(&self, gpa: u64, end: u64) -> Option<usize> {
+        let r = self.candidate(gpa)?;
+        (gpa >= r.gpa && end <= r.end).then(|| r.host_off + (gpa - r.gpa) as usize)
     }
 
     /// The region holding the byte at `gpa` (a zero-length range at a region's end is not in
@@ -298,6 +321,7 @@ mod tests {
             r(0, 0x1_0000, 0x7f00_0000, 0x8000),
             r(0x10_0000, 0x1000, 0x1000, 0),
         ])
+        .expect("regions")
     }
 
     #[test]
