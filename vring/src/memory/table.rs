@@ -1,7 +1,7 @@
 //! The region table: where each region is in guest-physical space, in the frontend's address
 //! space and in the host mapping. Validated once when memory is built; searched by binary
-//! search (rust-vmm `vm-memory`'s `GuestMemoryMmap::find_region`), with one region as the fast
-//! path. No `unsafe` here: this module only does arithmetic on addresses.
+//! search (rust-vmm `vm-memory`'s `GuestMemoryMmap::find_region`), the lowest region tried first
+//! (the one-region fast path). No `unsafe` here: this module only does arithmetic on addresses.
 
 use super::{MemError, Span};
 
