@@ -528,9 +528,8 @@ impl DriverQueue {
     }
 
     /// [`FreeOrder::Lifo`]: the chain `head..=last` goes to the front of the free list (Linux
-    /// `detach_buf_split`), so the next chain reuses it first. Out of line: the FIFO path of
-    /// `free_chain` stays as small as it was.
-    #[inline(never)]
+    /// `detach_buf_split`), so the next chain reuses it first.
+    #[inline(always)]
     fn free_to_front(&mut self, head: u16, last: u16) {
         self.next[last as usize] = self.free_head;
         self.free_head = head;
