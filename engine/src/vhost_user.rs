@@ -33,7 +33,7 @@ use vhost::vhost_user::{
     VhostUserBackendReqHandlerMut,
 };
 use vring::layout::{QueueAddrs, MAX_QUEUE_SIZE};
-use vring::memory::RegionSpec;
+use vring::memory::FrontendRegion;
 use vring::net::Features;
 use vring::{GuestMemory, QueuePair, Virtqueue};
 
@@ -104,23 +104,17 @@ struct QueueSetup {
     enabled: bool,
 }
 
-/// A memory table: the mapping and, per region, its guest-physical and frontend addresses.
+/// A memory table as the frontend sent it, mapped.
 #[derive(Debug)]
 struct MemTable {
     mem: Arc<GuestMemory>,
-    /// (frontend address, guest-physical address, size).
-    regions: Vec<(u64, u64, u64)>,
 }
 
 impl MemTable {
     /// The guest-physical address of `len` bytes at frontend address `va`, which must lie in
     /// one region.
     fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
-        let end = va.checked_add(len)?;
-        self.regions
-            .iter()
-            .find(|&&(rva, _, size)| va >= rva && end <= rva + size)
-            .map(|&(rva, gpa, _)| gpa + (va - rva))
+        self.mem.va_to_gpa(va, len).ok()
     }
 }
 
@@ -345,70 +339,28 @@ impl NetServer {
     }
 
     fn map_memory(regions: &[VhostUserMemoryRegion], files: Vec<File>) -> VuResult<MemTable> {
-        if regions.is_empty() || files.len() != regions.len() {
+        if files.len() != regions.len() {
             return Err(refuse(format!(
                 "{} memory regions with {} fds",
                 regions.len(),
                 files.len()
             )));
         }
-        // Today's guest memory is one file mapped from its start, its regions back to back
-        // in guest-physical order: the layout `guest_sim::vhost_user` sends. The region list
-        // is checked against that; a table that needs one mapping per fd is refused by name.
-        // (guest-physical, size, frontend address, mmap offset), copied out of the packed
-        // wire struct.
-        let mut sorted: Vec<((u64, u64, u64, u64), File)> = regions
+        // Copied out of the packed wire struct; every check (overlaps, overflows, a region
+        // past its file's end) is `GuestMemory::from_frontend`'s.
+        let table: Vec<(FrontendRegion, File)> = regions
             .iter()
-            .map(|r| (r.guest_phys_addr, r.memory_size, r.user_addr, r.mmap_offset))
+            .map(|r| FrontendRegion {
+                gpa: r.guest_phys_addr,
+                size: r.memory_size,
+                va: r.user_addr,
+                mmap_offset: r.mmap_offset,
+            })
             .zip(files)
             .collect();
-        sorted.sort_by_key(|(r, _)| r.0);
-        let mut specs = Vec::with_capacity(sorted.len());
-        let mut table = Vec::with_capacity(sorted.len());
-        let mut expect_off = 0u64;
-        let mut first: Option<File> = None;
-        for ((gpa, size, va, off), f) in sorted {
-            if off != expect_off {
-                return Err(refuse(format!(
-                    "region at {gpa:#x}: mmap offset {off:#x}, expected {expect_off:#x} (regions must lie back to back in one file)"
-                )));
-            }
-            va.checked_add(size)
-                .ok_or_else(|| refuse(format!("region at frontend address {va:#x} overflows")))?;
-            if let Some(f0) = &first {
-                let (a, b) = (f0.metadata(), f.metadata());
-                let same = matches!((a, b), (Ok(a), Ok(b)) if {
-                    use std::os::unix::fs::MetadataExt;
-                    a.dev() == b.dev() && a.ino() == b.ino()
-                });
-                if !same {
-                    return Err(refuse(
-                        "regions in different files are not supported yet".into(),
-                    ));
-                }
-            } else {
-                first = Some(f);
-            }
-            specs.push(RegionSpec { gpa, len: size });
-            table.push((va, gpa, size));
-            expect_off = expect_off
-                .checked_add(size)
-                .ok_or_else(|| refuse("memory table overflows".into()))?;
-        }
-        for (i, a) in table.iter().enumerate() {
-            for b in &table[i + 1..] {
-                if a.0 < b.0 + b.2 && b.0 < a.0 + a.2 {
-                    return Err(refuse("regions overlap in frontend addresses".into()));
-                }
-            }
-        }
-        let file = first.ok_or_else(|| refuse("no memory regions".into()))?;
-        let mem = GuestMemory::from_file(file, &specs)
-            .map_err(|e| refuse(format!("mapping guest memory: {e}")))?;
-        Ok(MemTable {
-            mem: Arc::new(mem),
-            regions: table,
-        })
+        let mem =
+            GuestMemory::from_frontend(table).map_err(|e| refuse(format!("memory table: {e}")))?;
+        Ok(MemTable { mem: Arc::new(mem) })
     }
 }
 

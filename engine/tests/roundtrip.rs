@@ -5,7 +5,7 @@
 use engine::net::header::pop_tx;
 use engine::net::rx::{RxOutcome, RxWriter};
 use engine::virtq::{Chain, DeviceQueue};
-use guest_sim::{Buf, DriverQueue, MockGuest};
+use guest_sim::{Buf, DriverQueue, FreeOrder, MockGuest};
 use proptest::prelude::*;
 use vring::net::{bit, Features, VirtioNetHdr};
 
@@ -41,16 +41,30 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Posted bytes come out of the device unchanged, whatever the shape of the chains; bytes
-    /// the device writes reach the driver's buffers; used elements return in order.
+    /// the device writes reach the driver's buffers; used elements return in order. With
+    /// `split`, guest memory is 4 KiB regions mapped apart, so buffers and indirect tables
+    /// cross region boundaries; with `lifo`, the driver reuses descriptors as Linux does;
+    /// with `big`, the queue has 1024 entries.
     #[test]
     fn chains_round_trip(
         shapes in prop::collection::vec(shape(), 1..40),
         event_idx in any::<bool>(),
         seed in any::<u8>(),
+        split in any::<bool>(),
+        lifo in any::<bool>(),
+        big in any::<bool>(),
     ) {
-        let size = 16u16;
-        let mut g = MockGuest::new(1 << 20, &[size]).expect("guest");
-        let mut drv = DriverQueue::new(&g.mem, g.queues[0], event_idx).expect("driver");
+        let size = if big { 1024u16 } else { 16 };
+        let mut g = if split {
+            MockGuest::split(1 << 20, 0x1000, &[size])
+        } else {
+            MockGuest::new(1 << 20, &[size])
+        }
+        .expect("guest");
+        let order = if lifo { FreeOrder::Lifo } else { FreeOrder::Fifo };
+        let mut drv = DriverQueue::new(&g.mem, g.queues[0], event_idx)
+            .expect("driver")
+            .with_free_order(order);
         let mut dev = DeviceQueue::new(&g.mem, g.queues[0], features(event_idx, true)).expect("dev");
         let mut chain = Chain::default();
         let mut pending = std::collections::VecDeque::new();

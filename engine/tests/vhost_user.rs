@@ -17,11 +17,19 @@ use engine::worker::WorkerConfig;
 use guest_sim::testbed::{Testbed, TestbedConfig};
 use guest_sim::traffic::{self, TrafficConfig, Workload};
 use guest_sim::vhost_user::{Frontend, VhostUserError};
+use guest_sim::FreeOrder;
 use vring::net::{bit, Features};
 
 const FRAME: usize = 64;
 const QUEUE: u16 = 256;
 const PATIENCE: Duration = Duration::from_secs(5);
+
+fn state(index: u32, num: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&index.to_le_bytes());
+    b[4..8].copy_from_slice(&num.to_le_bytes());
+    b
+}
 
 fn socket_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vhb-vu-{}-{name}.sock", std::process::id()))
@@ -48,12 +56,19 @@ fn server(name: &str, w: Workload) -> (Server, PathBuf) {
 }
 
 fn testbed() -> Testbed {
+    testbed_in(None)
+}
+
+/// Guest memory in regions of `region_len` bytes, one memfd each, mapped apart, buffers
+/// across their boundaries (see `TestbedConfig::region_len`), if given.
+fn testbed_in(region_len: Option<u64>) -> Testbed {
     Testbed::new(&TestbedConfig {
         guest_mem_bytes: 4 << 20,
         queue_size: QUEUE,
         pairs: 1,
         frame_len: FRAME,
         mrg_rxbuf: true,
+        region_len,
     })
     .expect("testbed")
 }
@@ -82,14 +97,23 @@ fn traffic_cfg(w: Workload, f: Features) -> TrafficConfig {
         verify_bytes: true,
         exit_cost_ns: 0,
         count_foreign: false,
+        free_order: FreeOrder::Fifo,
     }
 }
 
 #[test]
 fn every_workload_crosses_a_vhost_user_socket_exactly_once() {
-    for w in [Workload::Tx, Workload::Rx, Workload::Rr] {
-        let (srv, path) = server(&format!("once-{w:?}"), w);
-        let tb = testbed();
+    // One memfd, and memory in 1 MiB regions (one fd each, mapped apart in both processes,
+    // buffers across region boundaries): the server maps what the table says.
+    for (w, regions) in [
+        (Workload::Tx, None),
+        (Workload::Rx, None),
+        (Workload::Rr, None),
+        (Workload::Tx, Some(1 << 20)),
+        (Workload::Rx, Some(1 << 20)),
+    ] {
+        let (srv, path) = server(&format!("once-{w:?}-{regions:?}"), w);
+        let tb = testbed_in(regions);
         let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
         let f = fe.negotiate(wanted()).expect("negotiate");
         assert_eq!(f, wanted(), "the engine offers all of them");
@@ -156,9 +180,19 @@ fn bad_requests_are_refused_and_the_server_keeps_serving() {
         let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
         fe.negotiate(wanted()).expect("negotiate");
         fe.set_mem_table(&tb.mem).expect("memory");
-        let mut bad = testbed();
-        bad.device[0].tx.addrs.desc = 1 << 40;
-        let e = fe.start(&bad.device, &[0, 0]).expect_err("refused");
+        fe.start(&tb.device, &[0, 0]).expect("a good start");
+        assert!(srv.state().is_running());
+        // Stop queue 1, give it a descriptor table far outside memory, enable it again.
+        fe.send_raw(18, &state(1, 0)).expect("disable");
+        let mut addr = Vec::new();
+        addr.extend_from_slice(&1u32.to_le_bytes());
+        addr.extend_from_slice(&0u32.to_le_bytes());
+        for va in [1u64 << 40, 1 << 41, 1 << 42] {
+            addr.extend_from_slice(&va.to_le_bytes());
+        }
+        addr.extend_from_slice(&0u64.to_le_bytes());
+        fe.send_raw(9, &addr).expect("stored; checked at start");
+        let e = fe.send_raw(18, &state(1, 1)).expect_err("refused");
         assert!(matches!(e, VhostUserError::Refused { .. }), "{e}");
         assert!(!srv.state().is_running());
         let why = srv.state().stats.last_refusal.clone().unwrap_or_default();
@@ -169,10 +203,11 @@ fn bad_requests_are_refused_and_the_server_keeps_serving() {
         let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
         fe.negotiate(wanted()).expect("negotiate");
         fe.set_mem_table(&tb.mem).expect("memory");
-        let mut bad = testbed();
-        bad.device[0].rx.addrs.size = 100;
-        let e = fe.start(&bad.device, &[0, 0]).expect_err("refused");
+        let e = fe.send_raw(8, &state(0, 100)).expect_err("refused");
         assert!(matches!(e, VhostUserError::Refused { .. }), "{e}");
+        // An unknown request and a body of the wrong size: refused, the connection kept.
+        assert!(fe.send_raw(9999, &[]).is_err());
+        assert!(fe.send_raw(8, &[1, 2, 3]).is_err() || srv.state().stats.refused > 0);
     }
     // A well-behaved frontend afterwards is served.
     let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");

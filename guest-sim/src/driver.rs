@@ -59,6 +59,19 @@ impl Buf {
     }
 }
 
+/// Which free descriptors the driver takes first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FreeOrder {
+    /// Those freed longest ago: while the device returns chains in order, descriptors cycle in
+    /// ring order and heads come in sequence (DPDK's rings).
+    #[default]
+    Fifo,
+    /// Those freed last (Linux `virtio_ring`'s free list): heads come in no ring order, and a
+    /// device that assumed they did would be caught. Not with `VIRTIO_F_IN_ORDER`, where the
+    /// ring order is the rule.
+    Lifo,
+}
+
 /// Device-writable bytes of a chain (saturating: a chain's total is at most 2^32 - 1 anyway).
 fn writable_len(bufs: &[Buf]) -> u32 {
     bufs.iter()
@@ -135,6 +148,9 @@ pub struct DriverQueue {
     /// `VIRTIO_F_IN_ORDER` negotiated: descriptors are taken in ring order and the device may
     /// return a batch with one used element.
     in_order: bool,
+    /// Freed chains go to the front of the free list (see [`FreeOrder::Lifo`]); never with
+    /// `in_order`.
+    lifo: bool,
     /// In order: the used element of the batch being reaped (it names the batch's last
     /// buffer), once read and checked.
     batch_last: Option<UsedElem>,
@@ -176,6 +192,7 @@ impl DriverQueue {
             last_used: 0,
             used_idx: 0,
             in_order: false,
+            lifo: false,
             batch_last: None,
             broken: None,
         })
@@ -189,6 +206,34 @@ impl DriverQueue {
     /// Call it on a new queue, before posting: in order the free list is the ring itself.
     pub fn with_in_order(mut self, on: bool) -> Self {
         self.in_order = on;
+        // In order, descriptors go in ring order whatever the free order asked.
+        self.lifo &= !on;
+        self
+    }
+
+    /// A queue whose rings were already in use — a guest going on after its device was
+    /// restarted, or after a migration: as [`DriverQueue::new`], but with `avail.idx` and
+    /// `used.idx` both at `idx` and nothing in flight. A device takes over from base `idx`.
+    pub fn new_at(
+        mem: &GuestMemory,
+        addrs: QueueAddrs,
+        event_idx: bool,
+        idx: u16,
+    ) -> Result<Self, DriverError> {
+        let mut q = Self::new(mem, addrs, event_idx)?;
+        mem.store_u16(q.avail_off + avail::IDX as usize, idx, Ordering::Release)?;
+        mem.store_u16(q.used_off + used::IDX as usize, idx, Ordering::Release)?;
+        q.avail_idx = idx;
+        q.published = idx;
+        q.last_used = idx;
+        q.used_idx = idx;
+        Ok(q)
+    }
+
+    /// Takes free descriptors in `order` (ignored with `VIRTIO_F_IN_ORDER`, where descriptors
+    /// go in ring order).
+    pub fn with_free_order(mut self, order: FreeOrder) -> Self {
+        self.lifo = order == FreeOrder::Lifo && !self.in_order;
         self
     }
 
@@ -337,11 +382,26 @@ impl DriverQueue {
             return Err(DriverError::Empty);
         }
         let bytes = (bufs.len() * Descriptor::SIZE) as u64;
-        let table = mem.translate(table_gpa, bytes)?;
-        for (k, b) in bufs.iter().enumerate() {
+        let entry = |k: usize| {
             let more = k + 1 < bufs.len();
-            let d = b.descriptor(more, if more { k as u16 + 1 } else { 0 });
-            self.write_desc(mem, table.off, k as u16, d)?;
+            bufs[k].descriptor(more, if more { k as u16 + 1 } else { 0 })
+        };
+        match mem.translate(table_gpa, bytes) {
+            Ok(table) => {
+                for k in 0..bufs.len() {
+                    self.write_desc(mem, table.off, k as u16, entry(k))?;
+                }
+            }
+            // Across a region boundary (physically contiguous memory may span two memory
+            // backends): entry by entry, once the whole table is known to be mapped.
+            Err(_) => {
+                mem.segments(table_gpa, bytes)
+                    .try_for_each(|s| s.map(drop))?;
+                for k in 0..bufs.len() {
+                    let at = table_gpa + (k * Descriptor::SIZE) as u64;
+                    mem.write_gpa(at, &entry(k).to_bytes())?;
+                }
+            }
         }
         let head = self.alloc(1)?;
         self.chain_wlen[head as usize] = writable_len(bufs);
@@ -444,23 +504,38 @@ impl DriverQueue {
 
     /// Puts chain `head` (`n` descriptors) at the *tail* of the free list and counts it used:
     /// descriptors cycle in order, so a driver posting the same buffers again finds the same
-    /// descriptors already written (see `write_desc`) — like DPDK's in-order TX rings, unlike
-    /// Linux's LIFO free list.
-    #[inline]
+    /// descriptors already written (see `write_desc`) — like DPDK's in-order TX rings. With
+    /// [`FreeOrder::Lifo`], at the front instead, as Linux's free list.
+    #[inline(always)]
     fn free_chain(&mut self, head: u16, n: u16) {
         let mut last = head;
         for _ in 1..n {
             last = self.next_of(last);
         }
-        if self.num_free == 0 {
-            self.free_head = head;
-        } else if !self.in_order {
-            self.next[self.free_tail as usize] = head;
+        if self.lifo {
+            self.free_to_front(head, last);
+        } else {
+            if self.num_free == 0 {
+                self.free_head = head;
+            } else if !self.in_order {
+                self.next[self.free_tail as usize] = head;
+            }
+            self.free_tail = last;
         }
-        self.free_tail = last;
         self.num_free += n;
         self.chain_len[head as usize] = 0;
         self.last_used = self.last_used.wrapping_add(1);
+    }
+
+    /// [`FreeOrder::Lifo`]: the chain `head..=last` goes to the front of the free list (Linux
+    /// `detach_buf_split`), so the next chain reuses it first.
+    #[inline(always)]
+    fn free_to_front(&mut self, head: u16, last: u16) {
+        self.next[last as usize] = self.free_head;
+        self.free_head = head;
+        if self.num_free == 0 {
+            self.free_tail = last;
+        }
     }
 
     /// Takes the next used element, freeing its descriptors. `Ok(None)`: nothing new.
@@ -761,6 +836,60 @@ mod tests {
             .write_gpa(a.used + used::IDX, &7u16.to_le_bytes())
             .expect("idx");
         assert!(q.enable_interrupts_delayed(&g.mem).expect("enable"));
+    }
+
+    #[test]
+    fn lifo_reuses_the_last_freed_chain_first() {
+        let mut g = MockGuest::new(1 << 16, &[8]).expect("guest");
+        let a = g.queues[0];
+        let mut q = DriverQueue::new(&g.mem, a, false)
+            .expect("queue")
+            .with_free_order(FreeOrder::Lifo);
+        let b = g.alloc(64).expect("alloc");
+        let heads: Vec<u16> = (0..3)
+            .map(|_| {
+                q.add(&g.mem, &[Buf::read(b, 8), Buf::read(b, 8)])
+                    .expect("add")
+            })
+            .collect();
+        assert_eq!(heads, [0, 2, 4]);
+        q.publish(&g.mem).expect("publish");
+        // The device returns the first two, in order.
+        for (i, h) in heads[..2].iter().enumerate() {
+            g.mem
+                .write_gpa(a.used + used::ring(i as u16), &(*h as u64).to_le_bytes())
+                .expect("elem");
+        }
+        g.mem
+            .write_gpa(a.used + used::IDX, &2u16.to_le_bytes())
+            .expect("idx");
+        assert_eq!(q.reap(&g.mem, |_| {}).expect("reap"), 2);
+        // The chain freed last (head 2) comes first, then head 0, then the never-used tail.
+        let next: Vec<u16> = (0..3)
+            .map(|_| {
+                q.add(&g.mem, &[Buf::read(b, 8), Buf::read(b, 8)])
+                    .expect("add")
+            })
+            .collect();
+        assert_eq!(next, [2, 0, 6]);
+        assert_eq!(q.num_free(), 0);
+    }
+
+    #[test]
+    fn a_queue_resumed_at_an_index_posts_from_there() {
+        let mut g = MockGuest::new(1 << 16, &[4]).expect("guest");
+        let a = g.queues[0];
+        let mut q = DriverQueue::new_at(&g.mem, a, true, 65534).expect("queue");
+        let b = g.alloc(64).expect("alloc");
+        for _ in 0..3 {
+            q.add_one(&g.mem, Buf::read(b, 8)).expect("add");
+        }
+        q.publish(&g.mem).expect("publish");
+        let mut idx = [0u8; 2];
+        g.mem.read_gpa(a.avail + avail::IDX, &mut idx).expect("idx");
+        assert_eq!(u16::from_le_bytes(idx), 1);
+        assert_eq!(q.in_flight(), 3);
+        assert!(!q.has_used(&g.mem).expect("nothing used"));
     }
 
     #[test]

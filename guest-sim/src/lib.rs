@@ -23,5 +23,5 @@ pub mod testbed;
 pub mod traffic;
 pub mod vhost_user;
 
-pub use driver::{Buf, DriverError, DriverQueue};
+pub use driver::{Buf, DriverError, DriverQueue, FreeOrder};
 pub use mock::MockGuest;

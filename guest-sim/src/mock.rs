@@ -33,9 +33,44 @@ impl MockGuest {
     }
 
     /// The given regions (holes allowed); queues go at the start of the lowest region, the
-    /// arena covers what is left of every region.
+    /// arena covers what is left of every region. Regions that touch form one stretch of the
+    /// arena, so buffers may cross from one into the next.
     pub fn with_regions(regions: &[RegionSpec], sizes: &[u16]) -> Result<Self, MemError> {
-        let mem = GuestMemory::new(regions)?;
+        Self::on(GuestMemory::new(regions)?, sizes)
+    }
+
+    /// As [`MockGuest::with_regions`], on memory with one memfd per region, mapped apart
+    /// ([`GuestMemory::new_regions`]): a buffer crossing from one region into the next reads
+    /// right only if the device splits it.
+    pub fn with_split_regions(regions: &[RegionSpec], sizes: &[u16]) -> Result<Self, MemError> {
+        Self::on(GuestMemory::new_regions(regions)?, sizes)
+    }
+
+    /// `mem_bytes` at guest-physical 0 as memory a device must split buffers in: the queues
+    /// of `sizes` in a first region of their own, then regions of `region_len` bytes (the last
+    /// one shorter if need be) back to back, one memfd each, mapped apart. Buffers from
+    /// [`MockGuest::alloc`] cross region boundaries wherever they fall on one. `region_len`
+    /// and the queues' space are rounded up to whole pages.
+    pub fn split(mem_bytes: u64, region_len: u64, sizes: &[u16]) -> Result<Self, MemError> {
+        let page = vring::memory::PAGE_SIZE;
+        let mut rings = 0u64;
+        for &s in sizes {
+            let (_, len) = QueueAddrs::packed(rings, s);
+            rings = (rings + len).next_multiple_of(layout::DESC_ALIGN.max(64));
+        }
+        let rings = rings.max(1).next_multiple_of(page);
+        let step = region_len.max(1).next_multiple_of(page);
+        let mut regions = vec![RegionSpec { gpa: 0, len: rings }];
+        let mut at = rings;
+        while at < mem_bytes {
+            let len = step.min(mem_bytes.next_multiple_of(page) - at);
+            regions.push(RegionSpec { gpa: at, len });
+            at += len;
+        }
+        Self::with_split_regions(&regions, sizes)
+    }
+
+    fn on(mem: GuestMemory, sizes: &[u16]) -> Result<Self, MemError> {
         let mut table = mem.regions();
         table.sort_by_key(|r| r.gpa);
         let mut at = table[0].gpa;
@@ -50,7 +85,13 @@ impl MockGuest {
                 "queues do not fit in the first region",
             ));
         }
-        let mut arena: Vec<(u64, u64)> = table.iter().map(|r| (r.gpa, r.gpa + r.len)).collect();
+        let mut arena: Vec<(u64, u64)> = Vec::with_capacity(table.len());
+        for r in &table {
+            match arena.last_mut() {
+                Some(last) if last.1 == r.gpa => last.1 = r.gpa + r.len,
+                _ => arena.push((r.gpa, r.gpa + r.len)),
+            }
+        }
         arena[0].0 = at.next_multiple_of(64);
         let next = arena[0].0;
         Ok(MockGuest {
@@ -108,6 +149,32 @@ impl MockGuest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_memory_puts_buffers_across_region_boundaries() {
+        let mut g = MockGuest::split(1 << 20, 0x1000, &[256]).expect("guest");
+        let regions = g.mem.regions();
+        assert!(regions.len() > 100);
+        // The rings are in the first region, in one piece.
+        let q = g.queues[0];
+        assert!(g
+            .mem
+            .translate(q.desc, q.used + 4 + 8 * 256 + 2 - q.desc)
+            .is_ok());
+        // Buffers of 1500 bytes back to back: many of them straddle a boundary, and read back
+        // what was written.
+        let mut straddling = 0;
+        for i in 0..100u8 {
+            let b = g.alloc(1500).expect("alloc");
+            let data = vec![i; 1500];
+            g.mem.write_gpa(b, &data).expect("write");
+            let mut back = vec![0u8; 1500];
+            g.mem.read_gpa(b, &mut back).expect("read");
+            assert_eq!(back, data);
+            straddling += usize::from(g.mem.translate(b, 1500).is_err());
+        }
+        assert!(straddling > 20, "{straddling}");
+    }
 
     #[test]
     fn arena_spans_regions_and_skips_holes() {

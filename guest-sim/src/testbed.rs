@@ -22,8 +22,13 @@ use crate::traffic::{GuestPair, NicBuffers};
 /// What to build.
 #[derive(Clone, Copy, Debug)]
 pub struct TestbedConfig {
-    /// Guest memory, bytes (one region at guest-physical 0).
+    /// Guest memory, bytes, at guest-physical 0.
     pub guest_mem_bytes: u64,
+    /// `None`: one memory region. `Some(n)`: the rings in a region of their own, then regions
+    /// of `n` bytes back to back, one memfd each and mapped apart (`MockGuest::split`), with
+    /// the driver's buffers carved across their boundaries: what a frontend with several
+    /// memory backends hands a device. At most `vring::memory::MAX_REGIONS` regions.
+    pub region_len: Option<u64>,
     /// Entries per queue.
     pub queue_size: u16,
     /// Queue pairs.
@@ -66,7 +71,11 @@ impl Testbed {
             return Err(TestbedError::NoPairs);
         }
         let sizes = vec![cfg.queue_size; 2 * cfg.pairs];
-        let mut g = MockGuest::new(cfg.guest_mem_bytes, &sizes).map_err(DriverError::from)?;
+        let g = match cfg.region_len {
+            None => MockGuest::new(cfg.guest_mem_bytes, &sizes),
+            Some(n) => MockGuest::split(cfg.guest_mem_bytes, n, &sizes),
+        };
+        let mut g = g.map_err(DriverError::from)?;
         let queues = g.queues.clone();
         let bufs = queues
             .chunks_exact(2)
@@ -142,6 +151,7 @@ mod tests {
     fn cfg(pairs: usize) -> TestbedConfig {
         TestbedConfig {
             guest_mem_bytes: 4 << 20,
+            region_len: None,
             queue_size: 64,
             pairs,
             frame_len: 64,

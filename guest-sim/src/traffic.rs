@@ -26,7 +26,7 @@ use vring::net::VirtioNetHdr;
 use vring::{GuestMemory, QueuePair};
 
 use crate::clock;
-use crate::driver::{Buf, DriverError, DriverQueue};
+use crate::driver::{Buf, DriverError, DriverQueue, FreeOrder};
 use crate::mock::MockGuest;
 
 const H: usize = VirtioNetHdr::SIZE;
@@ -83,6 +83,9 @@ pub struct TrafficConfig {
     pub mrg_rxbuf: bool,
     /// `VIRTIO_F_IN_ORDER` negotiated (the device may return a batch with one used element).
     pub in_order: bool,
+    /// Which free descriptors the driver reuses first (without `in_order`): Linux's LIFO
+    /// free list puts heads in no ring order.
+    pub free_order: FreeOrder,
     /// Compare every byte of received frames with the test pattern.
     pub verify_bytes: bool,
     /// Modeled cost of a VM exit, ns: the vCPU spins this long after each kick (the MMIO/PIO
@@ -198,12 +201,14 @@ struct Guest<'a> {
     cfg: &'a TrafficConfig,
     tx: DriverQueue,
     rx: DriverQueue,
-    /// Host offset of each TX buffer's per-frame fields (translated once).
-    tx_stamp_off: Vec<usize>,
+    /// Host offset of each TX buffer's per-frame fields (translated once); `None` where they
+    /// cross from one memory region into the next (then written by guest-physical address).
+    tx_stamp_off: Vec<Option<usize>>,
     /// RX buffer index by head.
     rx_slot: Vec<u32>,
-    /// Host offset of each RX buffer (translated once).
-    rx_off: Vec<usize>,
+    /// Host offset of each RX buffer (translated once); `None` for one that crosses from one
+    /// memory region into the next (then read by guest-physical address).
+    rx_off: Vec<Option<usize>>,
     next_seq: u64,
     rx_expect: u64,
     clock: Instant,
@@ -245,10 +250,14 @@ pub fn run(
         rx_foreign: 0,
         error: None,
     };
-    let tx = DriverQueue::new(&nic.mem, nic.pair.tx.addrs, cfg.event_idx)
-        .map(|q| q.with_in_order(cfg.in_order));
-    let rx = DriverQueue::new(&nic.mem, nic.pair.rx.addrs, cfg.event_idx)
-        .map(|q| q.with_in_order(cfg.in_order));
+    let tx = DriverQueue::new(&nic.mem, nic.pair.tx.addrs, cfg.event_idx).map(|q| {
+        q.with_in_order(cfg.in_order)
+            .with_free_order(cfg.free_order)
+    });
+    let rx = DriverQueue::new(&nic.mem, nic.pair.rx.addrs, cfg.event_idx).map(|q| {
+        q.with_in_order(cfg.in_order)
+            .with_free_order(cfg.free_order)
+    });
     let (tx, rx) = match (tx, rx) {
         (Ok(t), Ok(r)) => (t, r),
         (Err(e), _) | (_, Err(e)) => {
@@ -351,8 +360,14 @@ impl Guest<'_> {
 
     fn prepare_rx_buffers(&mut self) -> Result<(), DriverError> {
         for &b in &self.nic.bufs.rx {
-            let span = self.nic.mem.translate(b, self.nic.bufs.rx_len as u64)?;
-            self.rx_off.push(span.off);
+            let len = self.nic.bufs.rx_len as u64;
+            // A buffer across a region boundary is still a buffer; it is only not one span.
+            self.nic
+                .mem
+                .segments(b, len)
+                .try_for_each(|s| s.map(drop))?;
+            self.rx_off
+                .push(self.nic.mem.translate(b, len).ok().map(|s| s.off));
         }
         Ok(())
     }
@@ -364,7 +379,8 @@ impl Guest<'_> {
         for &b in &self.nic.bufs.tx {
             self.nic.mem.write_gpa(b, &f)?;
             let at = b + (H + frame::SEQ_OFFSET) as u64;
-            self.tx_stamp_off.push(self.nic.mem.translate(at, 16)?.off);
+            self.tx_stamp_off
+                .push(self.nic.mem.translate(at, 16).ok().map(|s| s.off));
         }
         Ok(())
     }
@@ -405,10 +421,17 @@ impl Guest<'_> {
     /// unaligned 8-byte stores into a buffer translated at set-up.
     #[inline]
     fn stamp_tx(&self, slot: usize, seq: u64, ts_ns: u64) -> Result<(), DriverError> {
-        Ok(self
-            .nic
-            .mem
-            .write_u64_pair(self.tx_stamp_off[slot], seq, ts_ns)?)
+        let mem = &self.nic.mem;
+        match self.tx_stamp_off[slot] {
+            Some(off) => Ok(mem.write_u64_pair(off, seq, ts_ns)?),
+            None => {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&seq.to_le_bytes());
+                b[8..].copy_from_slice(&ts_ns.to_le_bytes());
+                let at = self.nic.bufs.tx[slot] + (H + frame::SEQ_OFFSET) as u64;
+                Ok(mem.write_gpa(at, &b)?)
+            }
+        }
     }
 
     /// Posts TX buffer `slot`, already stamped, as the next chain (whose head is `slot`).
@@ -558,11 +581,14 @@ impl Guest<'_> {
             // once, as a driver keeps its buffers' addresses). The header is read whole even
             // if the device wrote less.
             let mut at = len.max(H).min(fb.len());
-            if let Err(e) = self
-                .nic
-                .mem
-                .read_at(self.rx_off[slot as usize], &mut fb[..at])
-            {
+            let read = match self.rx_off[slot as usize] {
+                Some(off) => self.nic.mem.read_at(off, &mut fb[..at]),
+                None => self
+                    .nic
+                    .mem
+                    .read_gpa(self.nic.bufs.rx[slot as usize], &mut fb[..at]),
+            };
+            if let Err(e) = read {
                 self.frame_buf = fb;
                 return Err(e.into());
             }
@@ -674,7 +700,7 @@ impl Guest<'_> {
         // the clock is read, so their ownership requests are in flight together rather than
         // each store waiting for its own in turn (x86 makes stores visible in order, so the
         // index's store would wait behind the stamp's).
-        if let Some(&off) = self
+        if let Some(&Some(off)) = self
             .tx
             .next_free_head()
             .and_then(|h| self.tx_stamp_off.get(h as usize))
@@ -702,7 +728,8 @@ impl Guest<'_> {
             .next_used_head()
             .and_then(|h| self.rx_slot.get(h as usize))
             .and_then(|&s| self.rx_off.get(s as usize))
-            .copied();
+            .copied()
+            .flatten();
         let used_line = self.rx.next_used_offset();
         loop {
             if self.rx.has_used(&self.nic.mem)? {

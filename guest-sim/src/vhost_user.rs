@@ -29,9 +29,6 @@ use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags}
 use vring::net::Features;
 use vring::{GuestMemory, QueuePair};
 
-/// What ring addresses are offset by from guest-physical ones (see the module documentation).
-pub const VA_OFFSET: u64 = 0x7f00_0000_0000;
-
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend has protocol features (a feature bit of the
 /// vhost-user transport, not of the device).
 pub const F_PROTOCOL_FEATURES: u32 = 30;
@@ -100,6 +97,8 @@ pub struct Frontend {
     features: Features,
     /// Queues started, for [`Frontend::stop`].
     queues: usize,
+    /// The memory table sent: (guest-physical, size, frontend address) per region.
+    table: Vec<(u64, u64, u64)>,
 }
 
 impl Frontend {
@@ -130,6 +129,7 @@ impl Frontend {
             protocol: 0,
             features: Features::empty(),
             queues: 0,
+            table: Vec::new(),
         };
         f.send(Request::SetOwner, &[], &[])?;
         Ok(f)
@@ -165,9 +165,10 @@ impl Frontend {
         self.protocol
     }
 
-    /// Sends the guest memory: the memfd once per region, with the region's offset in it.
+    /// Sends the guest memory: each region with its fd, its offset in it, and where this
+    /// process has it mapped (the frontend address ring addresses are then given in).
     pub fn set_mem_table(&mut self, mem: &GuestMemory) -> Result<(), VhostUserError> {
-        let regions = mem.regions();
+        let regions = mem.frontend_regions();
         if regions.is_empty() || regions.len() > MAX_REGIONS {
             return Err(VhostUserError::Unsendable(format!(
                 "{} memory regions (a table carries 1..={MAX_REGIONS})",
@@ -177,20 +178,28 @@ impl Frontend {
         let mut body = Vec::with_capacity(8 + 32 * regions.len());
         body.extend_from_slice(&(regions.len() as u32).to_le_bytes());
         body.extend_from_slice(&0u32.to_le_bytes());
-        // The regions lie back to back in the memfd in guest-physical order
-        // (`GuestMemory::regions` is sorted), so each one's file offset is the sum before it.
-        let mut file_off = 0u64;
-        for r in &regions {
-            let va = r.gpa.checked_add(VA_OFFSET).ok_or_else(|| {
-                VhostUserError::Unsendable(format!("region {:#x} has no address", r.gpa))
-            })?;
-            for v in [r.gpa, r.len, va, file_off] {
+        for (r, _) in &regions {
+            for v in [r.gpa, r.size, r.va, r.mmap_offset] {
                 body.extend_from_slice(&v.to_le_bytes());
             }
-            file_off += r.len;
         }
-        let fds: Vec<BorrowedFd<'_>> = regions.iter().map(|_| mem.fd()).collect();
+        self.table = regions.iter().map(|(r, _)| (r.gpa, r.size, r.va)).collect();
+        let fds: Vec<BorrowedFd<'_>> = regions.iter().map(|(_, fd)| *fd).collect();
         self.send(Request::SetMemTable, &body, &fds)
+    }
+
+    /// The frontend address of `len` bytes at guest-physical `gpa` (inside one region).
+    fn va(&self, gpa: u64, len: u64) -> Result<u64, VhostUserError> {
+        let end = gpa.checked_add(len);
+        self.table
+            .iter()
+            .find(|&&(g, size, _)| gpa >= g && end.is_some_and(|e| e <= g + size))
+            .map(|&(g, _, va)| va + (gpa - g))
+            .ok_or_else(|| {
+                VhostUserError::Unsendable(format!(
+                    "{gpa:#x}+{len:#x} is not inside one region of the memory table sent"
+                ))
+            })
     }
 
     /// Starts the device's queues (virtio-net order: RX `2n`, TX `2n + 1`), each at the
@@ -217,11 +226,13 @@ impl Frontend {
             let mut addr = Vec::with_capacity(40);
             addr.extend_from_slice(&idx.to_le_bytes());
             addr.extend_from_slice(&0u32.to_le_bytes()); // flags: no dirty logging
-            for gpa in [q.addrs.desc, q.addrs.used, q.addrs.avail] {
-                let va = gpa.checked_add(VA_OFFSET).ok_or_else(|| {
-                    VhostUserError::Unsendable(format!("ring at {gpa:#x} has no address"))
-                })?;
-                addr.extend_from_slice(&va.to_le_bytes());
+            let n = u64::from(q.addrs.size);
+            for (gpa, len) in [
+                (q.addrs.desc, 16 * n),
+                (q.addrs.used, 6 + 8 * n),
+                (q.addrs.avail, 6 + 2 * n),
+            ] {
+                addr.extend_from_slice(&self.va(gpa, len)?.to_le_bytes());
             }
             addr.extend_from_slice(&0u64.to_le_bytes()); // log_guest_addr
             self.send(Request::SetVringAddr, &addr, &[])?;
@@ -267,6 +278,34 @@ impl Frontend {
         }
         self.queues = 0;
         Ok(bases)
+    }
+
+    /// Sends request `code` with `body` as given, unchecked, and waits for its acknowledgement
+    /// when `REPLY_ACK` is on: to play a hostile or broken frontend in tests (ring addresses
+    /// outside the memory table, unknown requests, bodies of the wrong size).
+    pub fn send_raw(&mut self, code: u32, body: &[u8]) -> Result<(), VhostUserError> {
+        let mut hdr = [0u8; 12];
+        let flags = if self.reply_ack() { FLAG_NEED_REPLY } else { 0 };
+        hdr[0..4].copy_from_slice(&code.to_le_bytes());
+        hdr[4..8].copy_from_slice(&(VERSION | flags).to_le_bytes());
+        hdr[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        let mut msg = hdr.to_vec();
+        msg.extend_from_slice(body);
+        std::io::Write::write_all(&mut self.sock, &msg)?;
+        if !self.reply_ack() {
+            return Ok(());
+        }
+        let mut rh = [0u8; 12];
+        self.sock.read_exact(&mut rh)?;
+        let mut st = [0u8; 8];
+        self.sock.read_exact(&mut st)?;
+        match le64(&st) {
+            0 => Ok(()),
+            status => Err(VhostUserError::Refused {
+                request: Request::SetVringAddr,
+                status,
+            }),
+        }
     }
 
     /// Queue pairs the backend serves (`GET_QUEUE_NUM`, with `MQ`; 1 without).
@@ -504,20 +543,24 @@ mod tests {
         );
         // SET_FEATURES carries the intersection plus PROTOCOL_FEATURES.
         assert_eq!(le64(&seen[4].1), got.0 | 1 << F_PROTOCOL_FEATURES);
-        // SET_MEM_TABLE: one region, one fd, VA = GPA + offset, file offset 0.
+        // SET_MEM_TABLE: one region, one fd, its frontend address, file offset 0.
         let mt = &seen[5];
         assert_eq!((le32(&mt.1[0..4]), mt.2), (1, 1));
-        let r = tb.mem.regions()[0];
+        let (r, _) = tb.mem.frontend_regions()[0];
         assert_eq!(le64(&mt.1[8..16]), r.gpa);
-        assert_eq!(le64(&mt.1[16..24]), r.len);
-        assert_eq!(le64(&mt.1[24..32]), r.gpa + VA_OFFSET);
+        assert_eq!(le64(&mt.1[16..24]), r.size);
+        assert_eq!(le64(&mt.1[24..32]), r.va);
+        assert_ne!(
+            r.va, r.gpa,
+            "frontend addresses are not guest-physical ones"
+        );
         assert_eq!(le64(&mt.1[32..40]), 0);
         // SET_VRING_ADDR of queue 0: desc, used, avail as frontend addresses.
         let a = &seen[8].1;
         let q = tb.device[0].rx.addrs;
-        assert_eq!(le64(&a[8..16]), q.desc + VA_OFFSET);
-        assert_eq!(le64(&a[16..24]), q.used + VA_OFFSET);
-        assert_eq!(le64(&a[24..32]), q.avail + VA_OFFSET);
+        assert_eq!(le64(&a[8..16]), q.desc - r.gpa + r.va);
+        assert_eq!(le64(&a[16..24]), q.used - r.gpa + r.va);
+        assert_eq!(le64(&a[24..32]), q.avail - r.gpa + r.va);
         // Kick and call each carry their eventfd.
         assert_eq!((seen[9].2, seen[10].2), (1, 1));
         let _ = std::fs::remove_dir_all(&dir);
@@ -545,6 +588,7 @@ mod tests {
             protocol: 0,
             features: Features::empty(),
             queues: 0,
+            table: Vec::new(),
         };
         f.send(Request::SetOwner, &[], &[]).expect("owner");
         let e = f.negotiate(Features::of(&[32])).expect_err("refused");

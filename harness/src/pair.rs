@@ -15,6 +15,7 @@ use engine::sys;
 use engine::worker::{self, WorkerConfig};
 use guest_sim::testbed::{Testbed, TestbedConfig};
 use guest_sim::traffic::{self, TrafficConfig, TrafficReport, Workload};
+use guest_sim::FreeOrder;
 use vring::net::{bit, Features};
 
 use crate::host::{process_rss, Rss};
@@ -259,6 +260,7 @@ pub fn start_served(
     // One queue pair per device: one vCPU drives it.
     let tb = Testbed::new(&TestbedConfig {
         guest_mem_bytes: cfg.guest_mem_bytes,
+        region_len: None,
         queue_size: cfg.queue_size,
         pairs: 1,
         frame_len: cfg.frame_len,
@@ -284,6 +286,7 @@ pub fn start_served(
         indirect: cfg.indirect,
         mrg_rxbuf: cfg.mrg_rxbuf,
         in_order: cfg.in_order,
+        free_order: FreeOrder::Fifo,
         verify_bytes: cfg.verify_bytes,
         exit_cost_ns: cfg.exit_cost_ns,
         count_foreign: cfg.count_foreign,

@@ -18,5 +18,5 @@ pub mod memory;
 pub mod net;
 pub mod wiring;
 
-pub use memory::{GuestMemory, MemError, RegionSpec, Span};
+pub use memory::{FrontendRegion, GuestMemory, MemError, RegionSpec, Span};
 pub use wiring::{Direction, QueuePair, Virtqueue};

@@ -6,8 +6,9 @@
 //!   bounce copy) on a registered (fixed) file, one `io_uring_enter` for the batch, or 64
 //!   `writev(2)`s, whichever measures cheaper per frame on this fd as the run goes
 //!   (`Chooser`; the counters say which ran). A frame in one buffer uses `WRITE_FIXED` on
-//!   the guest memory registered as a fixed buffer (no page pinning per write); a scattered
-//!   frame uses `WRITEV`. A batch of one frame (request/response traffic) is a plain `writev`:
+//!   the guest memory registered as fixed buffers, one per memory region (no page pinning
+//!   per write); a scattered frame, or one crossing from one region into the next, uses
+//!   `WRITEV`. A batch of one frame (request/response traffic) is a plain `writev`:
 //!   there the ring is pure overhead.
 //! - RX: the worker gathers guest buffers for the largest frame the fd can deliver and the
 //!   frame is `readv`-ed straight into them (vhost-net's `recvmsg` into the guest's iov). The
@@ -150,6 +151,22 @@ fn after(spans: &[Span], mut skip: usize) -> impl Iterator<Item = Span> + '_ {
     })
 }
 
+/// The fixed buffer (of the registered regions `fixed`) that holds all of `one`, if any. With
+/// one region, one compare.
+#[inline]
+fn fixed_index(fixed: &[(usize, usize)], one: &libc::iovec) -> Option<u16> {
+    let (start, len) = (one.iov_base as usize, one.iov_len);
+    fixed
+        .iter()
+        .position(|&(base, size)| {
+            start >= base
+                && size
+                    .checked_sub(len)
+                    .is_some_and(|last| start - base <= last)
+        })
+        .and_then(|i| u16::try_from(i).ok())
+}
+
 /// A backend on a frame fd. See the module documentation.
 pub struct FrameFd {
     /// Its name in reports (`tap`, `packet`).
@@ -163,8 +180,9 @@ pub struct FrameFd {
     /// One iovec array per batch slot, reused; stable while the batch is in flight.
     iovs: Vec<sys::IoVecs>,
     rx_iov: sys::IoVecs,
-    /// Guest memory is registered as fixed buffer 0: its host address range.
-    fixed_mem: Option<(usize, usize)>,
+    /// Guest memory is registered as fixed buffers, one per region: buffer `i`'s host
+    /// address range is `fixed_mem[i]`. Empty when the kernel refused.
+    fixed_mem: Vec<(usize, usize)>,
     /// Largest frame RX must make room for, virtio-net header included.
     rx_room: usize,
     /// The tap may have a frame (cleared on `EAGAIN`, set by [`Backend::rx_wake`]).
@@ -215,22 +233,25 @@ impl FrameFd {
     ) -> io::Result<Self> {
         let ring = IoUring::new((batch as u32).next_power_of_two().max(8))?;
         ring.submitter().register_files(&[fd.as_raw_fd()])?;
-        let base = mem
-            .host_ptr(Span {
-                off: 0,
-                len: mem.mapped_len(),
+        let regions = mem
+            .host_regions()
+            .map(|s| {
+                mem.host_ptr(s).map(|p| libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: s.len,
+                })
             })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(io::Error::other)?;
-        let region = libc::iovec {
-            iov_base: base.cast(),
-            iov_len: mem.mapped_len(),
-        };
-        // SAFETY: the iovec covers exactly the guest-memory mapping, which stays mapped while
-        // any `Arc` of `mem` lives; the backend holds one in `self._mem`, and its `ring` field
-        // (and with it the registration) is dropped before that field.
-        let fixed_mem = match unsafe { ring.submitter().register_buffers(&[region]) } {
-            Ok(()) => Some((base as usize, mem.mapped_len())),
-            Err(_) => None,
+        // SAFETY: each iovec covers one region of the guest-memory mapping, which stays mapped
+        // while any `Arc` of `mem` lives; the backend holds one in `self._mem`, and its `ring`
+        // field (and with it the registration) is dropped before that field.
+        let fixed_mem = match unsafe { ring.submitter().register_buffers(&regions) } {
+            Ok(()) => regions
+                .iter()
+                .map(|v| (v.iov_base as usize, v.iov_len))
+                .collect(),
+            Err(_) => Vec::new(),
         };
         Ok(FrameFd {
             name,
@@ -255,7 +276,7 @@ impl FrameFd {
 
     /// Whether guest memory is registered as a fixed buffer.
     pub fn has_fixed_buffers(&self) -> bool {
-        self.fixed_mem.is_some()
+        !self.fixed_mem.is_empty()
     }
 
     /// Sends one frame with one `writev(2)`.
@@ -294,20 +315,21 @@ impl FrameFd {
             let mut iov = std::mem::take(&mut self.iovs[i]);
             let ok =
                 c.readable().len() <= MAX_SEGMENTS && iov.fill(mem, after(c.readable(), self.skip));
-            let entry = match (ok, iov.as_slice(), self.fixed_mem) {
+            // Header and frame in one buffer: the registered region it is in.
+            let fixed = match iov.as_slice() {
+                [one] => fixed_index(&self.fixed_mem, one),
+                _ => None,
+            };
+            let entry = match (ok, iov.as_slice(), fixed) {
                 (false, _, _) => None,
-                // Header and frame in one buffer, inside the registered guest memory.
-                (true, [one], Some((base, size)))
-                    if (one.iov_base as usize) >= base
-                        && (one.iov_base as usize) + one.iov_len <= base + size =>
-                {
+                (true, [one], Some(buf)) => {
                     self.stats.fixed_writes += 1;
                     Some(
                         opcode::WriteFixed::new(
                             types::Fixed(0),
                             one.iov_base as *const u8,
                             len as u32,
-                            0,
+                            buf,
                         )
                         .build()
                         .user_data(i as u64),
@@ -535,6 +557,32 @@ mod tests {
         window(&mut c, 400, 700);
         assert_eq!((c.current, c.switches), (Way::Uring, 2));
         assert_eq!(c.batches.iter().sum::<u64>(), 3 * u64::from(WINDOW));
+    }
+
+    #[test]
+    fn a_fixed_write_needs_the_whole_buffer_in_one_region() {
+        let fixed = [(0x1000, 0x1000), (0x8000, 0x100)];
+        let v = |base: usize, len: usize| libc::iovec {
+            iov_base: base as *mut libc::c_void,
+            iov_len: len,
+        };
+        assert_eq!(fixed_index(&fixed, &v(0x1000, 0x1000)), Some(0));
+        assert_eq!(fixed_index(&fixed, &v(0x1fff, 1)), Some(0));
+        assert_eq!(fixed_index(&fixed, &v(0x8010, 0xf0)), Some(1));
+        for (base, len) in [
+            (0x1fff, 2),
+            (0x0fff, 2),
+            (0x8000, 0x101),
+            (0x4000, 1),
+            (0, 0),
+        ] {
+            assert_eq!(
+                fixed_index(&fixed, &v(base, len)),
+                None,
+                "{base:#x}+{len:#x}"
+            );
+        }
+        assert_eq!(fixed_index(&[], &v(0x1000, 1)), None);
     }
 
     #[test]

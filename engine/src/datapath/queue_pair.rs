@@ -450,6 +450,7 @@ mod tests {
     fn full_tx_ring(event_idx: bool) -> (Arc<GuestMemory>, NetQueuePair, DriverQueue) {
         let tb = Testbed::new(&TestbedConfig {
             guest_mem_bytes: 8 << 20,
+            region_len: None,
             queue_size: QUEUE,
             pairs: 1,
             frame_len: 64,

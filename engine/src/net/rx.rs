@@ -11,7 +11,7 @@ use vring::net::VirtioNetHdr;
 use vring::{GuestMemory, Span};
 
 use crate::virtq::chain::write_iov;
-use crate::virtq::{Chain, DeviceQueue, QueueError};
+use crate::virtq::{Chain, DeviceQueue, QueueError, MAX_SEGMENTS};
 
 /// What [`RxWriter::gather`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +155,14 @@ impl RxWriter {
                 } else {
                     Gather::NoBuffers
                 });
+            }
+            // The frame's segments together are held to the iov limit too (vhost's
+            // `get_rx_bufs` stops at UIO_MAXIOV): thousands of chains of thousands of
+            // segments each must not become one vector of millions.
+            if self.iov.len() + self.cur.writable().len() > MAX_SEGMENTS {
+                self.heads.clear();
+                self.iov.clear();
+                return Err(q.fail(QueueError::TooManySegments(MAX_SEGMENTS)));
             }
             cap += self.cur.writable_len() as usize;
             self.heads.push((self.cur.head(), self.cur.writable_len()));

@@ -5,6 +5,13 @@
 //! while we walk it, and nothing we decide is based on a second read. Chains get a TTL (the
 //! table size) so a loop ends in [`QueueError::ChainLoop`]; lengths are summed in 64 bits and
 //! checked against 2^32 - 1; every address is translated with overflow checks.
+//!
+//! A buffer may cross from one memory region into the next (one memory backend per NUMA node,
+//! hot-plugged DIMMs): like Linux `translate_desc`, it becomes one segment per region, and so
+//! may an indirect table, whose descriptors are then read by guest-physical address. A range
+//! with any byte in a hole, or past the last region, is [`QueueError::BadAddress`]. Every
+//! segment counts against [`MAX_SEGMENTS`], so a guest splitting its buffers cannot make the
+//! device allocate without bound.
 
 use vring::layout::{Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use vring::{GuestMemory, Span};
@@ -16,7 +23,8 @@ use super::error::QueueError;
 pub const MAX_SEGMENTS: usize = 1024 + 64;
 
 /// A popped descriptor chain, as host segments: the device-readable ones first, then the
-/// device-writable ones (§2.7.4.2 requires that order).
+/// device-writable ones (§2.7.4.2 requires that order). A descriptor gives one segment per
+/// memory region its buffer lies in (none when it is empty).
 ///
 /// The segment vector is reused across pops, so the hot path does not allocate.
 #[derive(Debug, Default, Clone)]
@@ -219,16 +227,14 @@ pub(crate) fn walk(
         if d.len == 0 {
             return Ok(());
         }
-        let span =
-            mem.translate(d.addr, d.len as u64)
-                .map_err(|source| QueueError::BadAddress {
-                    addr: d.addr,
-                    len: d.len,
-                    source,
-                })?;
-        chain.segs.push(span);
-        chain.n_readable = usize::from(!write);
-        return Ok(());
+        return match mem.translate(d.addr, d.len as u64) {
+            Ok(span) => {
+                chain.segs.push(span);
+                chain.n_readable = usize::from(!write);
+                Ok(())
+            }
+            Err(_) => push_split(mem, d, chain),
+        };
     }
     walk_linked(mem, table, d, chain)
 }
@@ -296,13 +302,21 @@ fn walk_indirect(
     {
         return Err(QueueError::IndirectBadLength(bytes));
     }
-    let span = mem
-        .translate(ind.addr, bytes as u64)
-        .map_err(|source| QueueError::BadAddress {
-            addr: ind.addr,
-            len: bytes,
-            source,
-        })?;
+    let table = match mem.translate(ind.addr, bytes as u64) {
+        Ok(span) => IndirectTable::Mapped(span.off),
+        // Across regions: every byte of it must be mapped (Linux translates the whole table
+        // before reading it); its descriptors are then read by guest-physical address.
+        Err(_) => {
+            for seg in mem.segments(ind.addr, bytes as u64) {
+                seg.map_err(|source| QueueError::BadAddress {
+                    addr: ind.addr,
+                    len: bytes,
+                    source,
+                })?;
+            }
+            IndirectTable::Split(ind.addr)
+        }
+    };
     let mut idx: u32 = 0;
     let mut ttl = n;
     loop {
@@ -313,7 +327,10 @@ fn walk_indirect(
             });
         }
         ttl -= 1;
-        let d = read_desc(mem, span.off, idx as u16)?;
+        let d = match table {
+            IndirectTable::Mapped(off) => read_desc(mem, off, idx as u16)?,
+            IndirectTable::Split(gpa) => read_desc_gpa(mem, gpa, idx)?,
+        };
         if d.is_indirect() {
             return Err(QueueError::NestedIndirect);
         }
@@ -329,6 +346,32 @@ fn walk_indirect(
         }
         idx = d.next as u32;
     }
+}
+
+/// Where an indirect table's descriptors are read from.
+#[derive(Clone, Copy)]
+enum IndirectTable {
+    /// Inside one region: its host offset.
+    Mapped(usize),
+    /// Across regions (all of it mapped): its guest-physical address.
+    Split(u64),
+}
+
+/// Reads entry `idx` of an indirect table at `gpa` that crosses regions (the entry itself may
+/// too, if a boundary is not 16-aligned). Read once, like every descriptor.
+#[cold]
+fn read_desc_gpa(mem: &GuestMemory, gpa: u64, idx: u32) -> Result<Descriptor, QueueError> {
+    let mut b = [0u8; Descriptor::SIZE];
+    // The table was checked mapped as a whole and `idx` is inside it, so neither the sum nor
+    // the read fails; an error is reported all the same.
+    let at = gpa + idx as u64 * Descriptor::SIZE as u64;
+    mem.read_gpa(at, &mut b)
+        .map_err(|source| QueueError::BadRing {
+            part: "desc",
+            gpa: at,
+            source: Some(source),
+        })?;
+    Ok(Descriptor::from_bytes(b))
 }
 
 #[inline]
@@ -374,19 +417,39 @@ fn push(
     if d.len == 0 {
         return Ok(());
     }
-    let span = mem
-        .translate(d.addr, d.len as u64)
-        .map_err(|source| QueueError::BadAddress {
-            addr: d.addr,
-            len: d.len,
-            source,
-        })?;
+    let span = match mem.translate(d.addr, d.len as u64) {
+        Ok(span) => span,
+        Err(_) => return push_split(mem, d, chain),
+    };
     if chain.segs.len() == MAX_SEGMENTS {
         return Err(QueueError::TooManySegments(MAX_SEGMENTS));
     }
     chain.segs.push(span);
     if !write {
         chain.n_readable += 1;
+    }
+    Ok(())
+}
+
+/// The segments of a buffer that is not inside one region (Linux `translate_desc`): one per
+/// region it crosses, each counted against [`MAX_SEGMENTS`]; a byte in a hole or past the last
+/// region is [`QueueError::BadAddress`]. Off the hot path: `translate` already failed.
+#[cold]
+#[inline(never)]
+fn push_split(mem: &GuestMemory, d: Descriptor, chain: &mut Chain) -> Result<(), QueueError> {
+    for seg in mem.segments(d.addr, d.len as u64) {
+        let span = seg.map_err(|source| QueueError::BadAddress {
+            addr: d.addr,
+            len: d.len,
+            source,
+        })?;
+        if chain.segs.len() == MAX_SEGMENTS {
+            return Err(QueueError::TooManySegments(MAX_SEGMENTS));
+        }
+        chain.segs.push(span);
+        if !d.is_write_only() {
+            chain.n_readable += 1;
+        }
     }
     Ok(())
 }

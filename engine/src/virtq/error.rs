@@ -33,6 +33,17 @@ pub enum QueueError {
         /// Queue size.
         size: u16,
     },
+    /// A queue started at a base more than a queue's worth of chains past `used.idx` in guest
+    /// memory (or behind it): no ring can have that many chains in flight.
+    #[error("base {base} is more than {size} ahead of used.idx {used_idx}")]
+    BadBase {
+        /// The avail index the queue was to start at.
+        base: u16,
+        /// What guest memory holds.
+        used_idx: u16,
+        /// Queue size.
+        size: u16,
+    },
     /// A head index from the avail ring is not a descriptor-table index.
     #[error("head {head} out of range for queue size {size}")]
     HeadOutOfRange {
@@ -119,6 +130,7 @@ pub enum ErrorKind {
     BadSize,
     BadRing,
     AvailIdxJump,
+    BadBase,
     HeadOutOfRange,
     NextOutOfRange,
     ChainLoop,
@@ -144,6 +156,7 @@ impl ErrorKind {
         ErrorKind::BadSize,
         ErrorKind::BadRing,
         ErrorKind::AvailIdxJump,
+        ErrorKind::BadBase,
         ErrorKind::HeadOutOfRange,
         ErrorKind::NextOutOfRange,
         ErrorKind::ChainLoop,
@@ -167,6 +180,7 @@ impl ErrorKind {
             ErrorKind::BadSize => "bad_size",
             ErrorKind::BadRing => "bad_ring",
             ErrorKind::AvailIdxJump => "avail_idx_jump",
+            ErrorKind::BadBase => "bad_base",
             ErrorKind::HeadOutOfRange => "head_out_of_range",
             ErrorKind::NextOutOfRange => "next_out_of_range",
             ErrorKind::ChainLoop => "chain_loop",
@@ -193,6 +207,7 @@ impl QueueError {
             QueueError::BadSize(_) => ErrorKind::BadSize,
             QueueError::BadRing { .. } => ErrorKind::BadRing,
             QueueError::AvailIdxJump { .. } => ErrorKind::AvailIdxJump,
+            QueueError::BadBase { .. } => ErrorKind::BadBase,
             QueueError::HeadOutOfRange { .. } => ErrorKind::HeadOutOfRange,
             QueueError::NextOutOfRange { .. } => ErrorKind::NextOutOfRange,
             QueueError::ChainLoop { .. } => ErrorKind::ChainLoop,

@@ -19,6 +19,7 @@ use vring::GuestMemory;
 
 use super::chain::{self, Chain, Table};
 use super::error::{ErrorKind, QueueError};
+use super::state::QueueState;
 
 /// Counters of one queue. Plain integers: the queue has one owner thread, which copies them
 /// out into the shared metrics.
@@ -46,6 +47,8 @@ pub struct QueueStats {
 /// The device side of one split virtqueue.
 #[derive(Debug)]
 pub struct DeviceQueue {
+    /// Where the rings are (for [`DeviceQueue::state`]).
+    addrs: QueueAddrs,
     size: u16,
     mask: u16,
     table: Table,
@@ -76,15 +79,79 @@ pub struct DeviceQueue {
 }
 
 impl DeviceQueue {
-    /// Sets up the device side of a queue the driver placed at `addrs`, with the negotiated
-    /// `features` (`RING_EVENT_IDX`, `RING_INDIRECT_DESC`). Validates size, alignment and that
-    /// each ring part lies in guest memory; after this, ring accesses are offsets into parts
-    /// known to be mapped.
+    /// Sets up the device side of a new queue the driver placed at `addrs`, with the
+    /// negotiated `features` (`RING_EVENT_IDX`, `RING_INDIRECT_DESC`, `IN_ORDER`): both indices
+    /// start at 0, as after a device reset (the driver zeroed the rings). Validates size,
+    /// alignment and that each ring part lies in one memory region; after this, ring accesses
+    /// are offsets into parts known to be mapped.
     pub fn new(
         mem: &GuestMemory,
         addrs: QueueAddrs,
         features: Features,
     ) -> Result<Self, QueueError> {
+        Self::setup(mem, addrs, features)
+    }
+
+    /// Starts the device side of a queue that may already be in use (`SET_VRING_BASE`, then
+    /// the ring is kicked): the device takes avail entries from `state.next_avail` on, and its
+    /// used index from `used.idx` in guest memory, where the ring's last user left it (Linux
+    /// `vhost_vq_init_access`). A base more than a queue's worth of chains ahead of `used.idx`
+    /// is [`QueueError::BadBase`]; the ring itself is checked as in [`DeviceQueue::new`].
+    pub fn start(
+        mem: &GuestMemory,
+        state: QueueState,
+        features: Features,
+    ) -> Result<Self, QueueError> {
+        let mut q = Self::setup(mem, state.addrs, features)?;
+        // Acquire: whatever returned the chains up to this index (the previous device) wrote
+        // their used elements before it.
+        let used_idx = mem
+            .load_u16(q.used_off + used::IDX as usize, Ordering::Acquire)
+            .map_err(|e| QueueError::BadRing {
+                part: "used",
+                gpa: state.addrs.used,
+                source: Some(e),
+            })?;
+        let base = state.next_avail;
+        if base.wrapping_sub(used_idx) > q.size {
+            return Err(QueueError::BadBase {
+                base,
+                used_idx,
+                size: q.size,
+            });
+        }
+        q.next_avail = base;
+        // Nothing is known of the guest's index until it is read ("forget the cached index").
+        q.avail_idx = base;
+        q.next_used = used_idx;
+        q.published_used = used_idx;
+        Ok(q)
+    }
+
+    /// Where the queue stands: what `GET_VRING_BASE` reports (see [`QueueState`]).
+    pub fn state(&self) -> QueueState {
+        QueueState {
+            addrs: self.addrs,
+            next_avail: self.next_avail,
+        }
+    }
+
+    /// Stops the queue (`GET_VRING_BASE`) and returns where it stopped; a later
+    /// [`DeviceQueue::start`] from it goes on from there. Return or give back every popped
+    /// chain first ([`DeviceQueue::in_flight`] is then 0): one still out is lost to the guest.
+    /// Used elements added and not yet published are published here.
+    pub fn stop(mut self, mem: &GuestMemory) -> QueueState {
+        // Published even on a broken queue: the chains were returned before it broke.
+        let _ = self.publish_used(mem);
+        self.state()
+    }
+
+    /// Chains popped and not yet returned through the used ring.
+    pub fn in_flight(&self) -> u16 {
+        self.next_avail.wrapping_sub(self.next_used)
+    }
+
+    fn setup(mem: &GuestMemory, addrs: QueueAddrs, features: Features) -> Result<Self, QueueError> {
         let size = addrs.size;
         if size == 0 || !size.is_power_of_two() || size > layout::MAX_QUEUE_SIZE {
             return Err(QueueError::BadSize(size));
@@ -114,6 +181,7 @@ impl DeviceQueue {
         let avail_off = part("avail", addrs.avail, avail::size(size), layout::AVAIL_ALIGN)?;
         let used_off = part("used", addrs.used, used::size(size), layout::USED_ALIGN)?;
         Ok(DeviceQueue {
+            addrs,
             size,
             mask: size - 1,
             table: Table {
@@ -329,8 +397,10 @@ impl DeviceQueue {
         } else {
             for head in heads {
                 let off = self.used_off + used::ring(self.next_used & self.mask) as usize;
-                res = mem.write_u64(off, head as u64 | (len as u64) << 32);
-                if res.is_err() {
+                // `res` is assigned only on the way out: overwriting it every element made the
+                // loop run the drop glue of the `Result` it replaced, per element.
+                if let Err(e) = mem.write_u64(off, head as u64 | (len as u64) << 32) {
+                    res = Err(e);
                     break;
                 }
                 self.next_used = self.next_used.wrapping_add(1);

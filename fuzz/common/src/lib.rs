@@ -8,5 +8,6 @@
 //! bytes into `fuzz/seeds/<target>/`. This is the layout of rust-vmm vm-virtio's
 //! `fuzz/common`.
 
+pub mod mem_table;
 pub mod net_header;
 pub mod virtq_device;

@@ -78,3 +78,8 @@ fn net_header_corpus() {
         true
     });
 }
+
+#[test]
+fn mem_table_corpus() {
+    replay_all("mem_table", fuzz_common::mem_table::replay_bytes);
+}

@@ -377,6 +377,52 @@ fn buffer_across_the_end_of_a_region() {
 }
 
 #[test]
+fn buffers_and_tables_across_two_regions_are_popped() {
+    // From B into C: a TX chain whose header straddles the boundary, an RX buffer across
+    // it, and an indirect chain whose table does (entry 1 straddles).
+    let across = |back| Addr::RegionEnd { in_b: true, back };
+    let setup = vec![
+        post(0, vec![buf(across(5), 200, false)]),
+        post(1, vec![buf(across(100), 300, true)]),
+        GuestWrite::PostChain {
+            at: 2,
+            bufs: vec![
+                buf(Addr::Arena(0), 12, false),
+                buf(across(40), 80, false),
+                buf(Addr::B(0), 64, false),
+            ],
+            indirect: Some(across(24)),
+        },
+    ];
+    let ops = vec![
+        Op::PopTx,
+        Op::Pop { skip: 3 },
+        Op::Pop { skip: 50 },
+        Op::AddUsedBatch {
+            heads: BatchHeads::Popped(3),
+            len: 0,
+        },
+        Op::Publish,
+    ];
+    let mut inp = input(setup, ops);
+    inp.indirect = true;
+    let out = replay(&inp);
+    assert!(out.started);
+    assert_eq!(out.first_err, None, "{inp:?}");
+    assert_eq!(out.stats.chains, 3);
+}
+
+#[test]
+fn buffer_past_the_last_region() {
+    // C ends the memory: running off it is a bad address, as is running from A into the hole.
+    let setup = vec![post(0, vec![buf(Addr::Raw(0x10_a000 - 10), 64, false)])];
+    broken_by(
+        input(setup, vec![Op::Pop { skip: 0 }]),
+        ErrorKind::BadAddress,
+    );
+}
+
+#[test]
 fn head_out_of_range() {
     let setup = vec![GuestWrite::Post(vec![Head::Raw(16)])];
     broken_by(

@@ -13,7 +13,7 @@ use vring::GuestMemory;
 use super::guest::{Ctx, Guest};
 use super::input::{BatchHeads, Input, Op, Placement, UsedHead};
 use super::oracle::check_chain;
-use super::{Outcome, MAX_BATCH, MAX_OPS};
+use super::{mapped, Outcome, MAX_BATCH, MAX_OPS};
 
 /// The device under test and a model of what each operation must do to it.
 struct Harness<'a> {
@@ -118,6 +118,14 @@ impl Harness<'_> {
             }
             QueueError::HeadOutOfRange { head, size } => {
                 assert!(head >= size, "{e:?}");
+            }
+            // A buffer (or indirect table) across regions is legal; only one with a byte
+            // outside every region is not.
+            QueueError::BadAddress { addr, len, .. } => {
+                assert!(
+                    !mapped(addr, len as u64),
+                    "BadAddress for a mapped range: {e:?}"
+                );
             }
             _ => {}
         }

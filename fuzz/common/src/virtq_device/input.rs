@@ -11,7 +11,8 @@ pub enum Addr {
     B(u16),
     /// Anywhere in region A, rings included.
     A(u16),
-    /// `back` bytes before the end of a region (straddles it when `len > back`).
+    /// `back` bytes before the end of a region (straddles it when `len > back`: from B into
+    /// C, from A into the hole).
     RegionEnd {
         /// The end of region B, else of region A.
         in_b: bool,

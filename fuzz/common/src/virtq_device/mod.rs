@@ -1,6 +1,8 @@
 //! The device side of a split virtqueue against a hostile guest.
 //!
-//! Guest memory is two regions with a hole between them (a `MockGuest`). The input picks a
+//! Guest memory is three regions (a `MockGuest` with one memfd per region, mapped apart): A,
+//! a hole, then B and C back to back, so a buffer may cross from B into C (one segment per
+//! region) while one running off A's end is in the hole. The input picks a
 //! queue size (1, 2, 16 or 256), the negotiated features (event index, indirect, mergeable RX,
 //! in-order), where the three ring parts go (the mock's packed layout, or anywhere:
 //! overlapping, in the second region, misaligned, unmapped), the initial descriptor table, a
@@ -11,12 +13,14 @@
 //! interleaved with more guest writes.
 //!
 //! Descriptor addresses are drawn mostly as small offsets into the regions (so chains are often
-//! valid), mixed with region edges, the hole and raw 64-bit values.
+//! valid), mixed with region edges (B's end runs on into C, A's into the hole, C's past the
+//! last region), the hole and raw 64-bit values.
 //!
 //! After every operation the replay checks:
 //! - popped chains: head in range, every segment non-empty, inside the mapping
-//!   (`host_ptr` succeeds) and inside one region; `readable_len`/`writable_len` are the sums of
-//!   the segment lengths; `read_into`/`readable_from`/`write_from` agree with the segments;
+//!   (`host_ptr` succeeds) and inside one region; at most one segment per region per
+//!   descriptor; `readable_len`/`writable_len` are the sums of the segment lengths;
+//!   `read_into`/`readable_from`/`write_from` agree with the segments;
 //! - index bookkeeping: `next_avail`/`next_used` move exactly as the operation says, an empty
 //!   pop means `avail.idx` in memory equals `next_avail`, published `used.idx` is in memory,
 //!   RX used elements add up to header + frame;
@@ -25,7 +29,9 @@
 //!   the check); a used batch with `IN_ORDER` writes one element, in the batch's first slot,
 //!   naming its last head, leaves the batch's other slots alone and moves `next_used` by the
 //!   batch size; without it, one element per head;
-//! - errors: the first error marks the queue broken with that error and counts it; before it,
+//! - errors: `BadAddress` only for a range that is not all inside the regions (by a model of
+//!   the region table of its own); the first error marks the queue broken with that error and
+//!   counts it; before it,
 //!   nothing is broken and every counter is zero; after it, every pop, TX pop, RX delivery,
 //!   `pending` and `enable_notifications` returns `QueueError::Broken`, and
 //!   `needs_notification` says true. (`add_used` and `add_used_batch` still complete chains
@@ -64,12 +70,29 @@ pub const REGION_B: RegionSpec = RegionSpec {
 };
 const A_END: u64 = REGION_A.gpa + REGION_A.len;
 const B_END: u64 = REGION_B.gpa + REGION_B.len;
-/// Host offsets: the mock lays the regions out back to back in gpa order.
-const HOST_A: (usize, usize) = (0, REGION_A.len as usize);
-const HOST_B: (usize, usize) = (
-    REGION_A.len as usize,
-    (REGION_A.len + REGION_B.len) as usize,
-);
+/// Right after B (a second memory backend): buffers running off B's end go on into it.
+pub const REGION_C: RegionSpec = RegionSpec {
+    gpa: B_END,
+    len: 0x2000,
+};
+/// Every region, in guest-physical order.
+pub const REGIONS: [RegionSpec; 3] = [REGION_A, REGION_B, REGION_C];
+
+/// Whether every byte of `[addr, addr + len)` is in one of [`REGIONS`]: the model the
+/// device's translation is checked against.
+pub(crate) fn mapped(addr: u64, len: u64) -> bool {
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
+    let mut at = addr;
+    while at < end {
+        match REGIONS.iter().find(|r| r.gpa <= at && at < r.gpa + r.len) {
+            Some(r) => at = r.gpa + r.len,
+            None => return false,
+        }
+    }
+    true
+}
 
 /// The queue sizes [`Input::size`] picks from.
 pub const SIZES: [u16; 4] = [1, 2, 16, 256];
@@ -109,7 +132,7 @@ pub fn replay(input: &Input) -> Outcome {
     GUESTS.with(|guests| {
         let mut guests = guests.borrow_mut();
         let guest = guests[si].get_or_insert_with(|| {
-            MockGuest::with_regions(&[REGION_A, REGION_B], &[SIZES[si]]).expect("mock guest")
+            MockGuest::with_split_regions(&REGIONS, &[SIZES[si]]).expect("mock guest")
         });
         let mem = &guest.mem;
         mem.fill(

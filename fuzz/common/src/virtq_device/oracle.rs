@@ -4,7 +4,7 @@
 use engine::virtq::{Chain, MAX_SEGMENTS};
 use vring::{GuestMemory, Span};
 
-use super::{HOST_A, HOST_B, MAX_COMPARE};
+use super::{MAX_COMPARE, REGIONS};
 
 /// A segment is non-empty, inside the mapping and inside one region.
 fn check_segment(mem: &GuestMemory, s: Span, what: &str) {
@@ -14,9 +14,11 @@ fn check_segment(mem: &GuestMemory, s: Span, what: &str) {
         "{what}: segment {s:?} outside the mapping"
     );
     let end = s.off + s.len;
-    let in_a = s.off >= HOST_A.0 && end <= HOST_A.1;
-    let in_b = s.off >= HOST_B.0 && end <= HOST_B.1;
-    assert!(in_a || in_b, "{what}: segment {s:?} straddles two regions");
+    assert!(
+        mem.host_regions()
+            .any(|r| s.off >= r.off && end <= r.off + r.len),
+        "{what}: segment {s:?} is not inside one region"
+    );
 }
 
 /// Reads the bytes of `segs`, concatenated.
@@ -61,8 +63,9 @@ pub(super) fn check_chain(mem: &GuestMemory, chain: &Chain, size: u16, skip: usi
         chain.descriptors() >= 1,
         "a chain has at least one descriptor"
     );
+    // A buffer is one segment per region it crosses.
     assert!(
-        segs <= chain.descriptors() as usize,
+        segs <= chain.descriptors() as usize * REGIONS.len(),
         "{segs} segments from {} descriptors",
         chain.descriptors()
     );
