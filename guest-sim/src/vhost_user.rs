@@ -492,6 +492,7 @@ mod tests {
             pairs: 1,
             frame_len: 64,
             mrg_rxbuf: true,
+            region_len: None,
         })
         .expect("testbed");
         let backend = std::thread::spawn(move || {
