@@ -9,9 +9,10 @@
 //! library is the independent check of both.
 //!
 //! - Ring addresses are sent as *frontend virtual addresses*, as QEMU sends its own mappings'
-//!   addresses: here guest-physical + [`VA_OFFSET`], so a backend that confuses the two
+//!   addresses: where this process has each region mapped, so a backend that confuses the two
 //!   translations fails loudly instead of working by accident.
-//! - Each region of the guest's memfd goes in `SET_MEM_TABLE` with its offset in the file.
+//! - Each region goes in `SET_MEM_TABLE` with its fd and its offset in it
+//!   ([`GuestMemory::frontend_regions`]).
 //! - With `VHOST_USER_F_PROTOCOL_FEATURES` negotiated, rings start disabled and are enabled
 //!   with `SET_VRING_ENABLE`; with `REPLY_ACK`, every request that has no reply of its own
 //!   asks for an acknowledgement, so a refusal is seen at the request that caused it.
