@@ -24,6 +24,7 @@ use engine::worker::WorkerConfig;
 use guest_sim::vhost_user::Frontend;
 use vring::net::bit;
 
+use super::null::Null;
 use super::Mode;
 use crate::ceilings::Ceiling;
 use crate::pair::{self, null_backend, PairConfig, RunOutcome, Served};
@@ -99,20 +100,12 @@ impl Mode for VhostUser {
 
     /// The engine through the protocol is the engine: the same ceilings as `null`.
     fn ceiling(&self, workload: Workload, size: u32) -> Option<Ceiling> {
-        match workload {
-            Workload::Rr => Some(Ceiling::BusyPollWakeRtt),
-            Workload::Tx | Workload::Rx => Ceiling::spsc_copy(size),
-        }
+        Null.ceiling(workload, size)
     }
 
-    /// Throughput without polling against the copy ring whose two sides sleep on eventfds
-    /// with armed-flag suppression (`sleep_ring_<size>_q<queue>`): a busy ring would charge
-    /// the engine for sleeping at all.
+    /// As `null`'s: the ring whose two sides sleep, when neither polls.
     fn sleeping_ceiling(&self, workload: Workload, size: u32, queue: u16) -> Option<Ceiling> {
-        match workload {
-            Workload::Tx | Workload::Rx => Ceiling::sleep_ring(size, queue),
-            Workload::Rr => None,
-        }
+        Null.sleeping_ceiling(workload, size, queue)
     }
 
     fn vs_emulated(&self) -> bool {
