@@ -123,6 +123,9 @@ pub struct NetServer {
     pairs: usize,
     offer: Features,
     acked: Option<Features>,
+    /// `VHOST_USER_F_PROTOCOL_FEATURES` was acknowledged: rings then start disabled and wait
+    /// for `SET_VRING_ENABLE` (otherwise a ring is enabled by its kick).
+    protocol_acked: bool,
     protocol: VhostUserProtocolFeatures,
     mem: Option<MemTable>,
     queues: Vec<QueueSetup>,
@@ -163,6 +166,7 @@ impl NetServer {
             pairs,
             offer: DEFAULT_OFFER,
             acked: None,
+            protocol_acked: false,
             protocol: VhostUserProtocolFeatures::empty(),
             mem: None,
             queues: (0..2 * pairs).map(|_| QueueSetup::default()).collect(),
@@ -331,6 +335,7 @@ impl NetServer {
     fn reset(&mut self) {
         self.stop_device();
         self.acked = None;
+        self.protocol_acked = false;
         self.protocol = VhostUserProtocolFeatures::empty();
         self.mem = None;
         self.queues
@@ -387,6 +392,7 @@ impl VhostUserBackendReqHandlerMut for NetServer {
         let r = negotiate(self.offer, Features(features & !F_PROTOCOL_FEATURES))
             .map_err(|e| refuse(format!("features {features:#x}: {e}")));
         let r = self.refused(r)?;
+        self.protocol_acked = features & F_PROTOCOL_FEATURES != 0;
         if self.running.is_some() && self.acked != Some(r) {
             return self.refused(Err(refuse("features changed while the device runs".into())));
         }
@@ -461,7 +467,7 @@ impl VhostUserBackendReqHandlerMut for NetServer {
     }
 
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VuResult<()> {
-        let has_protocol = self.acked.is_some() && self.protocol_negotiated();
+        let has_protocol = self.protocol_acked;
         let r = self.queue(u32::from(index)).map(|q| {
             q.kick = fd;
             // Without protocol features a ring is enabled when it gets its kick.
@@ -580,11 +586,6 @@ impl VhostUserBackendReqHandlerMut for NetServer {
 }
 
 impl NetServer {
-    fn protocol_negotiated(&self) -> bool {
-        // PROTOCOL_FEATURES is a transport bit: it was acked if protocol features were set.
-        !self.protocol.is_empty()
-    }
-
     fn unsupported<T>(&mut self, what: &str) -> VuResult<T> {
         self.refused(Err(refuse(format!("{what} is not supported"))))
     }
