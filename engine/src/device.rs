@@ -97,6 +97,10 @@ pub struct DeviceReport {
     /// The backends' own counters (for example the null sink's order checks), summed over
     /// the pairs by name.
     pub backend_stats: Vec<(&'static str, u64)>,
+    /// Where each queue stopped, by queue index (RX `2n`, TX `2n + 1`): the avail index the
+    /// device would have taken next (`GET_VRING_BASE`). Empty for a device that does not
+    /// say (the emulated loop).
+    pub stopped_at: Vec<u16>,
 }
 
 impl DeviceReport {

@@ -230,24 +230,9 @@ impl NetServer {
         let report = dev.stop();
         self.stopped_served = self.stopped_served.add(Served::of(&metrics));
         for (i, q) in self.queues.iter().enumerate() {
-            self.stopped_at[i] = Some(self.stop_index(i, q));
+            self.stopped_at[i] = Some(report.stopped_at.get(i).copied().unwrap_or(q.base));
         }
         self.reports.push(report);
-    }
-
-    /// Where queue `i` stopped: the next avail index the device would have taken. The worker
-    /// returns every chain it took before it stops, so that is the used ring's index.
-    fn stop_index(&self, _i: usize, q: &QueueSetup) -> u16 {
-        let (Some(mem), Some((_, used_va, _))) = (&self.mem, q.addr) else {
-            return q.base;
-        };
-        mem.va_to_gpa(used_va, 4)
-            .and_then(|gpa| {
-                let mut b = [0u8; 2];
-                mem.mem.read_gpa(gpa + 2, &mut b).ok()?;
-                Some(u16::from_le_bytes(b))
-            })
-            .unwrap_or(q.base)
     }
 
     /// Starts the device if every queue is ready and enabled.
@@ -291,12 +276,6 @@ impl NetServer {
                     ))
                 })?;
             }
-            if q.base != 0 {
-                return Err(refuse(format!(
-                    "queue {i}: starting at avail index {} is not supported yet",
-                    q.base
-                )));
-            }
             let clone = |f: &File| f.try_clone().map_err(VuError::ReqHandlerError);
             wired.push(Virtqueue {
                 addrs: QueueAddrs {
@@ -307,6 +286,7 @@ impl NetServer {
                 },
                 kick: clone(kick)?,
                 call: clone(call)?,
+                base: q.base,
             });
         }
         let mut it = wired.into_iter();

@@ -17,7 +17,8 @@ use engine::worker::WorkerConfig;
 use guest_sim::testbed::{Testbed, TestbedConfig};
 use guest_sim::traffic::{self, TrafficConfig, Workload};
 use guest_sim::vhost_user::{Frontend, VhostUserError};
-use guest_sim::FreeOrder;
+use guest_sim::{Buf, DriverQueue, FreeOrder};
+use std::io::Write;
 use vring::net::{bit, Features};
 
 const FRAME: usize = 64;
@@ -227,5 +228,70 @@ fn bad_requests_are_refused_and_the_server_keeps_serving() {
     let st = srv.state().stats.clone();
     assert_eq!(st.connections, 3, "{st:?}");
     assert!(st.refused >= 2, "{st:?}");
+    srv.shutdown().expect("shutdown");
+}
+
+/// A frontend that stops its queues (`GET_VRING_BASE`), goes away and comes back with those
+/// bases (`SET_VRING_BASE`) is served from where the rings stopped: the device starts at the
+/// base instead of rejecting a ring already in use, and the next frames are taken once.
+#[test]
+fn a_frontend_that_comes_back_resumes_where_the_queues_stopped() {
+    let (srv, path) = server("resume", Workload::Tx);
+    let tb = testbed();
+    let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
+    let f = fe.negotiate(wanted()).expect("negotiate");
+    fe.set_mem_table(&tb.mem).expect("memory");
+    fe.start(&tb.device, &[0, 0]).expect("start");
+    let stop = AtomicBool::new(false);
+    let mut bases = None;
+    let r = traffic::run(
+        &tb.guest[0],
+        &traffic_cfg(Workload::Tx, f),
+        &stop,
+        &mut || {
+            bases = Some(fe.stop().expect("GET_VRING_BASE"));
+        },
+    );
+    assert!(r.error.is_none() && r.sent > 0, "{:?}", r.error);
+    let bases = bases.expect("stopped");
+    assert_eq!(u64::from(bases[1]), r.sent % 65536);
+    drop(fe);
+
+    // Back again, at the bases it was given; the guest's driver goes on from there too (its
+    // rings set up before the device starts on them, as a driver does before DRIVER_OK).
+    let g = &tb.guest[0];
+    let mut q = DriverQueue::new_at(&g.mem, g.pair.tx.addrs, true, bases[1]).expect("driver");
+    let mut fe = Frontend::connect(&path, PATIENCE).expect("reconnect");
+    fe.negotiate(wanted()).expect("negotiate");
+    fe.set_mem_table(&tb.mem).expect("memory");
+    fe.start(&tb.device, &bases).expect("resume");
+    const MORE: u64 = 10;
+    for i in 0..MORE {
+        let gpa = g.bufs.tx[i as usize];
+        let mut b = vec![0u8; 12 + FRAME];
+        vring::frame::fill(&mut b[12..], r.sent + i, 0);
+        g.mem.write_gpa(gpa, &b).expect("frame");
+        q.add_one(&g.mem, Buf::read(gpa, b.len() as u32))
+            .expect("post");
+    }
+    q.publish(&g.mem).expect("publish");
+    (&g.pair.tx.kick)
+        .write_all(&1u64.to_ne_bytes())
+        .expect("kick");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while srv.state().served().tx_packets < r.sent + MORE && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        srv.state().served().tx_packets,
+        r.sent + MORE,
+        "each frame taken once"
+    );
+    let st = srv.state().stats.clone();
+    assert_eq!((st.starts, st.refused), (2, 0), "{st:?}");
+    assert_eq!(
+        fe.stop().expect("stop again"),
+        vec![bases[0], bases[1].wrapping_add(MORE as u16)]
+    );
     srv.shutdown().expect("shutdown");
 }

@@ -117,8 +117,14 @@ pub fn wire(queues: &[QueueAddrs]) -> Result<(Vec<QueuePair>, Vec<QueuePair>), T
     let device = QueuePair::from_queues(queues, |addrs| -> io::Result<Virtqueue> {
         let (kick_dev, kick) = eventfd_pair()?;
         let (call_dev, call) = eventfd_pair()?;
-        guest_side.push(Virtqueue { addrs, kick, call });
+        guest_side.push(Virtqueue {
+            addrs,
+            kick,
+            call,
+            base: 0,
+        });
         Ok(Virtqueue {
+            base: 0,
             addrs,
             kick: kick_dev,
             call: call_dev,

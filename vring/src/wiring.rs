@@ -19,6 +19,9 @@ pub struct Virtqueue {
     pub kick: File,
     /// Written by the device when it has used buffers (and the driver asked).
     pub call: File,
+    /// The avail index the device starts at: 0 for a fresh ring, or what a vhost-user
+    /// frontend sends in `SET_VRING_BASE` (where a previous device stopped).
+    pub base: u16,
 }
 
 /// A receive queue and a transmit queue, the unit of a virtio-net device's data path.

@@ -103,8 +103,20 @@ impl NetQueuePair {
         if cfg.batch == 0 || cfg.batch > crate::worker::VHOST_NET_BATCH {
             return Err(DeviceError::Config("batch must be in 1..=64"));
         }
-        let txq = DeviceQueue::new(mem, wiring.tx.addrs, features)?;
-        let rxq = DeviceQueue::new(mem, wiring.rx.addrs, features)?;
+        let queue = |q: &vring::Virtqueue| match q.base {
+            0 => DeviceQueue::new(mem, q.addrs, features),
+            // A ring a previous device used: start where it stopped (`SET_VRING_BASE`).
+            base => DeviceQueue::start(
+                mem,
+                crate::virtq::QueueState {
+                    addrs: q.addrs,
+                    next_avail: base,
+                },
+                features,
+            ),
+        };
+        let txq = queue(&wiring.tx)?;
+        let rxq = queue(&wiring.rx)?;
         let pair = NetQueuePair {
             index,
             txq,

@@ -144,6 +144,10 @@ pub fn spawn(
             for s in &w.slots {
                 let stats = s.q.backend.stats();
                 w.report.add_backend_stats(stats);
+                // Every chain taken was returned at the end of its round.
+                w.report
+                    .stopped_at
+                    .extend([s.q.rxq.state().next_avail, s.q.txq.state().next_avail]);
             }
             std::mem::take(&mut w.report)
         })?;
