@@ -78,3 +78,24 @@ fn install() {
         }
     });
 }
+
+/// Locks `m` for an exit hook: waits at most `patience` (another thread may hold it, or this
+/// very thread may have panicked holding it) and takes over a poisoned lock; `None` if it
+/// stayed busy, so a hook never blocks an exit for long.
+pub(crate) fn lock_within<T>(
+    m: &std::sync::Mutex<T>,
+    patience: std::time::Duration,
+) -> Option<std::sync::MutexGuard<'_, T>> {
+    use std::sync::TryLockError;
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}

@@ -26,8 +26,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
@@ -212,19 +212,9 @@ fn delete(name: &str) -> anyhow::Result<()> {
 /// the registry stays locked (a thread is in `ip netns add`/`del`, or this very thread
 /// panicked holding it) it gives up after [`LOCK_PATIENCE`].
 fn delete_all_registered() {
-    let deadline = Instant::now() + LOCK_PATIENCE;
-    let mut live = loop {
-        match LIVE.try_lock() {
-            Ok(g) => break g,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(TryLockError::WouldBlock) => {
-                eprintln!("vhostbench: network namespaces left behind (registry busy)");
-                return;
-            }
-        }
+    let Some(mut live) = crate::exit::lock_within(&LIVE, LOCK_PATIENCE) else {
+        eprintln!("vhostbench: network namespaces left behind (registry busy)");
+        return;
     };
     for name in live.drain(..) {
         match delete(&name) {

@@ -31,7 +31,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -394,19 +394,9 @@ fn release_one(
 /// The exit hook: releases every claim of this process, waiting a bounded time for the
 /// registry and the lock.
 pub(super) fn release_all_live() {
-    let deadline = Instant::now() + HOOK_PATIENCE;
-    let mut live = loop {
-        match LIVE.try_lock() {
-            Ok(g) => break g,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(TryLockError::WouldBlock) => {
-                eprintln!("vhostbench: hugepage claims left behind (registry busy)");
-                return;
-            }
-        }
+    let Some(mut live) = crate::exit::lock_within(&LIVE, HOOK_PATIENCE) else {
+        eprintln!("vhostbench: hugepage claims left behind (registry busy)");
+        return;
     };
     let claims: Vec<(HugepageFiles, String)> = live.drain(..).collect();
     drop(live);
