@@ -130,7 +130,7 @@ impl NetQueuePair {
             tx_notify: false,
             rx_notify: false,
             tx_tally: TxTally::default(),
-            rxw: RxWriter::new(features.has(bit::MRG_RXBUF)),
+            rxw: RxWriter::with_batch(features.has(bit::MRG_RXBUF), cfg.batch),
         };
         Ok((pair, [wiring.tx.kick, wiring.rx.kick]))
     }

@@ -505,3 +505,86 @@ impl XorShift {
         self.0
     }
 }
+
+/// Posts one writable `len`-byte buffer per head 0..n at `DATA + 256 * head`, in ring order.
+fn post_rx(g: &MockGuest, n: u16, len: u32) {
+    for i in 0..n {
+        g.write_desc(0, i, d(DATA + 256 * i as u64, len, WRITE, 0))
+            .expect("desc");
+        g.write_avail_slot(0, i, i).expect("slot");
+    }
+    g.set_avail_idx(0, n).expect("idx");
+}
+
+#[test]
+fn rx_batch_with_a_bad_buffer_breaks_the_queue_at_once() {
+    // Buffers 0..3 are good, 3 is device-readable: the batch that reaches it breaks the queue
+    // with that buffer's error, for the frame being delivered, and the good ones go back.
+    let g = guest();
+    post_rx(&g, 6, 128);
+    g.write_desc(0, 3, d(DATA + 256 * 3, 128, 0, 0))
+        .expect("desc");
+    let mut q = DeviceQueue::new(&g.mem, g.queues[0], features(false)).expect("queue");
+    let mut rx = RxWriter::with_batch(false, 64);
+    let err = rx
+        .deliver(&mut q, &g.mem, &VirtioNetHdr::default(), &[9; 60])
+        .expect_err("bad buffer in the batch");
+    assert_eq!(err.kind(), ErrorKind::UnexpectedReadable);
+    assert_eq!((rx.held(), q.next_avail(), q.next_used()), (0, 0, 0));
+    assert_eq!(q.stats.errors[ErrorKind::UnexpectedReadable as usize], 1);
+    let again = rx.deliver(&mut q, &g.mem, &VirtioNetHdr::default(), &[9; 60]);
+    assert!(matches!(again, Err(QueueError::Broken)), "{again:?}");
+}
+
+#[test]
+fn rx_batch_gives_back_what_it_popped_ahead_before_merging() {
+    // Mergeable buffers of 64 bytes: a 40-byte frame fits one (taken from the batch popped
+    // ahead); a 150-byte frame needs three, popped in ring order right after it.
+    let g = guest();
+    post_rx(&g, 8, 64);
+    let f = features(false).with(bit::MRG_RXBUF, true);
+    let mut q = DeviceQueue::new(&g.mem, g.queues[0], f).expect("queue");
+    let mut rx = RxWriter::with_batch(true, 64);
+    let hdr = VirtioNetHdr::default();
+    let small = rx.deliver(&mut q, &g.mem, &hdr, &[1; 40]).expect("small");
+    assert_eq!(small, RxOutcome::Delivered { buffers: 1 });
+    assert_eq!(rx.held(), 7, "the rest of the batch is held");
+    let big = rx.deliver(&mut q, &g.mem, &hdr, &[2; 150]).expect("big");
+    assert_eq!(big, RxOutcome::Delivered { buffers: 3 });
+    assert_eq!(rx.held(), 0, "given back before merging");
+    assert_eq!(q.next_avail(), 4);
+    let small = rx
+        .deliver(&mut q, &g.mem, &hdr, &[3; 40])
+        .expect("small again");
+    assert_eq!(small, RxOutcome::Delivered { buffers: 1 });
+    rx.release(&mut q);
+    assert_eq!(q.next_avail(), 5, "nothing held past the last frame");
+    // The big frame starts in buffer 1 with num_buffers 3; the last small one is in buffer 4.
+    let mut b = [0u8; 13];
+    g.mem.read_gpa(DATA + 256, &mut b).expect("read");
+    assert_eq!(
+        VirtioNetHdr::from_bytes(b[..12].try_into().expect("12")).num_buffers,
+        3
+    );
+    assert_eq!(b[12], 2);
+    g.mem.read_gpa(DATA + 256 * 4, &mut b).expect("read");
+    assert_eq!(b[12], 3);
+}
+
+#[test]
+fn rx_batch_frame_too_large_without_mergeable_gives_everything_back() {
+    let g = guest();
+    post_rx(&g, 4, 64);
+    let mut q = DeviceQueue::new(&g.mem, g.queues[0], features(false)).expect("queue");
+    let mut rx = RxWriter::with_batch(false, 64);
+    let hdr = VirtioNetHdr::default();
+    assert_eq!(
+        rx.deliver(&mut q, &g.mem, &hdr, &[7; 100]).expect("ok"),
+        RxOutcome::TooLarge
+    );
+    assert_eq!((q.next_avail(), rx.held()), (0, 0), "buffers given back");
+    assert_eq!(
+        rx.deliver(&mut q, &g.mem, &hdr, &[7; 52]).expect("ok"),
+        RxOutcome::Delivered { buffers: 1 }
+    );
+}

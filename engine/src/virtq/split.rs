@@ -463,6 +463,12 @@ impl DeviceQueue {
         self.used_off + used::ring(self.next_used & self.mask) as usize
     }
 
+    /// Host offset of the used element `ahead` elements after the one the next
+    /// [`DeviceQueue::add_used`] writes: a hint for taking a batch's lines ahead of time.
+    pub fn used_elem_offset(&self, ahead: u16) -> usize {
+        self.used_off + used::ring(self.next_used.wrapping_add(ahead) & self.mask) as usize
+    }
+
     /// Adds a used element for chain `head` with `len` bytes written. Not visible to the guest
     /// until [`DeviceQueue::publish_used`].
     #[inline]

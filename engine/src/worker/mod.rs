@@ -141,10 +141,13 @@ pub fn spawn(
             w.metrics
                 .worker_cpu_ns
                 .store(w.report.cpu_ns, Ordering::Relaxed);
-            for s in &w.slots {
+            for s in &mut w.slots {
                 let stats = s.q.backend.stats();
                 w.report.add_backend_stats(stats);
-                // Every chain taken was returned at the end of its round.
+                // Every TX chain taken was returned at the end of its round; RX buffers popped
+                // ahead and not written go back to the ring, so a frontend that resumes at
+                // these bases posts them again instead of losing them.
+                s.q.rxw.release(&mut s.q.rxq);
                 w.report
                     .stopped_at
                     .extend([s.q.rxq.state().next_avail, s.q.txq.state().next_avail]);

@@ -37,8 +37,6 @@ struct Harness<'a> {
     /// `next_used` at the last successful `publish_used`.
     published: u16,
     kicks_disabled: bool,
-    /// `rx` holds a buffer popped by `RxWriter::prepare`.
-    rx_prepared: bool,
 }
 
 impl Harness<'_> {
@@ -132,24 +130,30 @@ impl Harness<'_> {
     }
 
     fn step(&mut self, op: &Op) {
-        if self.rx_prepared
+        let held = self.rx.held() as u16;
+        if held > 0
             && matches!(
                 op,
                 Op::Pop { .. } | Op::PopTx | Op::PopBatch { .. } | Op::Unpop(_)
             )
         {
             let na = self.q.next_avail();
-            self.rx.abort(&mut self.q);
-            self.rx_prepared = false;
+            self.rx.release(&mut self.q);
+            assert_eq!(self.rx.held(), 0);
             assert_eq!(
                 self.q.next_avail(),
-                na.wrapping_sub(1),
-                "abort gave back one"
+                na.wrapping_sub(held),
+                "release gave back what was held"
             );
         }
+        // Buffers popped ahead by `rx` count as not yet popped: the next frame uses them or
+        // gives them back. `na` is where the queue stands without them.
+        let held = self.rx.held() as u16;
         let size = self.q.size();
-        let na = self.q.next_avail();
+        let na = self.q.next_avail().wrapping_sub(held);
         let nu = self.q.next_used();
+        // Where the queue stands now, buffers held by `rx` not counted.
+        let consumed = |h: &Self| h.q.next_avail().wrapping_sub(h.rx.held() as u16);
         match op {
             Op::Pop { skip } => match self.q.pop(self.g.mem, &mut self.chain) {
                 Ok(true) => {
@@ -208,42 +212,39 @@ impl Harness<'_> {
                     self.on_err(&e, "pop_tx");
                 }
             },
-            Op::RxPrepare => {
-                let was = self.rx_prepared;
-                match self.rx.prepare(&mut self.q, self.g.mem) {
-                    Ok(Some(off)) => {
-                        if !was {
-                            self.ok_live("rx prepare");
-                        }
-                        assert!(off < self.g.mem.mapped_len(), "offset {off} outside");
-                        let want = if was { na } else { na.wrapping_add(1) };
-                        assert_eq!(self.q.next_avail(), want, "prepare popped twice");
-                        assert_eq!(self.q.next_used(), nu);
-                        self.rx_prepared = true;
-                    }
-                    Ok(None) => {
+            Op::RxPrepare => match self.rx.prepare(&mut self.q, self.g.mem) {
+                Ok(Some(off)) => {
+                    if held == 0 {
                         self.ok_live("rx prepare");
-                        assert!(!was, "a held buffer vanished");
-                        assert_eq!(self.q.next_avail(), na);
                     }
-                    Err(e) => {
-                        self.rx_prepared = false;
-                        if !matches!(e, QueueError::Broken) {
-                            self.check_err_detail(&e);
-                        }
-                        self.on_err(&e, "rx prepare");
+                    assert!(off < self.g.mem.mapped_len(), "offset {off} outside");
+                    assert!(
+                        self.rx.held() >= 1,
+                        "prepare found a buffer it does not hold"
+                    );
+                    if held > 0 {
+                        assert_eq!(self.rx.held() as u16, held, "prepare popped again");
                     }
+                    assert_eq!(consumed(self), na, "prepare used a buffer");
+                    assert_eq!(self.q.next_used(), nu);
                 }
-            }
+                Ok(None) => {
+                    self.ok_live("rx prepare");
+                    assert_eq!(held, 0, "a held buffer vanished");
+                    assert_eq!((self.q.next_avail(), self.rx.held()), (na, 0));
+                }
+                Err(e) => {
+                    assert_eq!(self.rx.held(), 0, "a broken queue's buffers still held");
+                    assert_eq!(self.q.next_used(), nu);
+                    if !matches!(e, QueueError::Broken) {
+                        self.check_err_detail(&e);
+                    }
+                    self.on_err(&e, "rx prepare");
+                }
+            },
             Op::Rx { hdr, frame } => {
                 let hdr = VirtioNetHdr::from_bytes(hdr);
                 let frame = frame.bytes();
-                // A held buffer counts as not yet popped: deliver uses it or gives it back.
-                let na = if std::mem::take(&mut self.rx_prepared) {
-                    na.wrapping_sub(1)
-                } else {
-                    na
-                };
                 match self.rx.deliver(&mut self.q, self.g.mem, &hdr, &frame) {
                     Ok(RxOutcome::Delivered { buffers }) => {
                         self.ok_live("rx deliver");
@@ -251,7 +252,7 @@ impl Harness<'_> {
                         if !self.mrg_rxbuf {
                             assert_eq!(buffers, 1, "merged buffers without MRG_RXBUF");
                         }
-                        assert_eq!(self.q.next_avail(), na.wrapping_add(buffers));
+                        assert_eq!(consumed(self), na.wrapping_add(buffers));
                         assert_eq!(self.q.next_used(), nu.wrapping_add(buffers));
                         let mut total = 0u64;
                         for k in 0..buffers {
@@ -273,6 +274,7 @@ impl Harness<'_> {
                     }
                     Ok(RxOutcome::NoBuffers) => {
                         self.ok_live("rx deliver");
+                        assert_eq!(self.rx.held(), 0, "NoBuffers while holding buffers");
                         assert_eq!(self.q.next_avail(), na, "NoBuffers consumed buffers");
                         assert_eq!(self.q.next_used(), nu);
                     }
@@ -286,10 +288,11 @@ impl Harness<'_> {
                                 || self.q.pending(self.g.mem).unwrap_or(0) == self.q.size(),
                             "TooLarge with mergeable buffers and room to wait for"
                         );
-                        assert_eq!(self.q.next_avail(), na, "TooLarge consumed buffers");
+                        assert_eq!(consumed(self), na, "TooLarge consumed buffers");
                         assert_eq!(self.q.next_used(), nu);
                     }
                     Err(e) => {
+                        assert_eq!(self.rx.held(), 0, "a broken queue's buffers still held");
                         self.check_err_detail(&e);
                         self.on_err(&e, "rx deliver");
                     }
@@ -376,7 +379,8 @@ impl Harness<'_> {
                 Ok(n) => {
                     self.ok_live("pending");
                     if n == 0 {
-                        assert_eq!(self.g.avail_idx(), na, "nothing pending with entries");
+                        let at = na.wrapping_add(held);
+                        assert_eq!(self.g.avail_idx(), at, "nothing pending with entries");
                     }
                 }
                 Err(e) => {
@@ -384,7 +388,8 @@ impl Harness<'_> {
                     self.on_err(&e, "pending");
                 }
             },
-            Op::Guest(w) => self.g.apply(w, na),
+            // The guest may rewrite what the device has not popped; held buffers are popped.
+            Op::Guest(w) => self.g.apply(w, na.wrapping_add(held)),
         }
         self.check_state();
     }
@@ -585,8 +590,7 @@ pub(super) fn run(guest: &MockGuest, input: &Input) -> Outcome {
         q,
         chain: Chain::with_capacity(16),
         batch: (0..MAX_BATCH).map(|_| Chain::with_capacity(4)).collect(),
-        rx: RxWriter::new(input.mrg_rxbuf),
-        rx_prepared: false,
+        rx: RxWriter::with_batch(input.mrg_rxbuf, input.rx_batch()),
         mrg_rxbuf: input.mrg_rxbuf,
         event_idx: input.event_idx,
         in_order: input.in_order,

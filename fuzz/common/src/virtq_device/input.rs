@@ -269,7 +269,7 @@ pub enum Op {
     /// `net::header::pop_tx`.
     PopTx,
     /// `RxWriter::prepare`: pop the next RX buffer ahead of a frame. The harness gives it back
-    /// (`RxWriter::abort`) before any op that pops or unpops the queue directly, as the worker,
+    /// (`RxWriter::release`) before any op that pops or unpops the queue directly, as the worker,
     /// the only one popping its RX queue, never interleaves them.
     RxPrepare,
     /// `RxWriter::deliver`.
@@ -321,7 +321,9 @@ pub enum Op {
 /// decode field by field, so reordering fields or variants makes old corpora mean other cases.
 #[derive(Arbitrary, Debug, Clone)]
 pub struct Input {
-    /// Index into [`SIZES`](super::SIZES) (mod its length): the queue size.
+    /// Index into [`SIZES`](super::SIZES) (mod its length): the queue size; the rest of it
+    /// (divided by that length) picks how many RX buffers are popped ahead
+    /// ([`Input::rx_batch`]), so corpora from before that choice keep their meaning.
     pub size: u8,
     /// `VIRTIO_F_RING_EVENT_IDX`.
     pub event_idx: bool,
@@ -339,4 +341,12 @@ pub struct Input {
     pub setup: Vec<GuestWrite>,
     /// What the device does, in order (the first `MAX_OPS`).
     pub ops: Vec<Op>,
+}
+
+impl Input {
+    /// How many RX buffers the writer pops ahead at a time: one, as QEMU does, for the values
+    /// of `size` older corpora use; a few; or a worker's whole batch.
+    pub fn rx_batch(&self) -> usize {
+        [1, 3, 64][(self.size as usize / super::SIZES.len()) % 3]
+    }
 }
