@@ -568,12 +568,41 @@ impl Guest<'_> {
         self.kick(false)
     }
 
+    /// Asks for the first lines of the received buffers the device has published (up to a
+    /// batch), all at once: each was just written on the device's core, and reading them one
+    /// frame at a time would take their misses one after another, as a DPDK driver's
+    /// prefetches avoid. Returns how many were asked for.
+    fn prefetch_rx(&self) -> u16 {
+        let mut n = 0;
+        for head in self.rx.used_heads_hint(&self.nic.mem, 64) {
+            n += 1;
+            let slot = self.rx_slot.get(head as usize).copied().unwrap_or(u32::MAX);
+            if let Some(&Some(off)) = self.rx_off.get(slot as usize) {
+                self.nic.mem.prefetch(off);
+                self.nic.mem.prefetch(off + 64);
+            }
+        }
+        n
+    }
+
     /// Reaps received frames (reassembling merged ones), reposts their buffers. Returns the
     /// number of whole frames and the timestamp of the last one.
     fn reap_rx(&mut self) -> Result<(u32, u64), DriverError> {
         let mut frames = 0;
         let mut last_ts = 0;
-        while let Some(u) = self.rx.pop_used(&self.nic.mem)? {
+        // Buffers the device has published and whose lines were asked for.
+        let mut hinted = 0u16;
+        loop {
+            if hinted == 0 {
+                if !self.rx.has_used(&self.nic.mem)? {
+                    break;
+                }
+                hinted = self.prefetch_rx();
+            }
+            let Some(u) = self.rx.pop_used(&self.nic.mem)? else {
+                break;
+            };
+            hinted = hinted.saturating_sub(1);
             let slot = std::mem::replace(&mut self.rx_slot[u.id as usize], u32::MAX);
             let len = (u.len as usize).min(self.nic.bufs.rx_len as usize);
             let mut fb = std::mem::take(&mut self.frame_buf);
