@@ -15,6 +15,7 @@
 //! The pool is `pf0` with as many VFs as the workload needs (one, or two for `rr`).
 
 use std::fs::File;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use engine::backend::af_xdp::AfXdp;
@@ -22,15 +23,17 @@ use engine::backend::packet::packet_backend;
 use engine::backend::tap::tap_backend;
 use engine::backend::Backend;
 use engine::device::{Device, DeviceSpec};
+use engine::net::Features;
 use engine::worker::{self, WorkerConfig};
 use guest_sim::traffic::Workload as TrafficWorkload;
+use vring::GuestMemory;
 
 use super::far;
 use super::Mode;
 use crate::ceilings::{Ceiling, RxPort};
 use crate::pair::{self, PairConfig, RunOutcome};
 use crate::results::Workload;
-use crate::topology::{self, Netns, Privileges, Vf, VfBackend, VfPool, XdpRedirect};
+use crate::topology::{self, Netns, Privileges, VfBackend, VfPool, XdpRedirect};
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -51,7 +54,7 @@ pub fn default_backend(host: &Privileges) -> VfBackend {
 const FALLBACK_BACKEND: VfBackend = VfBackend::Packet;
 
 /// What the worker's backend is built from on one VF.
-enum Source {
+pub(crate) enum Source {
     /// A fd that carries one frame per read and write (packet socket, macvtap).
     Fd(File),
     /// An AF_XDP socket with its UMEM chunks.
@@ -59,7 +62,7 @@ enum Source {
 }
 
 /// What stays with the run while the device uses the VF, for accounting at the end.
-enum Keep {
+pub(crate) enum Keep {
     /// A second handle of the fd: frames left in it, and its drops.
     Fd(File),
     /// The XDP program that redirects the VF's frames to the socket: RX stops without it.
@@ -67,20 +70,21 @@ enum Keep {
 }
 
 /// One VF as the worker reaches it.
-struct Port {
+pub(crate) struct Port {
     kind: VfBackend,
     src: Source,
     keep: Keep,
 }
 
 impl Port {
-    /// Opens `vf` the way `kind` reaches it (`n`: the VF's number in the run, for names).
-    fn open(ns: &Netns, vf: &Vf<'_>, kind: VfBackend, n: usize) -> Result<Port> {
+    /// Opens VF `vf` (its VF end's name) the way `kind` reaches it (`n`: the VF's number in
+    /// the run, for names).
+    pub(crate) fn open(ns: &Netns, vf: &str, kind: VfBackend, n: usize) -> Result<Port> {
         let fd = match kind {
-            VfBackend::Packet => vf.backend_socket()?,
-            VfBackend::Macvtap => topology::open_macvtap(ns, vf.name(), &format!("mvt{n}"))?.file,
+            VfBackend::Packet => topology::vf_backend_socket(ns, vf)?,
+            VfBackend::Macvtap => topology::open_macvtap(ns, vf, &format!("mvt{n}"))?.file,
             VfBackend::AfXdp => {
-                let (redirect, be) = topology::xdp_port(ns, vf.name(), XSK_RING, |x, c| {
+                let (redirect, be) = topology::xdp_port(ns, vf, XSK_RING, |x, c| {
                     AfXdp::new(x, c).context("AF_XDP backend")
                 })?;
                 return Ok(Port {
@@ -99,9 +103,31 @@ impl Port {
     }
 
     /// Splits into what the device takes and what the run keeps.
-    fn split(self) -> ((VfBackend, Source), Keep) {
+    pub(crate) fn split(self) -> ((VfBackend, Source), Keep) {
         ((self.kind, self.src), self.keep)
     }
+}
+
+/// The worker's backend on a VF port, of its kind.
+pub(crate) fn backend(
+    (kind, src): (VfBackend, Source),
+    mem: &Arc<GuestMemory>,
+    batch: usize,
+    features: Features,
+) -> Result<Box<dyn Backend>> {
+    Ok(match (kind, src) {
+        (VfBackend::Packet, Source::Fd(fd)) => {
+            Box::new(packet_backend(fd, mem.clone(), batch).context("packet backend")?)
+        }
+        (VfBackend::Macvtap, Source::Fd(fd)) => {
+            Box::new(tap_backend(fd, mem.clone(), batch, features).context("macvtap backend")?)
+        }
+        (VfBackend::AfXdp, Source::Xsk(be)) => be,
+        (kind, _) => bail!(
+            "{} backend built from the wrong kind of VF port",
+            kind.name()
+        ),
+    })
 }
 
 /// AF_XDP ring entries (the UMEM has four rings' worth of chunks); the `xdp_rx` ceiling's
@@ -109,21 +135,8 @@ impl Port {
 pub(crate) const XSK_RING: u32 = 2048;
 
 /// Starts the vhost worker on a VF with the backend of its kind.
-fn start((kind, src): (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
-    let be: Box<dyn Backend> = match (kind, src) {
-        (VfBackend::Packet, Source::Fd(fd)) => {
-            Box::new(packet_backend(fd, spec.mem.clone(), wcfg.batch).context("packet backend")?)
-        }
-        (VfBackend::Macvtap, Source::Fd(fd)) => Box::new(
-            tap_backend(fd, spec.mem.clone(), wcfg.batch, spec.features)
-                .context("macvtap backend")?,
-        ),
-        (VfBackend::AfXdp, Source::Xsk(be)) => be,
-        (kind, _) => bail!(
-            "{} backend built from the wrong kind of VF port",
-            kind.name()
-        ),
-    };
+fn start(port: (VfBackend, Source), spec: DeviceSpec, wcfg: WorkerConfig) -> Result<Device> {
+    let be = backend(port, &spec.mem, wcfg.batch, spec.features)?;
     Ok(worker::spawn(spec, vec![be], wcfg)?)
 }
 
@@ -236,7 +249,7 @@ impl Mode for DirectVf {
         let size = cfg.vf.vfs.map_or(vfs_for(cfg.workload), |n| n as usize);
         let pool = VfPool::create(&ns, &cfg.vf.pf, size)?;
         let vf0 = pool.take()?;
-        let (port0, keep0) = Port::open(&ns, &vf0, kind, 0)?.split();
+        let (port0, keep0) = Port::open(&ns, vf0.name(), kind, 0)?.split();
         let mut out = match cfg.workload {
             TrafficWorkload::Tx | TrafficWorkload::Echo => {
                 let before = topology::link_stats(&ns, vf0.wire())?;
@@ -270,7 +283,7 @@ impl Mode for DirectVf {
             }
             TrafficWorkload::Rr => {
                 let vf1 = pool.take()?;
-                let (port1, keep1) = Port::open(&ns, &vf1, kind, 1)?.split();
+                let (port1, keep1) = Port::open(&ns, vf1.name(), kind, 1)?.split();
                 let mut o = far::run_with_echo(
                     cfg,
                     |spec, w| start(port0, spec, w),

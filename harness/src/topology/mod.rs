@@ -43,5 +43,5 @@ pub use tap::{
     Tap, MAX_IFNAME, PACKET_VNET_HDR_LEN, TAP_VNET_HDR_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
     TUN_F_TSO_ECN, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6, UPLINK_PORT, UPLINK_WIRE,
 };
-pub use vf_pool::{veths, Vf, VfBackend, VfOptions, VfPool};
+pub use vf_pool::{veths, vf_backend_socket, Vf, VfBackend, VfOptions, VfPool};
 pub use xdp::{attached_prog_id, open_xsk, prog_exists, veth_pair, xdp_port, XdpMode, XdpRedirect};

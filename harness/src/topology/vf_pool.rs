@@ -221,16 +221,21 @@ impl Vf<'_> {
     /// no `PACKET_VNET_HDR` (bare Ethernet frames), and `PACKET_IGNORE_OUTGOING`, so it does
     /// not read back the frames it sends.
     pub fn backend_socket(&self) -> anyhow::Result<File> {
-        packet_socket_with(
-            self.pool.ns,
-            &self.name,
-            PacketOptions {
-                vnet_hdr: false,
-                nonblocking: true,
-                ignore_outgoing: true,
-            },
-        )
+        vf_backend_socket(self.pool.ns, &self.name)
     }
+}
+
+/// [`Vf::backend_socket`] for the VF end named `vf` in `ns`.
+pub fn vf_backend_socket(ns: &Netns, vf: &str) -> anyhow::Result<File> {
+    packet_socket_with(
+        ns,
+        vf,
+        PacketOptions {
+            vnet_hdr: false,
+            nonblocking: true,
+            ignore_outgoing: true,
+        },
+    )
 }
 
 impl Drop for Vf<'_> {
