@@ -326,3 +326,79 @@ fn a_stopped_rx_queue_answers_the_buffers_it_filled() {
     drop(fe);
     srv.shutdown().expect("shutdown");
 }
+
+/// A frontend that goes away mid-run, without `GET_VRING_BASE` (a VMM killed): the server
+/// stops the device, keeps serving, and the next frontend gets a device that moves every
+/// frame again.
+#[test]
+fn a_frontend_that_disconnects_mid_run_leaves_the_server_serving() {
+    let (srv, path) = server("vanish", Workload::Rx);
+    let tb = testbed();
+    let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
+    let f = fe.negotiate(wanted()).expect("negotiate");
+    fe.set_mem_table(&tb.mem).expect("memory");
+    fe.start(&tb.device, &[0, 0]).expect("start");
+    let metrics = srv
+        .state()
+        .device()
+        .map(|d| d.metrics().clone())
+        .expect("device");
+    // The guest receives; the connection closes under it.
+    let stop = AtomicBool::new(false);
+    let mut cfg = traffic_cfg(Workload::Rx, f);
+    cfg.duration = Duration::from_secs(10);
+    std::thread::scope(|s| {
+        let guest = s.spawn(|| traffic::run(&tb.guest[0], &cfg, &stop, &mut || {}));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while get(&metrics.rx.packets) < 1000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            get(&metrics.rx.packets) >= 1000,
+            "frames flow before the frontend leaves"
+        );
+        drop(fe);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while srv.state().is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            !srv.state().is_running(),
+            "the device stopped with its frontend"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // What the guest makes of a device that vanished is its business; it must end.
+        let _ = guest.join().expect("guest thread");
+    });
+
+    // A new frontend, a new guest: a fresh device, every frame once.
+    let tb = testbed();
+    let mut fe = Frontend::connect(&path, PATIENCE).expect("reconnect");
+    fe.negotiate(f).expect("negotiate");
+    fe.set_mem_table(&tb.mem).expect("memory");
+    fe.start(&tb.device, &[0, 0]).expect("start");
+    let metrics = srv
+        .state()
+        .device()
+        .map(|d| d.metrics().clone())
+        .expect("device");
+    let stop = AtomicBool::new(false);
+    let r = traffic::run(
+        &tb.guest[0],
+        &traffic_cfg(Workload::Rx, f),
+        &stop,
+        &mut || {
+            fe.stop().expect("GET_VRING_BASE");
+        },
+    );
+    assert!(r.error.is_none() && r.received > 0, "{:?}", r.error);
+    assert_eq!(r.rx_corrupt, 0);
+    assert_eq!(
+        get(&metrics.rx.packets),
+        r.received,
+        "every frame reached the guest"
+    );
+    let st = srv.state().stats.clone();
+    assert_eq!((st.connections, st.starts, st.refused), (2, 2, 0), "{st:?}");
+    srv.shutdown().expect("shutdown");
+}

@@ -404,9 +404,10 @@ fn sigkill_leaves_no_testpmd_and_the_next_start_gives_the_hugepages_back() {
     assert_nothing_left_of(owner);
 }
 
-/// The four driver × backend pairings (`run --peer dpdk`), both ways, briefly: every pairing
-/// moves frames, and every frame a sender put out reached its receiver — DPDK's drivers and
-/// backends against the engine's and guest-sim's, counted on both sides.
+/// The four driver × backend pairings (`run --peer dpdk`), both ways, briefly, with and without
+/// in-order and mergeable buffers: every pairing moves frames, and every frame a sender put
+/// out reached its receiver — DPDK's drivers and backends against the engine's and
+/// guest-sim's, counted on both sides.
 #[test]
 fn the_four_pairings_move_every_frame_both_ways() {
     let Some(_d) = dpdk_or_skip("the_four_pairings_move_every_frame_both_ways") else {
@@ -436,23 +437,37 @@ fn the_four_pairings_move_every_frame_both_ways() {
         socket: None,
         count_foreign: false,
     };
-    for dir in [pair::PairDirection::G2h, pair::PairDirection::H2g] {
-        let recs = harness::peers::pairings::measure(
-            dir,
-            64,
-            Duration::from_millis(300),
-            Duration::from_millis(100),
-            1,
-            50,
-            &base,
-        )
-        .expect("pairings");
-        assert_eq!(recs.len(), 4);
-        for r in &recs {
-            let who = format!("{} {} -> {}", dir.name(), r.driver.name(), r.backend.name());
-            assert!(r.mpps[0] > 0.0, "{who}: {r:?}");
-            assert!(r.sent[0] > 0, "{who}: {r:?}");
-            assert_eq!(r.sent, r.received, "{who}");
+    // Each driver asks for IN_ORDER and MRG_RXBUF, or not (the DPDK pair, the yardstick,
+    // keeps its defaults): the engine and DPDK's vhost must serve whatever is negotiated.
+    for (in_order, mrg_rxbuf) in [(true, true), (false, false), (true, false), (false, true)] {
+        let base = harness::pair::PairConfig {
+            in_order,
+            mrg_rxbuf,
+            ..base.clone()
+        };
+        for dir in [pair::PairDirection::G2h, pair::PairDirection::H2g] {
+            let recs = harness::peers::pairings::measure(
+                dir,
+                64,
+                Duration::from_millis(300),
+                Duration::from_millis(100),
+                1,
+                50,
+                &base,
+            )
+            .expect("pairings");
+            assert_eq!(recs.len(), 4);
+            for r in &recs {
+                let who = format!(
+                    "{} {} -> {}, in_order {in_order}, mrg_rxbuf {mrg_rxbuf}",
+                    dir.name(),
+                    r.driver.name(),
+                    r.backend.name()
+                );
+                assert!(r.mpps[0] > 0.0, "{who}: {r:?}");
+                assert!(r.sent[0] > 0, "{who}: {r:?}");
+                assert_eq!(r.sent, r.received, "{who}");
+            }
         }
     }
     assert!(dpdk::live_testpmds().is_empty(), "no testpmd left");

@@ -145,7 +145,7 @@ pub fn measure(
                     base,
                 ),
                 (Driver::DpdkVirtioUser, Backend_::Engine) => {
-                    virtio_user_engine(&dpdk, direction, size, window, warmup, busy_poll_us)
+                    virtio_user_engine(&dpdk, direction, size, window, warmup, busy_poll_us, base)
                 }
                 (Driver::DpdkVirtioUser, Backend_::DpdkVhost) => {
                     dpdk_only(direction, size, window, warmup)
@@ -300,7 +300,10 @@ fn check_outcome(o: &crate::pair::RunOutcome) -> Result<()> {
     Ok(())
 }
 
-/// testpmd's virtio-user PMD in front of the engine's server (null sink or source).
+/// testpmd's virtio-user PMD in front of the engine's server (null sink or source), asking
+/// for `IN_ORDER` and `MRG_RXBUF` as the run's configuration does (its `in_order` and
+/// `mrg_rxbuf` devargs), as guest-sim does in front of either backend.
+#[allow(clippy::too_many_arguments)]
 fn virtio_user_engine(
     dpdk: &dpdk::DpdkInstall,
     direction: PairDirection,
@@ -308,6 +311,7 @@ fn virtio_user_engine(
     window: Duration,
     warmup: Duration,
     busy_poll_us: u64,
+    base: &PairConfig,
 ) -> Result<One> {
     let g2h = direction == PairDirection::G2h;
     let _pages = Hugepages::reserve(dpdk::PAGES_PER_TESTPMD)?;
@@ -344,6 +348,10 @@ fn virtio_user_engine(
         },
     );
     tc.frame_size = size;
+    tc.vdev_extra = vec![
+        format!("in_order={}", u8::from(base.in_order)),
+        format!("mrg_rxbuf={}", u8::from(base.mrg_rxbuf)),
+    ];
     let mut guest = Testpmd::spawn(&dpdk.testpmd, &tc).context("testpmd virtio-user")?;
     guest.wait_link_up(Duration::from_secs(10))?;
     guest.start()?;
