@@ -72,9 +72,10 @@ pub const MAX_REGIONS: usize = 8;
 /// Frontend failures.
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {
-    /// The socket failed (connect, send, receive, timeout).
+    /// The socket failed (connect, send, receive, timeout). The error is in the message and
+    /// not also a `source`, so a chain printed with `{:#}` says it once.
     #[error("vhost-user socket: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The backend answered something this frontend cannot use.
     #[error("vhost-user backend: {0}")]
     Protocol(String),
@@ -84,6 +85,12 @@ pub enum VhostUserError {
     /// The memory or the queues cannot be described to a backend.
     #[error("vhost-user: {0}")]
     Unsendable(String),
+}
+
+impl From<io::Error> for VhostUserError {
+    fn from(e: io::Error) -> Self {
+        VhostUserError::Io(e)
+    }
 }
 
 /// A connection to a vhost-user backend.

@@ -1,6 +1,6 @@
 //! The cross-core cache-line round trip: the machine's unit of inter-core communication.
 //!
-//! Two threads, pinned to [`VCPU_CORE`] and [`WORKER_CORE`], bounce one counter in one cache
+//! Two threads, pinned to [`vcpu_core`] and [`worker_core`], bounce one counter in one cache
 //! line: A writes an odd value, B waits for it and writes the next even value, A waits for that.
 //! Every round trip moves the line to the other core and back, which is the floor under every
 //! kick, call and index publication the engine does. It varies several-fold between VM
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 
 use crate::padded::CachePadded;
-use crate::pin::{spawn_pinned, VCPU_CORE, WORKER_CORE};
+use crate::pin::{spawn_pinned, vcpu_core, worker_core};
 use crate::stats::Summary;
 
 /// Round trips per timed batch; one per-batch figure is one sample.
@@ -45,7 +45,7 @@ pub fn pingpong_rtt_ns(samples: u64) -> anyhow::Result<Calibration> {
     let line = Arc::new(CachePadded(AtomicU64::new(0)));
 
     let b_line = Arc::clone(&line);
-    let pong = spawn_pinned("calib-pong".into(), WORKER_CORE, move || {
+    let pong = spawn_pinned("calib-pong".into(), worker_core(), move || {
         let mut last = 0u64;
         loop {
             // Acquire/Release are free on x86 and make the protocol correct anywhere: the
@@ -65,7 +65,7 @@ pub fn pingpong_rtt_ns(samples: u64) -> anyhow::Result<Calibration> {
     .context("spawning calib-pong")?;
 
     let a_line = Arc::clone(&line);
-    let ping = spawn_pinned("calib-ping".into(), VCPU_CORE, move || {
+    let ping = spawn_pinned("calib-ping".into(), vcpu_core(), move || {
         // Whatever happens here, release the partner.
         let _stop = StopOnDrop(&a_line);
         let mut next = 1u64;

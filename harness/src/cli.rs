@@ -135,7 +135,9 @@ pub struct RunArgs {
     /// guest polls exactly when the worker busy-polls (`--busy-poll-us` > 0).
     #[arg(long)]
     pub guest_poll: bool,
-    /// Results file (default: `<workspace>/results/run-<timestamp>.json`).
+    /// Results file (default: `<workspace>/results/run-<timestamp>.json`); `-` for stdout. It
+    /// is checked before anything is measured: it must not be a directory or a read-only
+    /// file, and its directory must exist. Symbolic links are followed.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Guest memory size (MiB).
@@ -159,9 +161,18 @@ pub struct RunArgs {
     /// Offered load, packets per second (default: as fast as possible).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate_pps: Option<u64>,
-    /// Print only the results JSON on stdout (no table).
+    /// Print the results JSON on stdout, and nothing else there (the table, progress and
+    /// notes go to stderr). Without `--out` no file is written; `--out -` is the same.
     #[arg(long)]
-    pub json_only: bool,
+    pub json: bool,
+    /// Pin the vCPU and the worker to these cores (comma separated; the first two are used).
+    /// Default: the process's affinity mask, so `taskset -c 2,3 vhostbench` runs on 2 and 3.
+    #[arg(long, value_delimiter = ',', value_name = "CORES")]
+    pub cores: Vec<usize>,
+    /// Warm-up at the start of each repeat, left out of its figures (ms). Default: a tenth of
+    /// `--duration-ms`, at least 20.
+    #[arg(long, value_name = "MS")]
+    pub warmup_ms: Option<u64>,
     /// Run the mode and settings a libvirt domain `<interface>` element maps to (see
     /// `vhostbench interface`); options the file also sets must agree with it.
     #[arg(long, value_name = "FILE")]
@@ -268,7 +279,7 @@ mod tests {
         assert!(!a.guest_poll);
         assert_eq!(a.busy_poll_us, [0]);
         assert_eq!((a.guest_mem_mb, a.queue_size), (64, 256));
-        assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json_only);
+        assert!(a.event_idx && a.mrg_rxbuf && !a.indirect && !a.json);
         assert_eq!((a.out, a.rate_pps), (None, None));
         assert_eq!(
             (a.vf_backend.is_empty(), a.pf.as_str(), a.vfs),

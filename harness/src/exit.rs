@@ -9,6 +9,7 @@
 //! - a thread `vhb-signals` waiting on SIGINT, SIGTERM and SIGHUP (`signal-hook`) that runs
 //!   every hook, then exits with status 128 + the signal's number. A signal whose disposition
 //!   was "ignore" when the first hook was registered (SIGHUP under `nohup`) stays ignored.
+//!   While a run is [`graceful`], the first signal only asks it to stop ([`interrupted`]).
 //!
 //! Hooks run in the order they were registered, each at most once per event; a hook must
 //! not block for long (each waits for its own registry with a bound) and must tolerate
@@ -16,7 +17,9 @@
 //!
 //! SIGKILL cannot be caught: each owner also has a `cleanup_stale` for the next start.
 
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, Once, PoisonError};
+use std::time::Duration;
 
 use crate::topology::sys;
 
@@ -26,6 +29,31 @@ type Hook = (&'static str, fn());
 static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 /// Installs the panic hook and the signal thread, once.
 static HANDLERS: Once = Once::new();
+
+/// While set, the first SIGINT/SIGTERM/SIGHUP only asks the run to stop (see [`graceful`]).
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
+/// The signal that asked a graceful run to stop, or 0.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+/// How long a run asked to stop may take to write what finished before the signal's usual
+/// course (hooks, exit) is taken anyway.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// From now on the first SIGINT, SIGTERM or SIGHUP does not exit: it is recorded
+/// ([`interrupted`]) for the run to stop after the combination in progress and write what
+/// finished. A second signal, or [`GRACE`] passing, exits as usual (hooks, then 128 + the
+/// signal's number).
+pub fn graceful() {
+    install();
+    GRACEFUL.store(true, Ordering::Release);
+}
+
+/// The signal that asked the run to stop, if one did.
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::Acquire) {
+        0 => None,
+        s => Some(s),
+    }
+}
 
 /// Runs `hook` on every panic and on SIGINT/SIGTERM/SIGHUP from now on. `name` says what it
 /// cleans up; registering a name again changes nothing.
@@ -64,7 +92,22 @@ fn install() {
             std::thread::Builder::new()
                 .name("vhb-signals".into())
                 .spawn(move || {
-                    if let Some(sig) = signals.forever().next() {
+                    for sig in signals.forever() {
+                        let first = INTERRUPTED
+                            .compare_exchange(0, sig, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok();
+                        if first && GRACEFUL.load(Ordering::Acquire) {
+                            eprintln!(
+                                "vhostbench: interrupted: stopping after the combination in \
+                                 progress and writing what finished (again to stop now)"
+                            );
+                            std::thread::spawn(move || {
+                                std::thread::sleep(GRACE);
+                                run_hooks();
+                                std::process::exit(128 + sig);
+                            });
+                            continue;
+                        }
                         run_hooks();
                         std::process::exit(128 + sig);
                     }

@@ -21,7 +21,8 @@
 //!   vhost PMDs ([`peers::dpdk`]), the hugepages it runs on, and the testpmd ↔ testpmd
 //!   yardstick; cleaned up on every exit path like the topology.
 //! - `exit` (private): the one panic hook and `vhb-signals` thread every clean-up registers
-//!   with.
+//!   with; [`out`]: where `run`'s prose goes (stdout, or stderr when stdout carries the
+//!   results), and a closed stdout or an interrupt ending a run early with what finished.
 //! - [`pin`]: pinned, named threads; [`padded`]: cache-line padding.
 
 pub mod calibrate;
@@ -31,6 +32,7 @@ mod exit;
 pub mod host;
 pub mod libvirt;
 pub mod modes;
+pub mod out;
 pub mod padded;
 pub mod pair;
 pub mod peers;

@@ -12,6 +12,7 @@ use harness::ceilings::Ceiling;
 use harness::cli::{self, Cli, Command, InterfaceArgs, LimitsArgs, RunArgs};
 use harness::libvirt::{self, SysfsRoot};
 use harness::results::{self, CalibrationRecord, Results, UtcTime};
+use harness::run;
 use harness::stats::{fmt_num, Align, Table};
 use harness::topology;
 
@@ -23,27 +24,47 @@ fn main() -> ExitCode {
     let parsed = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match parsed.into_command() {
         Command::Run(args) => run_command(args, &cli::given_run_options(&matches)),
-        Command::Limits(args) => limits_command(args),
-        Command::Interface(args) => interface_command(&args),
-        Command::Serve(args) => harness::serve::main(args),
+        Command::Limits(args) => limits_command(args).map(|()| ExitCode::SUCCESS),
+        Command::Interface(args) => interface_command(&args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => harness::serve::main(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("vhostbench: {e:#}");
-            ExitCode::FAILURE
+            // A usage error or unusable input (found before anything ran) is 2, as clap's own
+            // are; anything else that stopped the command is 1.
+            if e.chain().any(|c| c.is::<run::UsageError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-/// `vhostbench run`: with `--interface`, the mapping is applied and shown first.
-fn run_command(mut args: RunArgs, given: &[String]) -> anyhow::Result<()> {
-    if let Some(m) = libvirt::for_run(&mut args, given)? {
+/// `vhostbench run`: with `--interface`, the mapping is applied and shown first. Exit status:
+/// 0 every combination ran; 1 one failed (the others ran, and are in the results); 2 a usage
+/// error or unusable input, found before anything was measured; 128 + the signal's number
+/// when a signal ended it early, and 141 (as SIGPIPE would) when its stdout's reader went
+/// away, each after writing what finished.
+fn run_command(mut args: RunArgs, given: &[String]) -> anyhow::Result<ExitCode> {
+    let mapped = libvirt::for_run(&mut args, given)
+        .map_err(|e| anyhow::Error::new(run::UsageError(e.into())))?;
+    if args.json || args.out.as_deref() == Some(std::path::Path::new("-")) {
+        harness::out::prose_to_stderr();
+    }
+    if let Some(m) = mapped {
         for line in m.lines() {
-            println!("interface: {line}");
+            harness::say!("interface: {line}");
         }
     }
-    harness::run::main(args)
+    Ok(match run::main(args)? {
+        run::Ended::Complete => ExitCode::SUCCESS,
+        run::Ended::Failed(_) => ExitCode::FAILURE,
+        run::Ended::Interrupted(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
+        run::Ended::StdoutClosed => ExitCode::from(141),
+    })
 }
 
 /// `vhostbench interface`: the mapping, line by line; nothing runs. Unsupported items are

@@ -159,6 +159,21 @@ impl RunOutcome {
     }
 }
 
+/// Checks that a run of `cfg` can lay out its guest: memory, queues and buffers as
+/// [`start`] makes them (made, then let go).
+pub fn check(cfg: &PairConfig) -> Result<()> {
+    Testbed::new(&TestbedConfig {
+        guest_mem_bytes: cfg.guest_mem_bytes,
+        region_len: None,
+        queue_size: cfg.queue_size,
+        pairs: 1,
+        frame_len: cfg.frame_len,
+        mrg_rxbuf: cfg.mrg_rxbuf,
+    })
+    .map(drop)
+    .context("guest memory and queues")
+}
+
 /// The null backend for a workload: sink for tx, source for rx, reflector for rr.
 pub fn null_backend(cfg: &PairConfig) -> NullBackend {
     let mode = match cfg.workload {

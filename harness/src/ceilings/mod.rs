@@ -4,10 +4,10 @@
 //! [`Ceiling`]; its measuring code is in the private modules `ring`, `sleep`, `rtt`, `tap`,
 //! `vf`, `xdp` and `rx`.
 //!
-//! Every limit but the frame ones runs a producer (or requester) pinned to [`VCPU_CORE`](crate::pin::VCPU_CORE) and a
-//! consumer (or responder) pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE), threads named `limit-*`; the frame limits
+//! Every limit but the frame ones runs a producer (or requester) pinned to [`vcpu_core`](crate::pin::vcpu_core()) and a
+//! consumer (or responder) pinned to [`worker_core`](crate::pin::worker_core()), threads named `limit-*`; the frame limits
 //! (tap, VF, macvtap, AF_XDP) run one thread, `limit-tap`, `limit-xdp` or `limit-rx`, on
-//! [`WORKER_CORE`](crate::pin::WORKER_CORE) (the RX ones with the `rx` workload's unpinned injector as their source):
+//! [`worker_core`](crate::pin::worker_core()) (the RX ones with the `rx` workload's unpinned injector as their source):
 //!
 //! - `spsc_handoff` (Mpps): a shared-memory single-producer single-consumer ring of 256 `u64`
 //!   slots; both sides keep local copies of the indices and publish once per batch of up to
@@ -29,7 +29,7 @@
 //! - `tap_write_64`, `tap_write_1500` (Mpps): one `write(2)` per frame of a 12-byte zero
 //!   virtio-net header plus a 64- or 1500-byte test frame ([`vring::frame`], EtherType 0x88b5,
 //!   not addressed to the namespace) into a tap in a fresh network namespace, whose stack
-//!   consumes (drops) it. One thread pinned to [`WORKER_CORE`](crate::pin::WORKER_CORE): the worker's side of
+//!   consumes (drops) it. One thread pinned to [`worker_core`](crate::pin::worker_core()): the worker's side of
 //!   `tap-vhost`/`emulated` tx with nothing else to do.
 //! - `tap_uring_64`, `tap_uring_1500` (Mpps): the same frames written with io_uring, batches of
 //!   64 `WRITE` SQEs on a registered (fixed) file and one `submit_and_wait` per batch, every
@@ -68,8 +68,8 @@
 //!
 //! - `dpdk_pair_g2h_<size>`, `dpdk_pair_h2g_<size>` (Mpps): DPDK 22.11's own two halves,
 //!   `dpdk-testpmd` with its virtio-user PMD (`txonly` for g2h, `rxonly` for h2g) on
-//!   [`VCPU_CORE`](crate::pin::VCPU_CORE) and `dpdk-testpmd` with its vhost PMD (the other
-//!   mode) on [`WORKER_CORE`](crate::pin::WORKER_CORE), one vhost-user socket, ring 256,
+//!   [`vcpu_core`](crate::pin::vcpu_core()) and `dpdk-testpmd` with its vhost PMD (the other
+//!   mode) on [`worker_core`](crate::pin::worker_core()), one vhost-user socket, ring 256,
 //!   bursts of 32 ([`crate::peers::dpdk::pair`]). Both processes are started once and every
 //!   repeat is one window of the receiver's `RX-packets`; the sender's `TX-packets` must all
 //!   arrive. Not in [`Ceiling::standard`] (it needs `dpdk-testpmd`, which `.ci/run`

@@ -14,7 +14,7 @@ use vring::{GuestMemory, RegionSpec};
 
 use super::join;
 use crate::padded::CachePadded;
-use crate::pin::{spawn_pinned, VCPU_CORE, WORKER_CORE};
+use crate::pin::{spawn_pinned, vcpu_core, worker_core};
 
 /// Slots of the spinning rings (a power of two), like a 256-entry virtqueue.
 pub(super) const RING: u32 = 256;
@@ -173,7 +173,7 @@ where
     let size = size as u64;
 
     let (r, b) = (Arc::clone(&ring), Arc::clone(&start));
-    let producer = spawn_pinned("limit-prod".into(), VCPU_CORE, move || {
+    let producer = spawn_pinned("limit-prod".into(), vcpu_core(), move || {
         let _done = LeaveOnDrop(Arc::clone(&r), Side::Producer);
         b.wait();
         let t0 = Instant::now();
@@ -228,7 +228,7 @@ where
     .context("spawning limit-prod")?;
 
     let (r, b) = (Arc::clone(&ring), Arc::clone(&start));
-    let consumer = spawn_pinned("limit-cons".into(), WORKER_CORE, move || {
+    let consumer = spawn_pinned("limit-cons".into(), worker_core(), move || {
         let _gone = LeaveOnDrop(Arc::clone(&r), Side::Consumer);
         b.wait();
         let mut tail = 0u64;

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 
 use super::{join, LimitResult, UNIT_NS};
 use crate::padded::CachePadded;
-use crate::pin::{spawn_pinned, VCPU_CORE, WORKER_CORE};
+use crate::pin::{spawn_pinned, vcpu_core, worker_core};
 
 /// Round trips per repeat, at most (the duration caps it too).
 const RTT_SAMPLES: u64 = 100_000;
@@ -71,7 +71,7 @@ pub(super) fn busy_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
     });
 
     let f = Arc::clone(&flags);
-    let responder = spawn_pinned("limit-pong".into(), WORKER_CORE, move || {
+    let responder = spawn_pinned("limit-pong".into(), worker_core(), move || {
         let mut last = 0u64;
         loop {
             // Acquire/Release carry only the value itself; no other data rides on it.
@@ -90,7 +90,7 @@ pub(super) fn busy_once(duration: Duration) -> anyhow::Result<Histogram<u64>> {
     .context("spawning limit-pong")?;
 
     let f = Arc::clone(&flags);
-    let requester = spawn_pinned("limit-ping".into(), VCPU_CORE, move || {
+    let requester = spawn_pinned("limit-ping".into(), vcpu_core(), move || {
         let _stop = StopResponder(Arc::clone(&f));
         let mut hist = new_histogram()?;
         let deadline = Instant::now() + RTT_WARMUP_BUDGET + duration;
@@ -167,7 +167,7 @@ pub(super) fn blocking_once(duration: Duration) -> anyhow::Result<Histogram<u64>
     let warmup = RTT_WARMUP / 10;
 
     let w = Arc::clone(&wake);
-    let responder = spawn_pinned("limit-pong".into(), WORKER_CORE, move || {
+    let responder = spawn_pinned("limit-pong".into(), worker_core(), move || {
         let _wake = WakePeer(Arc::clone(&w), false);
         loop {
             let n = sys::wait(&w.request).context("read request eventfd")?;
@@ -181,7 +181,7 @@ pub(super) fn blocking_once(duration: Duration) -> anyhow::Result<Histogram<u64>
     .context("spawning limit-pong")?;
 
     let w = Arc::clone(&wake);
-    let requester = spawn_pinned("limit-ping".into(), VCPU_CORE, move || {
+    let requester = spawn_pinned("limit-ping".into(), vcpu_core(), move || {
         let _wake = WakePeer(Arc::clone(&w), true);
         let mut hist = new_histogram()?;
         let deadline = Instant::now() + RTT_WARMUP_BUDGET + duration;

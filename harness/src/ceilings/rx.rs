@@ -39,7 +39,7 @@ use super::tap::check_size;
 use super::{join, RxPort};
 use crate::modes::direct_vf::XSK_RING;
 use crate::modes::far::{Injector, Progress};
-use crate::pin::{spawn_pinned, WORKER_CORE};
+use crate::pin::{spawn_pinned, worker_core};
 use crate::topology::{self, Netns, VfPool};
 
 /// The PF of the VF ceilings' one-VF pool (inside their own namespace).
@@ -187,7 +187,7 @@ impl Run<'_> {
         let done = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let done2 = done.clone();
-        let h = spawn_pinned("limit-rx".into(), WORKER_CORE, move || {
+        let h = spawn_pinned("limit-rx".into(), worker_core(), move || {
             let mut sink = Sink::new();
             // The receiver's own error goes to the caller as the window's; reading on until
             // the injector has stopped happens either way.

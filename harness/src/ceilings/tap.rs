@@ -21,7 +21,7 @@ use anyhow::{ensure, Context};
 use io_uring::{opcode, types, IoUring};
 
 use super::join;
-use crate::pin::{spawn_pinned, WORKER_CORE};
+use crate::pin::{spawn_pinned, worker_core};
 use crate::topology::{self, Netns};
 
 /// Frames per io_uring batch (`VHOST_NET_BATCH`), and per clock check of the write loop.
@@ -69,7 +69,7 @@ pub(super) fn measure_on(
         let before = topology::link_stats(target.ns, &target.counter)?;
         let file = target.file.try_clone().context("dup fd")?;
         let hdr_len = target.hdr_len;
-        let h = spawn_pinned("limit-tap".into(), WORKER_CORE, move || {
+        let h = spawn_pinned("limit-tap".into(), worker_core(), move || {
             once(file, hdr_len, size, duration)
         })
         .context("spawning limit-tap")?;

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context};
 use engine::backend::af_xdp::sys::{Chunk, Xsk};
 
 use super::join;
-use crate::pin::{spawn_pinned, WORKER_CORE};
+use crate::pin::{spawn_pinned, worker_core};
 use crate::topology::{self, Netns, VfPool};
 
 /// Frames per batch (`VHOST_NET_BATCH`).
@@ -49,7 +49,7 @@ pub(super) fn measure(
     let mut samples = Vec::with_capacity(repeat);
     for _ in 0..repeat {
         let before = topology::link_stats(&ns, &wire)?;
-        let h = spawn_pinned("limit-xdp".into(), WORKER_CORE, move || {
+        let h = spawn_pinned("limit-xdp".into(), worker_core(), move || {
             tx_once(xsk, chunks, size, duration)
         })
         .context("spawning limit-xdp")?;

@@ -30,7 +30,7 @@ use super::dpdk::{self, ForwardMode, Hugepages, SocketPath, Testpmd, TestpmdConf
 use crate::modes::vhost_user::VhostUser;
 use crate::modes::Mode;
 use crate::pair::PairConfig;
-use crate::pin::{VCPU_CORE, WORKER_CORE};
+use crate::pin::{vcpu_core, worker_core};
 
 /// The driver side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,8 +205,8 @@ fn guest_sim(
     cfg.warmup = warmup;
     cfg.busy_poll_us = busy_poll_us;
     cfg.guest_poll = true;
-    cfg.vcpu_core = Some(VCPU_CORE);
-    cfg.worker_core = Some(WORKER_CORE);
+    cfg.vcpu_core = Some(vcpu_core());
+    cfg.worker_core = Some(worker_core());
     match backend {
         Backend_::Engine => {
             cfg.socket = None;
@@ -330,7 +330,7 @@ fn virtio_user_engine(
     });
     let wcfg = WorkerConfig {
         name: "vu".into(),
-        core: Some(WORKER_CORE),
+        core: Some(worker_core()),
         busy_poll_us,
         ..WorkerConfig::default()
     };

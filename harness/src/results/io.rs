@@ -3,14 +3,98 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 
 use super::{Results, UtcTime, READABLE_SCHEMA_VERSIONS};
 
-/// Writes `results` as pretty JSON to `path`, creating parent directories. The text is
-/// parsed back first, so a value JSON cannot hold (NaN, infinity) is an error here rather
-/// than an unreadable file later. The file appears whole or not at all (write, then rename).
-pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
+/// Where a run's results go: decided, and checked, before anything is measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard output (`--out -`, `--json`).
+    Stdout,
+    /// A file: the path given, with symbolic links followed to the file they name (written
+    /// there, so the link stays a link).
+    File {
+        /// As the user gave it.
+        given: PathBuf,
+        /// Where it is written.
+        target: PathBuf,
+    },
+}
+
+impl Destination {
+    /// `-` is stdout. Any other path is checked now, so that minutes of measurements are not
+    /// thrown away at the end: it must not be a directory or anything but a regular file, an
+    /// existing file must not be read-only (its mode has no write bit: root could write it
+    /// anyway, but someone protected it), and its directory must exist (only the default
+    /// `results/` directory is created: a mistyped path is an error, not a new tree) and
+    /// take a new file (one is created there and removed).
+    pub fn prepare(path: &Path, create_dir: bool) -> anyhow::Result<Destination> {
+        if path.as_os_str() == "-" {
+            return Ok(Destination::Stdout);
+        }
+        let target = follow_links(path)?;
+        match fs::metadata(&target) {
+            Ok(m) if m.is_dir() => bail!("{} is a directory", path.display()),
+            Ok(m) if !m.is_file() => bail!("{} is not a regular file", path.display()),
+            Ok(m) if m.permissions().readonly() => bail!(
+                "{} is read-only; remove it or choose another --out",
+                path.display()
+            ),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        }
+        let dir = parent_dir(&target);
+        if create_dir {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        } else if !dir.is_dir() {
+            bail!(
+                "{}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+        let probe = temp_path(&target);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .with_context(|| format!("cannot write a file in {}", dir.display()))?;
+        let _ = fs::remove_file(&probe);
+        Ok(Destination::File {
+            given: path.to_path_buf(),
+            target,
+        })
+    }
+
+    /// Writes `results` there: to stdout as one JSON document, or to the file whole or not at
+    /// all (a unique temporary file beside it, renamed over it).
+    pub fn write(&self, results: &Results) -> anyhow::Result<()> {
+        let text = to_json(results)?;
+        match self {
+            Destination::Stdout => {
+                // A reader that went away is not an error here: the run says so elsewhere.
+                crate::out::write_stdout_text(&text);
+                Ok(())
+            }
+            Destination::File { given, target } => write_whole(target, &text)
+                .with_context(|| format!("writing the results to {}", given.display())),
+        }
+    }
+
+    /// How it is named in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Stdout => "stdout".into(),
+            Destination::File { given, .. } => given.display().to_string(),
+        }
+    }
+}
+
+/// The JSON text of `results`, parsed back first: a value JSON cannot hold (NaN, infinity) is
+/// an error here rather than an unreadable file later.
+fn to_json(results: &Results) -> anyhow::Result<String> {
     let text = serde_json::to_string_pretty(results).context("serializing results")?;
     let back: Results = serde_json::from_str(&text)
         .context("results do not survive a JSON round trip (a NaN or infinite number?)")?;
@@ -18,15 +102,79 @@ pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
         &back == results,
         "results do not survive a JSON round trip (a NaN or infinite number?)"
     );
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(text + "\n")
+}
+
+/// `path` with symbolic links followed (at most 40, as the kernel allows), to the path that
+/// is really written; a link to a file not there yet gives that file's path.
+fn follow_links(path: &Path) -> anyhow::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to =
+                    fs::read_link(&p).with_context(|| format!("reading link {}", p.display()))?;
+                p = parent_dir(&p).join(to);
+            }
+            _ => return Ok(p),
+        }
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// The directory a file is in (`.` for a bare name).
+fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A temporary name beside `target`, unique to this process and call.
+fn temp_path(target: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map_or_else(|| "results".into(), |n| n.to_string_lossy().into_owned());
+    parent_dir(target).join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Writes `text` to `target` through a unique temporary file renamed over it; the temporary
+/// file is removed if anything fails.
+fn write_whole(target: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = temp_path(target);
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            fs::rename(&tmp, target).with_context(|| format!("renaming to {}", target.display()))
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes `results` as pretty JSON to `path`, creating parent directories, following
+/// symbolic links; the file appears whole or not at all (see [`Destination::write`]).
+pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
+    let text = to_json(results)?;
+    let target = follow_links(path)?;
+    let dir = parent_dir(&target);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_whole(&target, &text)
 }
 
 /// Reads a results file of a version this build reads ([`READABLE_SCHEMA_VERSIONS`]).

@@ -15,9 +15,9 @@ mod io;
 mod schema;
 
 pub use clock::UtcTime;
-pub use io::{default_results_path, read_results, workspace_root, write_results};
+pub use io::{default_results_path, read_results, workspace_root, write_results, Destination};
 pub use schema::{
-    gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, LimitResult, PctOfCeiling, Record,
-    RepeatValues, Results, Workload, PLACEMENT_CHANGE_RATIO, READABLE_SCHEMA_VERSIONS,
-    SCHEMA_VERSION, TOOL, UNIT_MPPS, UNIT_NS,
+    gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, FailedCombination, LimitResult,
+    PctOfCeiling, Record, RepeatValues, Results, Workload, PLACEMENT_CHANGE_RATIO,
+    READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, TOOL, UNIT_MPPS, UNIT_NS,
 };

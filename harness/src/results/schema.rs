@@ -104,6 +104,33 @@ pub struct Results {
     /// `run --peer dpdk`: the driver × backend pairings (absent without `--peer`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<crate::peers::pairings::PeerRecord>,
+    /// Combinations that failed (an error ended a repeat, or no repeat measured anything),
+    /// with what went wrong; the run went on without them. Absent when none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedCombination>,
+    /// Why the run ended before its plan was done (`interrupted by SIGINT`, `stdout closed`):
+    /// the records hold the repeats that finished. Absent for a run that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
+}
+
+/// A combination of the matrix that failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedCombination {
+    /// Data path.
+    pub mode: String,
+    /// Traffic pattern.
+    pub workload: Workload,
+    /// Frame size, bytes.
+    pub size_bytes: u32,
+    /// Worker busy-poll window, µs.
+    pub busy_poll_us: u64,
+    /// Chains per backend submission.
+    pub batch: u32,
+    /// The combination as the table names it.
+    pub label: String,
+    /// What went wrong, one entry per failed repeat (`repeat N: …`).
+    pub errors: Vec<String>,
 }
 
 impl Results {
@@ -128,6 +155,8 @@ impl Results {
             process_rss_bytes: host::process_rss_bytes(),
             records: Vec::new(),
             peers: Vec::new(),
+            failed: Vec::new(),
+            partial: None,
         }
     }
 }

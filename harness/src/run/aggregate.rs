@@ -8,11 +8,12 @@ use anyhow::{anyhow, Result};
 use super::execute::Executed;
 use super::plan::Plan;
 use crate::host;
-use crate::pin::{VCPU_CORE, WORKER_CORE};
-use crate::results::{CalibrationRecord, Record, Results, UtcTime};
+use crate::pin::{vcpu_core, worker_core};
+use crate::results::{CalibrationRecord, FailedCombination, Record, Results, UtcTime};
 
 /// The results document of `plan`, started at `started`, from what [`super::execute`] gave.
-/// Combinations with no successful repeat are left out, and said so on stderr.
+/// A combination with a failed repeat, or with repeats that all measured nothing, is listed
+/// in `failed` with its errors (and has a record only for the repeats that measured).
 pub fn aggregate(plan: &Plan, started: &UtcTime, ex: Executed) -> Result<Results> {
     let calibration = CalibrationRecord::from_calibrations(&ex.calibrations)
         .ok_or_else(|| anyhow!("no calibration"))?
@@ -23,17 +24,28 @@ pub fn aggregate(plan: &Plan, started: &UtcTime, ex: Executed) -> Result<Results
         "modes_run": plan.modes.run.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "modes_skipped": &plan.modes.skipped,
         "warmup_ms": plan.timing().1.as_millis() as u64,
-        "vcpu_core": VCPU_CORE,
-        "worker_core": WORKER_CORE,
+        "vcpu_core": vcpu_core(),
+        "worker_core": worker_core(),
+        "cores": crate::pin::cores(),
     });
     let mut doc = Results::new(started, calibration, ex.ceilings.clone(), config);
+    doc.partial = ex.partial.clone();
     for (c, a) in plan.combos.iter().zip(ex.accs) {
+        // Failed: a repeat ended in an error, or repeats ran and none measured anything. (A
+        // combination an interrupt kept from running at all is simply not in the file.)
+        let ran = !a.repeats.is_empty() || !a.errors.is_empty() || !a.failures.is_empty();
+        if !a.failures.is_empty() || (a.repeats.is_empty() && ran) {
+            doc.failed.push(FailedCombination {
+                mode: c.mode.name().to_string(),
+                workload: c.workload,
+                size_bytes: c.size,
+                busy_poll_us: c.busy_poll_us,
+                batch: c.batch,
+                label: c.label(),
+                errors: a.failures.iter().chain(&a.errors).cloned().collect(),
+            });
+        }
         if a.repeats.is_empty() {
-            eprintln!(
-                "{}: no successful repeat: {}",
-                c.label(),
-                a.errors.join("; ")
-            );
             continue;
         }
         let mut r = Record::from_repeats(

@@ -34,10 +34,49 @@ pub struct Executed {
     pub ceilings: Vec<LimitResult>,
     /// Per combination (the plan's order), what its repeats gave.
     pub accs: Vec<Acc>,
+    /// Why the run stopped before its plan was done, if it did.
+    pub partial: Option<String>,
 }
 
-/// Runs every round of `plan`, printing a line per round.
-pub fn execute(plan: &Plan) -> Result<Executed> {
+/// Why the run should stop now, if it should: an interrupt, or a stdout whose reader left.
+pub fn stop_reason() -> Option<String> {
+    if let Some(sig) = crate::exit::interrupted() {
+        return Some(format!("interrupted by {}", signal_name(sig)));
+    }
+    crate::out::stdout_closed().then(|| "stdout closed".to_string())
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        s => format!("signal {s}"),
+    }
+}
+
+/// Progress on stderr: combination i of N with an ETA, when `shown` (stderr is a terminal and
+/// stdout does not carry the results); nothing otherwise.
+fn progress(total: usize, shown: bool) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "[{elapsed_precise}] {bar:30} {pos}/{len} combinations, ETA {eta} {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Runs every round of `plan`, printing a line per round (and, when `show_progress`, a
+/// progress bar on stderr). A combination whose run fails is recorded with its error and the
+/// run goes on; an interrupt or a closed stdout ends it after the combination in progress.
+pub fn execute(plan: &Plan, show_progress: bool) -> Result<Executed> {
     // Per row: its name, unit, one sample per round, and (RX ceilings) what was offered.
     let mut samples: Vec<LimitResult> = Vec::new();
     let mut ex = Executed {
@@ -45,19 +84,36 @@ pub fn execute(plan: &Plan) -> Result<Executed> {
         ..Executed::default()
     };
     let round_ceilings = plan.round_ceilings();
-    for rep in 0..plan.repeat {
+    let bar = progress(plan.repeat * plan.combos.len(), show_progress);
+    'rounds: for rep in 0..plan.repeat {
+        if let Some(why) = stop_reason() {
+            ex.partial = Some(why);
+            break;
+        }
         let cal = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
-        println!(
-            "round {}: calibration: cross-core cache-line round trip {} ns (min {}, max {})",
-            rep + 1,
-            fmt_num(cal.pingpong_rtt_ns),
-            fmt_num(cal.pingpong_rtt_min_ns),
-            fmt_num(cal.pingpong_rtt_max_ns)
-        );
+        bar.suspend(|| {
+            crate::say!(
+                "round {}: calibration: cross-core cache-line round trip {} ns (min {}, max {})",
+                rep + 1,
+                fmt_num(cal.pingpong_rtt_ns),
+                fmt_num(cal.pingpong_rtt_min_ns),
+                fmt_num(cal.pingpong_rtt_max_ns)
+            )
+        });
         for ceiling in &round_ceilings {
-            let measured = ceiling
-                .measure(CEILING_DURATION, 1)
-                .with_context(|| format!("measuring the ceiling {}", ceiling.name()))?;
+            let measured = match ceiling.measure(CEILING_DURATION, 1) {
+                Ok(m) => m,
+                Err(e) => {
+                    bar.suspend(|| {
+                        crate::say!(
+                            "round {}: the ceiling {} could not be measured: {e:#}",
+                            rep + 1,
+                            ceiling.name()
+                        )
+                    });
+                    continue;
+                }
+            };
             for l in measured {
                 match samples.iter_mut().find(|s| s.name == l.name) {
                     Some(s) => {
@@ -68,34 +124,49 @@ pub fn execute(plan: &Plan) -> Result<Executed> {
                 }
             }
         }
+        ex.calibrations.push(cal);
         for (c, acc) in plan.combos.iter().zip(ex.accs.iter_mut()) {
+            if let Some(why) = stop_reason() {
+                ex.partial = Some(why);
+                break 'rounds;
+            }
+            bar.set_message(c.label());
             let ceiling = match c.ceiling() {
-                Some(l) => Some(
-                    l.sample(CEILING_DURATION)
-                        .with_context(|| format!("{}: measuring its ceiling", c.label()))?,
-                ),
+                Some(l) => match l.sample(CEILING_DURATION) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        acc.failures
+                            .push(format!("repeat {rep}: measuring its ceiling: {e:#}"));
+                        None
+                    }
+                },
                 None => None,
             };
-            let o = c
-                .mode
-                .run(&plan.pair_config(c))
-                .with_context(|| c.label())?;
-            acc.add(c, rep, &o, cal.pingpong_rtt_ns, ceiling);
+            match c.mode.run(&plan.pair_config(c)) {
+                Ok(o) => acc.add(c, rep, &o, cal.pingpong_rtt_ns, ceiling),
+                Err(e) => {
+                    bar.suspend(|| crate::say!("{}: repeat {} failed: {e:#}", c.label(), rep + 1));
+                    acc.failures.push(format!("repeat {rep}: {e:#}"));
+                }
+            }
+            bar.inc(1);
         }
         let end = calibrate::pingpong_rtt_ns(CALIBRATION_ROUND_TRIPS).context("calibration")?;
         if results::placement_changed(cal.pingpong_rtt_ns, end.pingpong_rtt_ns) {
-            println!(
-                "round {}: the vCPU placement changed during the round: calibration {} ns at its \
-                 start, {} ns at its end; its same-round ratios may compare two placements",
-                rep + 1,
-                fmt_num(cal.pingpong_rtt_ns),
-                fmt_num(end.pingpong_rtt_ns)
-            );
+            bar.suspend(|| {
+                crate::say!(
+                    "round {}: the vCPU placement changed during the round: calibration {} ns \
+                     at its start, {} ns at its end; its same-round ratios may compare two \
+                     placements",
+                    rep + 1,
+                    fmt_num(cal.pingpong_rtt_ns),
+                    fmt_num(end.pingpong_rtt_ns)
+                )
+            });
         }
-        ex.calibrations.push(cal);
         ex.round_ends.push(end);
-        eprintln!("repeat {}/{} done", rep + 1, plan.repeat);
     }
+    bar.finish_and_clear();
     ex.ceilings = samples
         .into_iter()
         .map(|s| {
@@ -127,6 +198,9 @@ pub struct Acc {
     pub backend_stats: BTreeMap<String, u64>,
     /// The backend the mode chose, if it chooses one.
     pub backend: Option<&'static str>,
+    /// Repeats that failed (the run, or its ceiling's sample, returned an error), one line
+    /// each, prefixed with the repeat: the combination failed.
+    pub failures: Vec<String>,
 }
 
 impl Acc {

@@ -14,6 +14,8 @@ pub mod execute;
 pub mod plan;
 pub mod render;
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
 
 use crate::cli::RunArgs;
@@ -57,14 +59,14 @@ fn peers(plan: &Plan, args: &RunArgs) -> Result<Vec<crate::peers::pairings::Peer
         }
         for &size in &args.sizes {
             if !SIZES.contains(&size) {
-                println!(
+                crate::say!(
                     "peer dpdk: {size} B left out (testpmd's txonly makes {}..={} B)",
                     SIZES.start(),
                     SIZES.end()
                 );
                 continue;
             }
-            println!(
+            crate::say!(
                 "peer dpdk: {} {size} B, the four pairings x {} repeats",
                 d.name(),
                 args.repeat
@@ -83,26 +85,97 @@ fn peers(plan: &Plan, args: &RunArgs) -> Result<Vec<crate::peers::pairings::Peer
     Ok(out)
 }
 
-pub fn main(args: RunArgs) -> Result<()> {
+/// How a run ended: what the process's exit status says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Every combination ran.
+    Complete,
+    /// These combinations failed (the others ran; all are in the results).
+    Failed(Vec<String>),
+    /// A signal stopped it early; what finished was written.
+    Interrupted(i32),
+    /// Its stdout's reader went away; what finished was written.
+    StdoutClosed,
+}
+
+/// A problem with what the user asked for, found before anything ran (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct UsageError(pub anyhow::Error);
+
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e))
+}
+
+/// Where the results go (`--out`, `--json`), checked now. `None`: only stdout
+/// (`--json` without `--out`).
+fn destinations(args: &RunArgs, started: &UtcTime) -> Result<Vec<results::Destination>> {
+    let mut out = Vec::new();
+    match &args.out {
+        Some(p) => out.push(results::Destination::prepare(p, false).map_err(usage)?),
+        None if args.json => {}
+        None => {
+            let p = results::default_results_path(started);
+            out.push(results::Destination::prepare(&p, true).map_err(|e| {
+                usage(e.context(format!(
+                    "the default results file {} (choose one with --out)",
+                    p.display()
+                )))
+            })?);
+        }
+    }
+    if args.json && !out.contains(&results::Destination::Stdout) {
+        out.push(results::Destination::Stdout);
+    }
+    Ok(out)
+}
+
+/// Plans, runs, prints and writes the comparison `args` asks for. Everything that can be
+/// checked before measuring is (the output, every combination's configuration); a
+/// combination that fails while running is recorded and the others go on.
+pub fn main(args: RunArgs) -> Result<Ended> {
     let started = UtcTime::now();
+    let outs = destinations(&args, &started)?;
+    if outs.contains(&results::Destination::Stdout) {
+        crate::out::prose_to_stderr();
+    }
+    if !args.cores.is_empty() {
+        crate::pin::set_cores(&args.cores).map_err(usage)?;
+    }
     for stale in topology::cleanup_stale() {
-        println!("removed stale namespace {stale} (its vhostbench process is gone)");
+        crate::say!("removed stale namespace {stale} (its vhostbench process is gone)");
     }
     for stale in crate::peers::dpdk::cleanup_stale() {
-        println!("{stale} (its vhostbench process is gone)");
+        crate::say!("{stale} (its vhostbench process is gone)");
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let plan = Plan::new(&args, &topology::probe(), cores)?;
+    let cores = crate::pin::cores();
+    let plan = Plan::new(&args, &topology::probe(), cores.len()).map_err(usage)?;
+    plan.validate().map_err(usage)?;
+    crate::say!(
+        "cores: vCPU on {}, worker on {} (of {})",
+        crate::pin::vcpu_core(),
+        crate::pin::worker_core(),
+        crate::pin::fmt_cores(cores)
+    );
+    if cores.len() < 2 {
+        crate::say!(
+            "one core: the vCPU and the worker share core {}, so every figure measures their \
+             time-sharing, not a hand-off between cores",
+            cores[0]
+        );
+    }
     for note in &plan.modes.notes {
-        println!("{note}");
+        crate::say!("{note}");
     }
     for s in plan.modes.skipped.iter().chain(&plan.left_out) {
-        println!("skipped {s}");
+        crate::say!("skipped {s}");
     }
 
-    let executed = execute::execute(&plan)?;
+    crate::exit::graceful();
+    let show_progress = !crate::out::prose_on_stderr() && std::io::stderr().is_terminal();
+    let executed = execute::execute(&plan, show_progress)?;
     for l in &executed.ceilings {
-        println!(
+        crate::say!(
             "ceiling {}: {} {} (min {}, max {}, over the rounds{})",
             l.name,
             fmt_num(l.median),
@@ -113,11 +186,28 @@ pub fn main(args: RunArgs) -> Result<()> {
         );
     }
     let mut doc = aggregate::aggregate(&plan, &started, executed)?;
-    if args.peer.is_some() {
-        doc.peers = peers(&plan, &args)?;
+    if args.peer.is_some() && doc.partial.is_none() {
+        match peers(&plan, &args) {
+            Ok(p) => doc.peers = p,
+            Err(e) => {
+                crate::say!("peer dpdk: {e:#}");
+                doc.failed.push(crate::results::FailedCombination {
+                    mode: "peer-dpdk".into(),
+                    workload: crate::results::Workload::Tx,
+                    size_bytes: 0,
+                    busy_poll_us: 0,
+                    batch: 0,
+                    label: "--peer dpdk".into(),
+                    errors: vec![format!("{e:#}")],
+                });
+            }
+        }
+        if let Some(why) = execute::stop_reason() {
+            doc.partial = Some(why);
+        }
     }
     let cal = &doc.calibration;
-    println!(
+    crate::say!(
         "calibration: cross-core cache-line round trip {} ns (min {}, max {}; per round: {})",
         fmt_num(cal.pingpong_rtt_ns),
         fmt_num(cal.pingpong_rtt_min_ns),
@@ -129,7 +219,7 @@ pub fn main(args: RunArgs) -> Result<()> {
             .join(", ")
     );
     if !cal.placement_changed.is_empty() {
-        println!(
+        crate::say!(
             "placement changed during round(s) {}: compare their rows' per-round ratios with care",
             cal.placement_changed
                 .iter()
@@ -138,17 +228,28 @@ pub fn main(args: RunArgs) -> Result<()> {
                 .join(", ")
         );
     }
-    if !args.json_only {
-        print!("{}", render(&doc));
-        if !doc.peers.is_empty() {
-            print!("{}", render::peers(&doc.peers));
+    crate::out::say_text(&render(&doc));
+    if !doc.peers.is_empty() {
+        crate::out::say_text(&render::peers(&doc.peers));
+    }
+    for f in &doc.failed {
+        crate::say!("FAILED {}: {}", f.label, f.errors.join("; "));
+    }
+    if let Some(why) = &doc.partial {
+        crate::say!("partial: the run stopped early ({why}); the results hold what finished");
+    }
+    for d in &outs {
+        d.write(&doc)?;
+        if *d != results::Destination::Stdout {
+            crate::say!("wrote {}", d.describe());
         }
     }
-    let path = args
-        .out
-        .clone()
-        .unwrap_or_else(|| results::default_results_path(&started));
-    results::write_results(&path, &doc)?;
-    println!("wrote {}", path.display());
-    Ok(())
+    Ok(match (crate::exit::interrupted(), &doc.partial) {
+        (Some(sig), _) => Ended::Interrupted(sig),
+        (None, Some(_)) => Ended::StdoutClosed,
+        (None, None) if !doc.failed.is_empty() => {
+            Ended::Failed(doc.failed.iter().map(|f| f.label.clone()).collect())
+        }
+        (None, None) => Ended::Complete,
+    })
 }

@@ -12,7 +12,7 @@ use crate::ceilings::Ceiling;
 use crate::cli::RunArgs;
 use crate::modes::{self, Mode, Resolved};
 use crate::pair::PairConfig;
-use crate::pin::{VCPU_CORE, WORKER_CORE};
+use crate::pin::{vcpu_core, worker_core};
 use crate::results::Workload;
 use crate::topology::{Privileges, VfBackend, VfOptions};
 
@@ -150,11 +150,48 @@ impl Plan {
         guest_polls(&self.args, c)
     }
 
-    /// How long each repeat runs, and the part of it left out at the start.
+    /// How long each repeat runs, and the part of it left out at the start (`--warmup-ms`, or
+    /// a tenth of the duration, at least 20 ms).
     pub fn timing(&self) -> (Duration, Duration) {
         let duration = Duration::from_millis(self.args.duration_ms);
-        let warmup = (duration / 10).max(Duration::from_millis(20));
+        let warmup = match self.args.warmup_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => (duration / 10).max(Duration::from_millis(20)),
+        };
         (duration, warmup)
+    }
+
+    /// Checks every combination's configuration before anything is measured: its guest
+    /// memory, queues and buffers are laid out as the run will lay them out (and let go). All
+    /// the combinations that cannot run are named in one error.
+    pub fn validate(&self) -> Result<()> {
+        let mut bad = Vec::new();
+        let mut seen = Vec::new();
+        for c in &self.combos {
+            let cfg = self.pair_config(c);
+            let key = (
+                cfg.frame_len,
+                cfg.queue_size,
+                cfg.guest_mem_bytes,
+                cfg.mrg_rxbuf,
+            );
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            if let Err(e) = crate::pair::check(&cfg) {
+                bad.push(format!("{}B frames: {e:#}", c.size));
+            }
+        }
+        if !bad.is_empty() {
+            bail!(
+                "{} (--guest-mem-mb {}, --queue-size {})",
+                bad.join("; "),
+                self.args.guest_mem_mb,
+                self.args.queue_size
+            );
+        }
+        Ok(())
     }
 
     /// Everything one run of `c` needs.
@@ -178,8 +215,8 @@ impl Plan {
             warmup,
             verify_bytes: false,
             exit_cost_ns: args.exit_cost_ns,
-            vcpu_core: Some(VCPU_CORE),
-            worker_core: Some(WORKER_CORE),
+            vcpu_core: Some(vcpu_core()),
+            worker_core: Some(worker_core()),
             vf: VfOptions {
                 pf: args.pf.clone(),
                 vfs: args.vfs,

@@ -24,7 +24,7 @@ use anyhow::{bail, ensure, Context};
 
 use super::testpmd::{ForwardStats, PortStats, Testpmd, TestpmdConfig, Vdev};
 use super::{ForwardMode, Hugepages, SocketPath, PAGES_PER_TESTPMD};
-use crate::pin::{VCPU_CORE, WORKER_CORE};
+use crate::pin::{vcpu_core, worker_core};
 
 /// Frame sizes testpmd's `txonly` makes (Ethernet + IPv4 + UDP headers, up to MTU 1500).
 pub const SIZES: std::ops::RangeInclusive<u32> = 42..=1514;
@@ -82,15 +82,15 @@ pub struct PairConfig {
 
 impl PairConfig {
     /// `direction` with `frame_size`-byte frames, ring 256, bursts of 32, virtio-user on
-    /// [`VCPU_CORE`], vhost on [`WORKER_CORE`], half a second of warm-up.
+    /// [`vcpu_core`], vhost on [`worker_core`], half a second of warm-up.
     pub fn new(direction: PairDirection, frame_size: u32) -> PairConfig {
         PairConfig {
             direction,
             frame_size,
             ring: 256,
             burst: 32,
-            guest_core: VCPU_CORE,
-            host_core: WORKER_CORE,
+            guest_core: vcpu_core(),
+            host_core: worker_core(),
             warmup: Duration::from_millis(500),
         }
     }

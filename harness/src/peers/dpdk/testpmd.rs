@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 use crate::peers::sys;
-use crate::pin::{VCPU_CORE, WORKER_CORE};
+use crate::pin::{vcpu_core, worker_core};
 use crate::topology::{owner_pid, process_dead};
 
 /// Hugepages (2 MiB) one testpmd is allowed (`--socket-limit`) and a run should reserve for
@@ -172,12 +172,12 @@ pub struct TestpmdConfig {
 
 impl TestpmdConfig {
     /// `forward` on `vdev`: 64-byte frames, bursts of 32, ring 256, the guest's core
-    /// ([`VCPU_CORE`]) for a virtio-user driver and the worker's ([`WORKER_CORE`]) for a vhost
+    /// ([`vcpu_core`]) for a virtio-user driver and the worker's ([`worker_core`]) for a vhost
     /// back end, its main lcore on the other one.
     pub fn new(vdev: Vdev, forward: ForwardMode) -> TestpmdConfig {
         let (fwd_core, main_core) = match vdev {
-            Vdev::VirtioUser { .. } => (VCPU_CORE, WORKER_CORE),
-            Vdev::Vhost { .. } | Vdev::Null => (WORKER_CORE, VCPU_CORE),
+            Vdev::VirtioUser { .. } => (vcpu_core(), worker_core()),
+            Vdev::Vhost { .. } | Vdev::Null => (worker_core(), vcpu_core()),
         };
         TestpmdConfig {
             vdev,
@@ -1111,7 +1111,7 @@ Done.
         };
         assert_eq!(v.arg(&[]), "net_vhost0,iface=/run/y.sock,queues=1,client=1");
         let c = TestpmdConfig::new(v, ForwardMode::RxOnly);
-        assert_eq!((c.fwd_core, c.main_core), (WORKER_CORE, VCPU_CORE));
+        assert_eq!((c.fwd_core, c.main_core), (worker_core(), vcpu_core()));
     }
 
     #[test]
