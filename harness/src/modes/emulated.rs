@@ -63,6 +63,11 @@ impl Mode for Emulated {
         false
     }
 
+    /// QEMU's loop moves one frame per `write`/`read` and publishes each at once.
+    fn batches(&self) -> bool {
+        false
+    }
+
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
         tap::run_tap(self, cfg)
     }

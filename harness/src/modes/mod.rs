@@ -72,6 +72,13 @@ pub trait Mode: Sync {
         true
     }
 
+    /// Whether its data path takes the run's `--batch` (chains per backend submission). One
+    /// that does not (the emulated loop: a syscall and a used-ring publish per frame) shows
+    /// the batch it really has, 1, in the table.
+    fn batches(&self) -> bool {
+        true
+    }
+
     /// The ceiling of a combination in which neither side polls (both sleep on eventfds when
     /// idle), where it differs from [`Mode::ceiling_on`]'s: a yardstick whose sides sleep the
     /// same way. `None`: the same ceiling as polling.

@@ -12,7 +12,7 @@
 
 mod clock;
 mod io;
-mod schema;
+pub(crate) mod schema;
 
 pub use clock::UtcTime;
 pub use io::{default_results_path, read_results, workspace_root, write_results, Destination};

@@ -68,9 +68,16 @@ impl Combo {
                 return Some(c);
             }
         }
-        self.mode
+        match self
+            .mode
             .ceiling_on(self.workload, self.size, self.vf_backend)
-            .map(|c| c.at_rate(self.rate_pps))
+        {
+            // A round trip in which nobody polls is two wake-ups from a blocking read: its
+            // yardstick is the eventfd round trip with the far side blocked, not the spinning
+            // one (against which every such row read 0-1%).
+            Some(Ceiling::BusyPollWakeRtt) if self.sleeps => Some(Ceiling::BlockingWakeRtt),
+            c => c.map(|c| c.at_rate(self.rate_pps)),
+        }
     }
 }
 
@@ -340,8 +347,23 @@ mod tests {
                 "tap_best_1500",
                 "xdp_tx_1500",
                 "xdp_rx_1500",
-                "busy_poll_wake_rtt",
+                // Nobody polls by default: rr's yardstick is the blocking wake round trip.
+                "blocking_wake_rtt",
             ]
+        );
+        let polled = RunArgs {
+            busy_poll_us: vec![20],
+            ..RunArgs::default()
+        };
+        let p = Plan::new(&polled, &host(), 4).expect("plan");
+        let names: Vec<String> = p.round_ceilings().iter().map(|c| c.name()).collect();
+        assert!(
+            names.contains(&"busy_poll_wake_rtt".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"blocking_wake_rtt".to_string()),
+            "{names:?}"
         );
         // Each VF backend swept brings its own ceilings, rx as well as tx; a paced run's RX
         // ceilings are paced alike.
@@ -376,7 +398,7 @@ mod tests {
             [
                 "spsc_copy_9000",
                 "sleep_ring_9000_q256",
-                "busy_poll_wake_rtt"
+                "blocking_wake_rtt"
             ]
         );
     }
