@@ -23,8 +23,8 @@
 //! - no file descriptor leaked: the process has as many open as before the replay (the
 //!   memfds, eventfds and sockets the server received, the device's eventfds and io_uring);
 //! - the replies are well-formed (the reply flag, version 1, a size within the limit, a
-//!   request that was sent, no fd attached), and those with a fixed answer say it (the
-//!   features offered, the protocol features, the number of queue pairs).
+//!   request code the vhost crate knows, no fd attached), and those with a fixed answer say it
+//!   (the features offered, the protocol features, the number of queue pairs).
 //!
 //! The fd count needs the process to itself: no other thread may open or close a file during
 //! a replay. libFuzzer runs one input at a time; tests hold [`crate::exclusive`].
@@ -686,7 +686,7 @@ fn drain(sock: &UnixStream) -> (Vec<u8>, usize) {
 }
 
 /// Splits the reply stream into replies, checking each one's header.
-fn parse_replies(mut b: &[u8], sent_codes: &[u32]) -> Vec<Reply> {
+fn parse_replies(mut b: &[u8]) -> Vec<Reply> {
     let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
     let mut out = Vec::new();
     while !b.is_empty() {
@@ -694,9 +694,11 @@ fn parse_replies(mut b: &[u8], sent_codes: &[u32]) -> Vec<Reply> {
         let (code, flags, size) = (le32(&b[0..4]), le32(&b[4..8]), le32(&b[8..12]) as usize);
         assert_eq!(flags, VERSION_1 | REPLY, "reply flags for request {code}");
         assert!(size <= MAX_PAYLOAD, "a reply of {size} bytes");
+        // A request the server read, which is not always one the replay wrote: once a size
+        // field is off, the server reads headers out of payloads.
         assert!(
-            sent_codes.contains(&code),
-            "a reply to request {code}, never sent"
+            (1..=LAST_CODE).contains(&code),
+            "a reply to request {code}, which the vhost crate does not know"
         );
         assert!(b.len() >= 12 + size, "a partial reply to {code}");
         out.push(Reply {
@@ -742,11 +744,9 @@ fn serve(input: &Input) -> Outcome {
     }
     let mut enc = Encoder::default();
     let mut sent = 0;
-    let mut codes = Vec::new();
     for m in input.msgs.iter().take(MAX_MSGS) {
         let (bytes, kinds) = enc.message(m);
         let fds: Vec<OwnedFd> = kinds.into_iter().map(new_fd).collect();
-        codes.push(u32::from_le_bytes(bytes[..4].try_into().expect("a header")));
         if !send(&client, &bytes, &fds) {
             break;
         }
@@ -760,7 +760,7 @@ fn serve(input: &Input) -> Outcome {
     let (bytes, fds) = drain(&client);
     drop(client);
     assert_eq!(fds, 0, "a reply carried {fds} fds");
-    let replies = parse_replies(&bytes, &codes);
+    let replies = parse_replies(&bytes);
     for r in &replies {
         let want = match r.code {
             code::GET_FEATURES => DEFAULT_OFFER.0 | F_PROTOCOL_FEATURES,
