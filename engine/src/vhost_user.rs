@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -183,6 +183,25 @@ impl NetServer {
     /// Whether a device is running.
     pub fn is_running(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// Whether nothing of a frontend's set-up is left: no device, no features, no memory
+    /// table, no queue with anything set. A new server is clear, and so is one whose
+    /// frontend has gone ([`serve_connection`] returned).
+    pub fn is_clear(&self) -> bool {
+        self.running.is_none()
+            && self.acked.is_none()
+            && !self.protocol_acked
+            && self.protocol.is_empty()
+            && self.mem.is_none()
+            && self.queues.iter().all(|q| {
+                q.size.is_none()
+                    && q.addr.is_none()
+                    && q.base == 0
+                    && q.kick.is_none()
+                    && q.call.is_none()
+                    && !q.enabled
+            })
     }
 
     /// The running device's counters.
@@ -655,48 +674,75 @@ fn serve(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        sock.set_nonblocking(false)?;
-        let watch = sock.try_clone()?;
-        let mut handler = BackendReqHandler::from_stream(sock, state.clone());
-        lock(state).stats.connections += 1;
-        let mut in_a_row = 0;
-        while !stop.load(Ordering::Acquire) {
-            // Wait for a request with a bound, so a stop is seen.
-            let mut pfd = [PollFd::new(&watch, PollFlags::IN)];
-            let timeout = Timespec {
-                tv_sec: 0,
-                tv_nsec: POLL.as_nanos() as i64,
-            };
-            match rustix::event::poll(&mut pfd, Some(&timeout)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(e.into()),
-            }
-            match handler.handle_request() {
-                Ok(()) => in_a_row = 0,
-                Err(
-                    VuError::Disconnected
-                    | VuError::PartialMessage
-                    | VuError::SocketBroken(_)
-                    | VuError::SocketError(_),
-                ) => break,
-                Err(e) => {
-                    // A refusal of ours (`ReqHandlerError`) is counted where it was made; a
-                    // message the layer below rejected (bad size, fds, unknown request) here.
-                    if !matches!(e, VuError::ReqHandlerError(_)) {
-                        let mut s = lock(state);
-                        s.stats.refused += 1;
-                        s.stats.last_refusal = Some(e.to_string());
-                    }
-                    in_a_row += 1;
-                    if in_a_row >= MAX_REFUSALS_IN_A_ROW {
-                        break;
-                    }
+        serve_connection(sock, state, stop)?;
+    }
+    Ok(())
+}
+
+/// Serves one frontend on `sock` until it disconnects, breaks the stream, is refused 64 times
+/// in a row, or `stop` is set (looked at every 20 ms); then stops its device and forgets its
+/// set-up, on every way out: `state` is left [`NetServer::is_clear`].
+///
+/// [`Server`] runs this for each connection it accepts; a caller with a connected socket of
+/// its own (a test, the fuzz harness) runs it directly. An error is the socket's own (making
+/// it blocking, polling it), never a frontend's bad request.
+pub fn serve_connection(
+    sock: UnixStream,
+    state: &Arc<Mutex<NetServer>>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    sock.set_nonblocking(false)?;
+    let watch = sock.try_clone()?;
+    let mut handler = BackendReqHandler::from_stream(sock, state.clone());
+    lock(state).stats.connections += 1;
+    let r = handle_requests(&mut handler, &watch, state, stop);
+    // The frontend went away (or we are stopping): stop its device, forget its set-up.
+    lock(state).reset();
+    r
+}
+
+/// The request loop of [`serve_connection`].
+fn handle_requests(
+    handler: &mut BackendReqHandler<Mutex<NetServer>>,
+    watch: &UnixStream,
+    state: &Mutex<NetServer>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let mut in_a_row = 0;
+    while !stop.load(Ordering::Acquire) {
+        // Wait for a request with a bound, so a stop is seen.
+        let mut pfd = [PollFd::new(watch, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: POLL.as_nanos() as i64,
+        };
+        match rustix::event::poll(&mut pfd, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match handler.handle_request() {
+            Ok(()) => in_a_row = 0,
+            Err(
+                VuError::Disconnected
+                | VuError::PartialMessage
+                | VuError::SocketBroken(_)
+                | VuError::SocketError(_),
+            ) => break,
+            Err(e) => {
+                // A refusal of ours (`ReqHandlerError`) is counted where it was made; a
+                // message the layer below rejected (bad size, fds, unknown request) here.
+                if !matches!(e, VuError::ReqHandlerError(_)) {
+                    let mut s = lock(state);
+                    s.stats.refused += 1;
+                    s.stats.last_refusal = Some(e.to_string());
+                }
+                in_a_row += 1;
+                if in_a_row >= MAX_REFUSALS_IN_A_ROW {
+                    break;
                 }
             }
         }
-        // The frontend went away (or we are stopping): stop its device, forget its set-up.
-        lock(state).reset();
     }
     Ok(())
 }

@@ -10,4 +10,17 @@
 
 pub mod mem_table;
 pub mod net_header;
+pub mod vhost_msgs;
 pub mod virtq_device;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Held by a test while it replays inputs whose oracles look at the whole process
+/// (`vhost_msgs` counts its open files): tests run in parallel threads of one process, and a
+/// file another test opens meanwhile would look like a leak. A fuzz target runs one input at a
+/// time and needs nothing.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A test that failed holding it poisoned it; the others still run one at a time.
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}

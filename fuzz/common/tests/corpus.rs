@@ -32,8 +32,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Replays every seed (which must decode: `replay` says whether one did) and every file of the
-/// local corpus, then fails naming each file that broke an oracle.
+/// local corpus, then fails naming each file that broke an oracle. One target at a time
+/// (`exclusive`): `vhost_msgs` counts the process's open files.
 fn replay_all(target: &str, replay: impl Fn(&[u8]) -> bool) {
+    let _one = fuzz_common::exclusive();
     let seeds = files(&fuzz_dir().join("seeds").join(target));
     assert!(
         !seeds.is_empty(),
@@ -82,4 +84,9 @@ fn net_header_corpus() {
 #[test]
 fn mem_table_corpus() {
     replay_all("mem_table", fuzz_common::mem_table::replay_bytes);
+}
+
+#[test]
+fn vhost_msgs_corpus() {
+    replay_all("vhost_msgs", fuzz_common::vhost_msgs::replay_bytes);
 }
