@@ -41,4 +41,5 @@ pub mod results;
 pub mod run;
 pub mod serve;
 pub mod stats;
+pub mod testing;
 pub mod topology;

@@ -307,9 +307,9 @@ mod tests {
     fn a_served_vf_takes_every_frame_to_the_wire_for_each_frontend() {
         let p = topology::probe();
         if !p.vfs {
-            eprintln!(
-                "skipping a_served_vf_takes_every_frame_to_the_wire_for_each_frontend: {}",
-                p.summary()
+            crate::testing::skip(
+                "a_served_vf_takes_every_frame_to_the_wire_for_each_frontend",
+                &p.summary(),
             );
             return;
         }
@@ -317,7 +317,10 @@ mod tests {
         if p.af_xdp {
             kinds.push(VfBackend::AfXdp);
         } else {
-            eprintln!("af-xdp part skipped: this host cannot open AF_XDP sockets");
+            crate::testing::skip(
+                "a_served_vf_takes_every_frame_to_the_wire_for_each_frontend (af-xdp)",
+                "this host cannot open AF_XDP sockets",
+            );
         }
         for kind in kinds {
             let ns = Arc::new(Netns::create().expect("namespace"));

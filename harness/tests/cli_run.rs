@@ -246,7 +246,7 @@ fn a_closed_stdout_ends_the_run_quietly_with_results_written() {
 #[test]
 fn the_cores_come_from_the_affinity_mask() {
     if Command::new("taskset").arg("-V").output().is_err() {
-        eprintln!("skipping the_cores_come_from_the_affinity_mask: no taskset");
+        harness::testing::skip("the_cores_come_from_the_affinity_mask", "no taskset");
         return;
     }
     let o = Command::new("taskset")

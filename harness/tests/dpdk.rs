@@ -30,7 +30,7 @@ fn dpdk_or_skip(test: &str) -> Option<dpdk::DpdkInstall> {
     match dpdk::probe() {
         Ok(d) => Some(d),
         Err(e) => {
-            eprintln!("skipping {test}: {e:#}");
+            harness::testing::skip(test, &format!("{e:#}"));
             None
         }
     }

@@ -23,9 +23,9 @@ fn namespaces_of(pid: u32) -> Vec<String> {
 fn sigkilled_run_leaves_a_namespace_the_next_start_removes() {
     let p = topology::probe();
     if !p.can_run {
-        eprintln!(
-            "skipping sigkilled_run_leaves_a_namespace_the_next_start_removes: {}",
-            p.summary()
+        harness::testing::skip(
+            "sigkilled_run_leaves_a_namespace_the_next_start_removes",
+            &p.summary(),
         );
         return;
     }

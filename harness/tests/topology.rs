@@ -23,7 +23,7 @@ const PATIENCE: Duration = Duration::from_secs(5);
 fn privileged(test: &str) -> bool {
     let p = topology::probe();
     if !p.can_run {
-        eprintln!("skipping {test}: {}", p.summary());
+        harness::testing::skip(test, &p.summary());
     }
     p.can_run
 }

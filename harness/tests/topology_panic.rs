@@ -20,7 +20,7 @@ fn listed(name: &str) -> bool {
 fn a_panic_deletes_the_namespaces_and_live_handles_keep_working() {
     let p = topology::probe();
     if !p.can_run {
-        eprintln!("skipping: {}", p.summary());
+        harness::testing::skip("topology_panic", &p.summary());
         return;
     }
     let ns = Netns::create().expect("netns");

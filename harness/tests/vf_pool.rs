@@ -11,7 +11,7 @@ use harness::topology::{self, link_stats, packet_socket, veths, Netns, VfPool};
 fn privileged(test: &str) -> bool {
     let p = topology::probe();
     if !p.can_run {
-        eprintln!("skipping {test}: {}", p.summary());
+        harness::testing::skip(test, &p.summary());
     }
     p.can_run
 }

@@ -36,7 +36,7 @@ fn host_veths(pf: &str) -> Vec<String> {
 fn a_panic_with_vfs_taken_leaves_no_veth_behind() {
     let p = topology::probe();
     if !p.can_run {
-        eprintln!("skipping: {}", p.summary());
+        harness::testing::skip("vf_pool_panic", &p.summary());
         return;
     }
     let pf = format!("vp{}", std::process::id() % 100_000);

@@ -336,7 +336,7 @@ mod tests {
     fn can_run(test: &str) -> bool {
         let p = topology::probe();
         if !p.vfs {
-            eprintln!("skipping {test}: {}", p.summary());
+            crate::testing::skip(test, &p.summary());
         }
         p.vfs
     }

@@ -138,7 +138,7 @@ mod tests {
     fn can_run(test: &str) -> bool {
         let p = topology::probe();
         if !p.can_run {
-            eprintln!("skipping {test}: {}", p.summary());
+            crate::testing::skip(test, &p.summary());
         }
         p.can_run
     }

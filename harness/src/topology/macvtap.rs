@@ -89,10 +89,7 @@ mod tests {
     fn frames_cross_a_passthrough_macvtap_both_ways() {
         let p = topology::probe();
         if !p.can_run {
-            eprintln!(
-                "skipping frames_cross_a_passthrough_macvtap_both_ways: {}",
-                p.summary()
-            );
+            crate::testing::skip("frames_cross_a_passthrough_macvtap_both_ways", &p.summary());
             return;
         }
         let ns = Netns::create().expect("netns");
@@ -143,9 +140,9 @@ mod tests {
     fn alike_macvtaps_in_two_namespaces_get_their_own_fds() {
         let p = topology::probe();
         if !p.can_run {
-            eprintln!(
-                "skipping alike_macvtaps_in_two_namespaces_get_their_own_fds: {}",
-                p.summary()
+            crate::testing::skip(
+                "alike_macvtaps_in_two_namespaces_get_their_own_fds",
+                &p.summary(),
             );
             return;
         }

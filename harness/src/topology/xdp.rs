@@ -261,7 +261,7 @@ mod live {
     fn can_run(test: &str) -> bool {
         let p = probe();
         if !p.can_run {
-            eprintln!("skipping {test}: {}", p.summary());
+            crate::testing::skip(test, &p.summary());
         }
         p.can_run
     }
