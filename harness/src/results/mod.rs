@@ -3,7 +3,8 @@
 //! One JSON document per invocation: what was run (`config`), where (`host`), from which
 //! source (`git_revision`), the machine's yardsticks measured in the same run (`calibration`,
 //! `limits`), and one [`Record`] per (mode, workload, size, busy-poll setting) with min /
-//! median / max over repeats and the raw per-repeat values.
+//! median / max over repeats, the 95% bootstrap interval of each median, and the raw
+//! per-repeat values.
 //!
 //! - `schema`: the serde types, and the summaries and ratios computed from them; nothing here
 //!   measures, so a tool that compares or reports on files reads them with these alone.
