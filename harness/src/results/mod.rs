@@ -10,7 +10,10 @@
 //!   measures, so a tool that compares or reports on files reads them with these alone.
 //! - `io`: reading and writing files, the workspace's `results/` directory.
 //! - `clock`: the UTC timestamp of a run.
+//! - [`benchmarks`]: a document as named benchmarks (one per configuration) and their metrics,
+//!   what `compare` matches and the exports publish.
 
+pub mod benchmarks;
 mod clock;
 mod io;
 mod schema;
