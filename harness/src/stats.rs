@@ -266,6 +266,33 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Renders the same rows as a GitHub-flavoured Markdown table: a header row, the
+    /// alignment row (`:--` text, `--:` numbers), one row per line; `|` in a cell escaped,
+    /// line breaks turned into spaces.
+    pub fn render_markdown(&self) -> String {
+        let cell = |s: &str| s.replace('|', "\\|").replace(['\r', '\n'], " ");
+        let line = |cells: &[String]| {
+            let cells: Vec<String> = cells.iter().map(|c| cell(c)).collect();
+            format!("| {} |\n", cells.join(" | "))
+        };
+        let mut out = line(&self.headers);
+        let rule: Vec<String> = self
+            .align
+            .iter()
+            .map(|a| match a {
+                Align::Left => ":--".to_string(),
+                Align::Right => "--:".to_string(),
+            })
+            .collect();
+        out.push_str(&format!("|{}|\n", rule.join("|")));
+        for r in &self.rows {
+            out.push_str(&line(r));
+        }
+        out
+    }
+}
+
 /// Pads `s` to `width` characters, on the right for [`Align::Left`], on the left for
 /// [`Align::Right`]. Longer strings are returned unchanged.
 pub fn pad(s: &str, width: usize, align: Align) -> String {
@@ -405,6 +432,17 @@ mod tests {
         assert_eq!(fmt_num(0.0), "0");
         assert_eq!(fmt_num(123456.7), "123457");
         assert_eq!(fmt_num(f64::NAN), "nan");
+    }
+
+    #[test]
+    fn table_as_markdown() {
+        let mut t = Table::new(&[("name", Align::Left), ("v", Align::Right)]);
+        t.push_row(vec!["a|b".into(), "1.5".into()]);
+        t.push_row(vec!["two\nlines".into()]);
+        assert_eq!(
+            t.render_markdown(),
+            "| name | v |\n|:--|--:|\n| a\\|b | 1.5 |\n| two lines |  |\n"
+        );
     }
 
     #[test]

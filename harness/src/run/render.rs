@@ -53,8 +53,8 @@ fn drops(r: &Record) -> String {
     format!("{n} ({}%)", fmt_num(n as f64 / r.sent as f64 * 100.0))
 }
 
-/// The side-by-side table.
-pub fn render(doc: &Results) -> String {
+/// The side-by-side table: what [`render`] prints, and what the Markdown export draws.
+pub fn table(doc: &Results) -> Table {
     let mut t = Table::new(&[
         ("mode", Align::Left),
         ("wl", Align::Left),
@@ -113,7 +113,12 @@ pub fn render(doc: &Results) -> String {
             r.lost.to_string(),
         ]);
     }
-    let mut out = t.render();
+    t
+}
+
+/// The side-by-side table and the notes under it.
+pub fn render(doc: &Results) -> String {
+    let mut out = table(doc).render();
     out.push_str(
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
          % ceiling: null vs the in-run ring + per-packet copy of the same size (spsc_copy_N), or,\n\
@@ -164,8 +169,19 @@ pub fn render(doc: &Results) -> String {
 
 /// The `--peer` pairings: per direction and size, each driver × backend pairing's Mpps
 /// (median [min-max] over repeats), its ratio to the DPDK ↔ DPDK pair of the same repeats,
-/// and whether every frame sent was received.
+/// and whether every frame sent was received; with the notes under it.
 pub fn peers(recs: &[crate::peers::pairings::PeerRecord]) -> String {
+    let mut out = peers_table(recs).render();
+    out.push_str(
+        "Peers: g2h = the driver sends, the backend takes; h2g = the other way. One core each\n\
+         (driver: the vCPU's, backend: the worker's); our side busy-polls as DPDK's PMDs do.\n\
+         x dpdk pair: this pairing / DPDK virtio-user -> DPDK vhost, per repeat, median.\n",
+    );
+    out
+}
+
+/// The table of [`peers`].
+pub fn peers_table(recs: &[crate::peers::pairings::PeerRecord]) -> Table {
     use crate::peers::pairings::{Backend_, Driver};
     let mut t = Table::new(&[
         ("dir", Align::Left),
@@ -223,11 +239,5 @@ pub fn peers(recs: &[crate::peers::pairings::PeerRecord]) -> String {
             },
         ]);
     }
-    let mut out = t.render();
-    out.push_str(
-        "Peers: g2h = the driver sends, the backend takes; h2g = the other way. One core each\n\
-         (driver: the vCPU's, backend: the worker's); our side busy-polls as DPDK's PMDs do.\n\
-         x dpdk pair: this pairing / DPDK virtio-user -> DPDK vhost, per repeat, median.\n",
-    );
-    out
+    t
 }
