@@ -22,6 +22,14 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let parsed = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match parsed.into_command() {
+        // compare has its own exit statuses: 1 is a regression, so an error is 2.
+        Command::Compare(args) => {
+            let result = harness::compare::main(&args);
+            if let Err(e) = &result {
+                eprintln!("vhostbench compare: {e:#}");
+            }
+            return ExitCode::from(harness::compare::exit_code(&result));
+        }
         Command::Run(args) => run_command(args, &cli::given_run_options(&matches)),
         Command::Limits(args) => limits_command(args),
         Command::Interface(args) => interface_command(&args),
