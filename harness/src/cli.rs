@@ -56,6 +56,9 @@ pub enum Command {
     /// Compare two results files configuration by configuration; exit 1 if a metric
     /// regressed, 2 if the files cannot be compared.
     Compare(CompareArgs),
+    /// Print a results file for another tool: github-action-benchmark or Bencher JSON,
+    /// Markdown, CSV.
+    Export(ExportArgs),
 }
 
 /// Options of `vhostbench compare`.
@@ -79,6 +82,17 @@ pub struct CompareArgs {
     /// How to print the report.
     #[arg(long, value_enum, default_value_t = crate::compare::Format::Text)]
     pub format: crate::compare::Format,
+}
+
+/// Options of `vhostbench export`.
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
+    /// The results file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// What to print (on stdout).
+    #[arg(long, value_enum)]
+    pub format: crate::export::Format,
 }
 
 /// Options of `vhostbench interface`.
@@ -386,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn compare_options() {
+    fn compare_and_export_options() {
         let c = Cli::try_parse_from(["vhostbench", "compare", "a.json", "b.json"]).expect("parse");
         let Command::Compare(a) = c.into_command() else {
             panic!("expected compare");
@@ -419,11 +433,29 @@ mod tests {
                 ..
             })
         ));
+        for (name, format) in [
+            (
+                "github-action-benchmark",
+                crate::export::Format::GithubActionBenchmark,
+            ),
+            ("bencher", crate::export::Format::Bencher),
+            ("markdown", crate::export::Format::Markdown),
+            ("csv", crate::export::Format::Csv),
+        ] {
+            let c = Cli::try_parse_from(["vhostbench", "export", "r.json", "--format", name])
+                .expect("parse");
+            let Command::Export(a) = c.into_command() else {
+                panic!("expected export");
+            };
+            assert_eq!((a.file, a.format), (PathBuf::from("r.json"), format));
+        }
         for bad in [
             &["vhostbench", "compare", "a.json"][..],
             &["vhostbench", "compare", "a", "b", "--max-regression", "-1"],
             &["vhostbench", "compare", "a", "b", "--max-regression", "inf"],
             &["vhostbench", "compare", "a", "b", "--format", "csv"],
+            &["vhostbench", "export", "r.json"],
+            &["vhostbench", "export", "r.json", "--format", "xml"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
         }

@@ -12,7 +12,8 @@
 //!   [`host`]: host and build description.
 //! - [`compare`]: two results files matched configuration by configuration, each metric
 //!   judged against a threshold and its confidence intervals (`vhostbench compare`, the CI
-//!   gate).
+//!   gate); [`export`]: a results file as github-action-benchmark or Bencher JSON, Markdown or
+//!   CSV (`vhostbench export`).
 //! - [`pair`]: one device with both sides wired (on `guest_sim::testbed`), and one timed run
 //!   over it.
 //! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
@@ -33,6 +34,7 @@ pub mod ceilings;
 pub mod cli;
 pub mod compare;
 mod exit;
+pub mod export;
 pub mod host;
 pub mod libvirt;
 pub mod modes;

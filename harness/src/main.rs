@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use harness::calibrate::{self, Calibration};
 use harness::ceilings::Ceiling;
-use harness::cli::{self, Cli, Command, InterfaceArgs, LimitsArgs, RunArgs};
+use harness::cli::{self, Cli, Command, ExportArgs, InterfaceArgs, LimitsArgs, RunArgs};
 use harness::libvirt::{self, SysfsRoot};
 use harness::results::{self, CalibrationRecord, Results, UtcTime};
 use harness::stats::{fmt_num, Align, Table};
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             }
             return ExitCode::from(harness::compare::exit_code(&result));
         }
+        Command::Export(args) => export_command(&args),
         Command::Run(args) => run_command(args, &cli::given_run_options(&matches)),
         Command::Limits(args) => limits_command(args),
         Command::Interface(args) => interface_command(&args),
@@ -52,6 +53,13 @@ fn run_command(mut args: RunArgs, given: &[String]) -> anyhow::Result<()> {
         }
     }
     harness::run::main(args)
+}
+
+/// `vhostbench export`: the file in the asked format, on stdout.
+fn export_command(args: &ExportArgs) -> anyhow::Result<()> {
+    let doc = results::read_results(&args.file)?;
+    print!("{}", harness::export::export(&doc, args.format));
+    Ok(())
 }
 
 /// `vhostbench interface`: the mapping, line by line; nothing runs. Unsupported items are

@@ -1,4 +1,4 @@
-//! `vhostbench compare` as a CI job runs it: the binary, its exit
+//! `vhostbench compare` and `vhostbench export` as a CI job runs them: the binary, its exit
 //! status, stdout and stderr. 0: no regression; 1: a regression; 2: the files cannot be
 //! compared, with the file and the reason on stderr.
 
@@ -126,4 +126,39 @@ fn unusable_input_is_status_2_naming_the_file() {
     let o = vhostbench(&[Path::new("compare"), &not_results, &base_path]);
     assert_eq!(status(&o), 2);
     assert!(text(&o.stderr).contains("base file"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn export_prints_each_format() {
+    let file = committed("baseline-2026-12-03b-default.json");
+    for (format, check) in [
+        (
+            "github-action-benchmark",
+            "\"name\": \"null/tx/64B/poll0/batch64/q256\"",
+        ),
+        ("bencher", "\"throughput-mpps\""),
+        ("markdown", "| mode | wl |"),
+        ("csv", "name,mode,backend,"),
+    ] {
+        let o = vhostbench(&[
+            Path::new("export"),
+            &file,
+            Path::new("--format"),
+            Path::new(format),
+        ]);
+        assert_eq!(status(&o), 0, "{format}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stdout).contains(check),
+            "{format}: {}",
+            text(&o.stdout)
+        );
+    }
+    let o = vhostbench(&[
+        Path::new("export"),
+        Path::new("/nonexistent/r.json"),
+        Path::new("--format"),
+        Path::new("csv"),
+    ]);
+    assert_ne!(status(&o), 0);
+    assert!(text(&o.stderr).contains("/nonexistent/r.json"));
 }
