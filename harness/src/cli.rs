@@ -53,6 +53,46 @@ pub enum Command {
     /// Serve a vhost-user net device on a Unix socket (the engine as a vhost-user backend for
     /// QEMU, DPDK's virtio-user or `run --modes vhost-user`).
     Serve(crate::serve::ServeArgs),
+    /// Compare two results files configuration by configuration; exit 1 if a metric
+    /// regressed, 2 if the files cannot be compared.
+    Compare(CompareArgs),
+    /// Print a results file for another tool: github-action-benchmark or Bencher JSON,
+    /// Markdown, CSV.
+    Export(ExportArgs),
+}
+
+/// Options of `vhostbench compare`.
+#[derive(Clone, Debug, Args)]
+pub struct CompareArgs {
+    /// The results file to compare against (the baseline).
+    #[arg(value_name = "BASE.json")]
+    pub base: PathBuf,
+    /// The results file under test.
+    #[arg(value_name = "NEW.json")]
+    pub new: PathBuf,
+    /// A metric regresses when it is worse than the base by more than PCT percent and, for a
+    /// timed metric, its 95% confidence interval is clear of the base's.
+    #[arg(
+        long,
+        value_name = "PCT",
+        default_value_t = crate::compare::DEFAULT_MAX_REGRESSION_PCT,
+        value_parser = parse_pct
+    )]
+    pub max_regression: f64,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t = crate::compare::Format::Text)]
+    pub format: crate::compare::Format,
+}
+
+/// Options of `vhostbench export`.
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
+    /// The results file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// What to print (on stdout).
+    #[arg(long, value_enum)]
+    pub format: crate::export::Format,
 }
 
 /// Options of `vhostbench interface`.
@@ -246,6 +286,17 @@ fn parse_ifname(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A percentage threshold: a finite number, at least 0.
+fn parse_pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a percentage: {e}"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s} is not a percentage of at least 0"));
+    }
+    Ok(v)
+}
+
 /// A virtqueue size: a power of two from 1 to 32768 (virtio 1.2 §2.7).
 fn parse_queue_size(s: &str) -> Result<u16, String> {
     let n: u16 = s
@@ -357,6 +408,68 @@ mod tests {
         assert_eq!(names, ["null", "tap-vhost"]);
         assert_eq!(a.busy_poll_us, [0, 50]);
         assert!(!a.event_idx);
+    }
+
+    #[test]
+    fn compare_and_export_options() {
+        let c = Cli::try_parse_from(["vhostbench", "compare", "a.json", "b.json"]).expect("parse");
+        let Command::Compare(a) = c.into_command() else {
+            panic!("expected compare");
+        };
+        assert_eq!(
+            (a.base, a.new, a.max_regression, a.format),
+            (
+                PathBuf::from("a.json"),
+                PathBuf::from("b.json"),
+                5.0,
+                crate::compare::Format::Text
+            )
+        );
+        let c = Cli::try_parse_from([
+            "vhostbench",
+            "compare",
+            "a.json",
+            "b.json",
+            "--max-regression",
+            "2.5",
+            "--format",
+            "markdown",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            c.into_command(),
+            Command::Compare(CompareArgs {
+                max_regression: 2.5,
+                format: crate::compare::Format::Markdown,
+                ..
+            })
+        ));
+        for (name, format) in [
+            (
+                "github-action-benchmark",
+                crate::export::Format::GithubActionBenchmark,
+            ),
+            ("bencher", crate::export::Format::Bencher),
+            ("markdown", crate::export::Format::Markdown),
+            ("csv", crate::export::Format::Csv),
+        ] {
+            let c = Cli::try_parse_from(["vhostbench", "export", "r.json", "--format", name])
+                .expect("parse");
+            let Command::Export(a) = c.into_command() else {
+                panic!("expected export");
+            };
+            assert_eq!((a.file, a.format), (PathBuf::from("r.json"), format));
+        }
+        for bad in [
+            &["vhostbench", "compare", "a.json"][..],
+            &["vhostbench", "compare", "a", "b", "--max-regression", "-1"],
+            &["vhostbench", "compare", "a", "b", "--max-regression", "inf"],
+            &["vhostbench", "compare", "a", "b", "--format", "csv"],
+            &["vhostbench", "export", "r.json"],
+            &["vhostbench", "export", "r.json", "--format", "xml"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]

@@ -7,8 +7,13 @@
 //!   selector (`all`, `auto`, a name); [`run`]: the comparison as plan → execute → aggregate →
 //!   render; [`ceilings`]: the machine's yardsticks ([`ceilings::Ceiling`]) and their measuring
 //!   code; [`calibrate`]: the cross-core round trip every result is normalised by.
-//! - [`results`]: the results file (schema in `results/SCHEMA.md`, file I/O, clock);
-//!   [`stats`]: summaries and tables; [`host`]: host and build description.
+//! - [`results`]: the results file (schema in `results/SCHEMA.md`, file I/O, clock, the
+//!   document as named benchmarks); [`stats`]: summaries, bootstrap intervals and tables;
+//!   [`host`]: host and build description.
+//! - [`compare`]: two results files matched configuration by configuration, each metric
+//!   judged against a threshold and its confidence intervals (`vhostbench compare`, the CI
+//!   gate); [`export`]: a results file as github-action-benchmark or Bencher JSON, Markdown or
+//!   CSV (`vhostbench export`).
 //! - [`pair`]: one device with both sides wired (on `guest_sim::testbed`), and one timed run
 //!   over it.
 //! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
@@ -28,7 +33,9 @@
 pub mod calibrate;
 pub mod ceilings;
 pub mod cli;
+pub mod compare;
 mod exit;
+pub mod export;
 pub mod host;
 pub mod libvirt;
 pub mod modes;

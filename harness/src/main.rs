@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use harness::calibrate::{self, Calibration};
 use harness::ceilings::Ceiling;
-use harness::cli::{self, Cli, Command, InterfaceArgs, LimitsArgs, RunArgs};
+use harness::cli::{self, Cli, Command, ExportArgs, InterfaceArgs, LimitsArgs, RunArgs};
 use harness::libvirt::{self, SysfsRoot};
 use harness::results::{self, CalibrationRecord, Results, UtcTime};
 use harness::run;
@@ -23,6 +23,15 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let parsed = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match parsed.into_command() {
+        // compare has its own exit statuses: 1 is a regression, so an error is 2.
+        Command::Compare(args) => {
+            let result = harness::compare::main(&args);
+            if let Err(e) = &result {
+                eprintln!("vhostbench compare: {e:#}");
+            }
+            return ExitCode::from(harness::compare::exit_code(&result));
+        }
+        Command::Export(args) => export_command(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_command(args, &cli::given_run_options(&matches)),
         Command::Limits(args) => limits_command(args).map(|()| ExitCode::SUCCESS),
         Command::Interface(args) => interface_command(&args).map(|()| ExitCode::SUCCESS),
@@ -65,6 +74,13 @@ fn run_command(mut args: RunArgs, given: &[String]) -> anyhow::Result<ExitCode> 
         run::Ended::Interrupted(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
         run::Ended::StdoutClosed => ExitCode::from(141),
     })
+}
+
+/// `vhostbench export`: the file in the asked format, on stdout.
+fn export_command(args: &ExportArgs) -> anyhow::Result<()> {
+    let doc = results::read_results(&args.file)?;
+    print!("{}", harness::export::export(&doc, args.format));
+    Ok(())
 }
 
 /// `vhostbench interface`: the mapping, line by line; nothing runs. Unsupported items are

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 
-use super::{Results, UtcTime, READABLE_SCHEMA_VERSIONS};
+use super::{Results, UtcTime, READABLE_SCHEMA_VERSIONS, TOOL};
 
 /// Where a run's results go: decided, and checked, before anything is measured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,20 +177,40 @@ pub fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
     write_whole(&target, &text)
 }
 
-/// Reads a results file of a version this build reads ([`READABLE_SCHEMA_VERSIONS`]).
+/// Reads a results file of a version this build reads ([`READABLE_SCHEMA_VERSIONS`]). Each
+/// way a file can be unusable is its own error naming the file: unreadable, not JSON, not a
+/// vhostbench results document, a schema version this build does not read, fields that do not
+/// decode.
 pub fn read_results(path: &Path) -> anyhow::Result<Results> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}: not JSON", path.display()))?;
+    let tool = v.get("tool").and_then(serde_json::Value::as_str);
+    ensure!(
+        tool == Some(TOOL),
+        "{}: not a vhostbench results document ({})",
+        path.display(),
+        match tool {
+            Some(other) => format!("its \"tool\" is {other:?}"),
+            None if v.is_object() => "no \"tool\": \"vhostbench\" field".to_string(),
+            None => "not a JSON object".to_string(),
+        }
+    );
     let version = v.get("schema_version").and_then(serde_json::Value::as_u64);
     ensure!(
         version
             .and_then(|v| u32::try_from(v).ok())
             .is_some_and(|v| READABLE_SCHEMA_VERSIONS.contains(&v)),
-        "{}: schema_version {version:?}, this build reads {}..={}",
+        "{}: schema_version {}, this build reads {}..={}{}",
         path.display(),
+        version.map_or_else(|| "missing".to_string(), |v| v.to_string()),
         READABLE_SCHEMA_VERSIONS.start(),
-        READABLE_SCHEMA_VERSIONS.end()
+        READABLE_SCHEMA_VERSIONS.end(),
+        if version.is_some_and(|v| v > u64::from(*READABLE_SCHEMA_VERSIONS.end())) {
+            " (written by a newer vhostbench)"
+        } else {
+            ""
+        }
     );
     serde_json::from_value(v).with_context(|| format!("decoding {}", path.display()))
 }
@@ -243,6 +263,58 @@ mod tests {
             }
         }
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unusable_files_say_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            ("text.json", "not json at all", "not JSON"),
+            (
+                "array.json",
+                "[1, 2]",
+                "not a vhostbench results document (not a JSON object)",
+            ),
+            (
+                "other.json",
+                r#"{"tool": "criterion", "schema_version": 2}"#,
+                r#"its "tool" is "criterion""#,
+            ),
+            (
+                "bare.json",
+                r#"{"records": []}"#,
+                r#"no "tool": "vhostbench" field"#,
+            ),
+            (
+                "noversion.json",
+                r#"{"tool": "vhostbench"}"#,
+                "schema_version missing, this build reads 1..=2",
+            ),
+            (
+                "v9.json",
+                r#"{"tool": "vhostbench", "schema_version": 9}"#,
+                "schema_version 9, this build reads 1..=2 (written by a newer vhostbench)",
+            ),
+            (
+                "fields.json",
+                r#"{"tool": "vhostbench", "schema_version": 2}"#,
+                "decoding",
+            ),
+        ];
+        for (name, text, want) in cases {
+            let p = dir.path().join(name);
+            fs::write(&p, text).expect("write");
+            let e = format!("{:#}", read_results(&p).expect_err(name));
+            assert!(e.contains(want) && e.contains(name), "{name}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            read_results(&dir.path().join("absent.json")).expect_err("absent")
+        );
+        assert!(
+            e.starts_with("reading ") && e.contains("absent.json"),
+            "{e}"
+        );
     }
 
     #[test]

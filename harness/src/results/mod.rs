@@ -3,13 +3,17 @@
 //! One JSON document per invocation: what was run (`config`), where (`host`), from which
 //! source (`git_revision`), the machine's yardsticks measured in the same run (`calibration`,
 //! `limits`), and one [`Record`] per (mode, workload, size, busy-poll setting) with min /
-//! median / max over repeats and the raw per-repeat values.
+//! median / max over repeats, the 95% bootstrap interval of each median, and the raw
+//! per-repeat values.
 //!
 //! - `schema`: the serde types, and the summaries and ratios computed from them; nothing here
 //!   measures, so a tool that compares or reports on files reads them with these alone.
 //! - `io`: reading and writing files, the workspace's `results/` directory.
 //! - `clock`: the UTC timestamp of a run.
+//! - [`benchmarks`]: a document as named benchmarks (one per configuration) and their metrics,
+//!   what `compare` matches and the exports publish.
 
+pub mod benchmarks;
 mod clock;
 mod io;
 pub(crate) mod schema;

@@ -407,8 +407,9 @@ pub struct Record {
 }
 
 impl Record {
-    /// Summarises `repeats` (at least one, all numbers finite). `dropped` and `queue_errors`
-    /// are already summed over the repeats.
+    /// Summarises `repeats` (at least one, all numbers finite), each summary with the 95%
+    /// bootstrap interval of its median ([`Summary::over_repeats`]). `dropped` and
+    /// `queue_errors` are already summed over the repeats.
     pub fn from_repeats(
         mode: &str,
         workload: Workload,
@@ -427,11 +428,11 @@ impl Record {
         }
         let summary = |field: &str, f: &dyn Fn(&RepeatValues) -> f64| {
             let v: Vec<f64> = repeats.iter().map(f).collect();
-            Summary::from_values(&v).ok_or_else(|| anyhow!("{field}: no values"))
+            Summary::over_repeats(&v).ok_or_else(|| anyhow!("{field}: no values"))
         };
         let optional = |f: &dyn Fn(&RepeatValues) -> Option<f64>| {
             let v: Vec<f64> = repeats.iter().filter_map(f).collect();
-            Summary::from_values(&v)
+            Summary::over_repeats(&v)
         };
         let sent: u64 = repeats.iter().map(|r| r.sent).sum();
         let received: u64 = repeats.iter().map(|r| r.received).sum();
@@ -655,6 +656,14 @@ pub(crate) mod tests {
         let mean = r.rtt_mean_ns.map(|s| s.median).expect("rr mean");
         assert!((mean - 40_250.25 * 1.2).abs() < 1e-6, "{mean}");
         assert_eq!((r.sent, r.received, r.lost), (3_000_009, 3_000_000, 7));
+        // Every summary over repeats carries its median's interval; three repeats give
+        // [min, max], two the pair, and a value present in one repeat only, that value.
+        assert_eq!(r.throughput_mpps.ci95(), Some((1.6, 1.9)));
+        assert_eq!(
+            r.rtt_p50_ns.and_then(|s| s.ci95()),
+            Some((39_500.5, 41_000.0))
+        );
+        assert_eq!(r.cpu_ns_per_packet.worker.ci95(), Some((101.5, 101.5)));
         let pct = r.pct_of_ceiling.as_ref().expect("pct");
         assert_eq!(pct.ceiling, "busy_poll_wake_rtt");
         assert!((pct.median_pct - 925.0 / 40_250.25 * 100.0).abs() < 1e-9);

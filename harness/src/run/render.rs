@@ -81,9 +81,27 @@ fn over_reason(r: &Record, ceiling: &str) -> &'static str {
     }
 }
 
-/// The side-by-side table.
-pub fn render(doc: &Results) -> String {
-    let mut over: Vec<String> = Vec::new();
+/// The reason lines under the table, one per row over 100% of its ceiling.
+fn over_lines(doc: &Results) -> Vec<String> {
+    doc.records
+        .iter()
+        .filter_map(|r| {
+            let p = r.pct_of_ceiling.as_ref().filter(|p| p.median_pct > 100.0)?;
+            Some(format!(
+                "! {}/{}/{}: {:.0}% of {}: {}",
+                r.mode,
+                r.workload.as_str(),
+                r.size_bytes,
+                p.median_pct,
+                p.ceiling,
+                over_reason(r, &p.ceiling)
+            ))
+        })
+        .collect()
+}
+
+/// The side-by-side table: what [`render`] prints, and what the Markdown export draws.
+pub fn table(doc: &Results) -> Table {
     let mut t = Table::new(&[
         ("mode", Align::Left),
         ("wl", Align::Left),
@@ -127,18 +145,8 @@ pub fn render(doc: &Results) -> String {
             range(&r.throughput_mpps),
             fmt_num(r.throughput_gbps.median),
             match &r.pct_of_ceiling {
-                Some(p) if p.median_pct > 100.0 => {
-                    over.push(format!(
-                        "! {}/{}/{}: {:.0}% of {}: {}",
-                        r.mode,
-                        r.workload.as_str(),
-                        r.size_bytes,
-                        p.median_pct,
-                        p.ceiling,
-                        over_reason(r, &p.ceiling)
-                    ));
-                    format!("{:.0}%!", p.median_pct)
-                }
+                // Over 100%: marked, with its reason under the table (`over_lines`).
+                Some(p) if p.median_pct > 100.0 => format!("{:.0}%!", p.median_pct),
                 Some(p) => format!("{:.0}%", p.median_pct),
                 None => "-".into(),
             },
@@ -158,7 +166,12 @@ pub fn render(doc: &Results) -> String {
             r.lost.to_string(),
         ]);
     }
-    let mut out = t.render();
+    t
+}
+
+/// The side-by-side table and the notes under it.
+pub fn render(doc: &Results) -> String {
+    let mut out = table(doc).render();
     out.push_str(
         "Mpps: frames/s (rr: transactions/s) in the measured window, median [min-max] over repeats.\n\
          % ceiling: null vs the in-run ring + per-packet copy of the same size (spsc_copy_N), or,\n\
@@ -181,7 +194,7 @@ pub fn render(doc: &Results) -> String {
          poll us: worker busy-poll window; +g: the guest polls its rings too. batch: the\n\
          emulated loop has none (a syscall and a publish per frame) and shows 1.\n",
     );
-    for line in over {
+    for line in over_lines(doc) {
         out.push_str(&line);
         out.push('\n');
     }
@@ -216,8 +229,19 @@ pub fn render(doc: &Results) -> String {
 
 /// The `--peer` pairings: per direction and size, each driver × backend pairing's Mpps
 /// (median [min-max] over repeats), its ratio to the DPDK ↔ DPDK pair of the same repeats,
-/// and whether every frame sent was received.
+/// and whether every frame sent was received; with the notes under it.
 pub fn peers(recs: &[crate::peers::pairings::PeerRecord]) -> String {
+    let mut out = peers_table(recs).render();
+    out.push_str(
+        "Peers: g2h = the driver sends, the backend takes; h2g = the other way. One core each\n\
+         (driver: the vCPU's, backend: the worker's); our side busy-polls as DPDK's PMDs do.\n\
+         x dpdk pair: this pairing / DPDK virtio-user -> DPDK vhost, per repeat, median.\n",
+    );
+    out
+}
+
+/// The table of [`peers`].
+pub fn peers_table(recs: &[crate::peers::pairings::PeerRecord]) -> Table {
     use crate::peers::pairings::{Backend_, Driver};
     let mut t = Table::new(&[
         ("dir", Align::Left),
@@ -275,13 +299,7 @@ pub fn peers(recs: &[crate::peers::pairings::PeerRecord]) -> String {
             },
         ]);
     }
-    let mut out = t.render();
-    out.push_str(
-        "Peers: g2h = the driver sends, the backend takes; h2g = the other way. One core each\n\
-         (driver: the vCPU's, backend: the worker's); our side busy-polls as DPDK's PMDs do.\n\
-         x dpdk pair: this pairing / DPDK virtio-user -> DPDK vhost, per repeat, median.\n",
-    );
-    out
+    t
 }
 
 #[cfg(test)]
