@@ -203,8 +203,13 @@ pub struct RunArgs {
     pub rate_pps: Option<u64>,
     /// Print the results JSON on stdout, and nothing else there (the table, progress and
     /// notes go to stderr). Without `--out` no file is written; `--out -` is the same.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Print the results on stdout in this format instead of the table (`markdown`, `csv`,
+    /// or for dashboards `github-action-benchmark`, `bencher`); prose goes to stderr. The
+    /// results file is written as usual.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::export::Format>,
     /// Pin the vCPU and the worker to these cores (comma separated; the first two are used).
     /// Default: the process's affinity mask, so `taskset -c 2,3 vhostbench` runs on 2 and 3.
     #[arg(long, value_delimiter = ',', value_name = "CORES")]

@@ -45,7 +45,8 @@ use crate::run::render;
 use crate::stats::{fmt_num, Summary};
 
 /// What [`export`] writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// github-action-benchmark's custom JSON (use `tool: 'customBiggerIsBetter'`):
     /// throughput per record.

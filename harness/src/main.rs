@@ -60,7 +60,8 @@ fn main() -> ExitCode {
 fn run_command(mut args: RunArgs, given: &[String]) -> anyhow::Result<ExitCode> {
     let mapped = libvirt::for_run(&mut args, given)
         .map_err(|e| anyhow::Error::new(run::UsageError(e.into())))?;
-    if args.json || args.out.as_deref() == Some(std::path::Path::new("-")) {
+    if args.json || args.format.is_some() || args.out.as_deref() == Some(std::path::Path::new("-"))
+    {
         harness::out::prose_to_stderr();
     }
     if let Some(m) = mapped {

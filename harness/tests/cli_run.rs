@@ -68,6 +68,29 @@ fn json_on_stdout_is_the_results_and_nothing_else() {
 }
 
 #[test]
+fn format_prints_the_results_in_that_format_on_stdout() {
+    let d = scratch("format");
+    let out = d.join("r.json");
+    let o = run(&["--format", "csv", "--out", out.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let csv = text(&o.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one record: {csv}");
+    assert!(lines[0].contains("throughput"), "{}", lines[0]);
+    assert!(lines[1].starts_with("null"), "{}", lines[1]);
+    // The file is written as usual; the table went to stderr with the prose.
+    assert_eq!(json(&out)["records"].as_array().map(Vec::len), Some(1));
+    assert!(
+        text(&o.stderr).contains("Mpps median"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(&["--format", "markdown", "--out", "-"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn a_bad_output_path_is_refused_before_anything_is_measured() {
     let d = scratch("out");
     let ro = d.join("read-only.json");

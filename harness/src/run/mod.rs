@@ -127,6 +127,11 @@ fn destinations(args: &RunArgs, started: &UtcTime) -> Result<Vec<results::Destin
     if args.json && !out.contains(&results::Destination::Stdout) {
         out.push(results::Destination::Stdout);
     }
+    if args.format.is_some() && out.contains(&results::Destination::Stdout) {
+        return Err(usage(anyhow::anyhow!(
+            "--format and --out - both print on stdout; give --out a file"
+        )));
+    }
     Ok(out)
 }
 
@@ -136,7 +141,7 @@ fn destinations(args: &RunArgs, started: &UtcTime) -> Result<Vec<results::Destin
 pub fn main(args: RunArgs) -> Result<Ended> {
     let started = UtcTime::now();
     let outs = destinations(&args, &started)?;
-    if outs.contains(&results::Destination::Stdout) {
+    if outs.contains(&results::Destination::Stdout) || args.format.is_some() {
         crate::out::prose_to_stderr();
     }
     if !args.cores.is_empty() {
@@ -228,9 +233,18 @@ pub fn main(args: RunArgs) -> Result<Ended> {
                 .join(", ")
         );
     }
-    crate::out::say_text(&render(&doc));
-    if !doc.peers.is_empty() {
-        crate::out::say_text(&render::peers(&doc.peers));
+    match args.format {
+        // The results in the asked format are stdout's; the table goes with the prose.
+        Some(f) => {
+            crate::out::say_text(&render(&doc));
+            crate::out::write_stdout_text(&crate::export::export(&doc, f));
+        }
+        None => {
+            crate::out::say_text(&render(&doc));
+            if !doc.peers.is_empty() {
+                crate::out::say_text(&render::peers(&doc.peers));
+            }
+        }
     }
     for f in &doc.failed {
         crate::say!("FAILED {}: {}", f.label, f.errors.join("; "));
