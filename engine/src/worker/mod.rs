@@ -12,7 +12,11 @@
 //!   re-enable kicks, fence, re-check the rings  → work? go round
 //!   sleep in io_uring until a kick (or stop)
 //! ```
+//!
+//! [`step::Stepper`] is the same loop with no thread, io_uring or clock: the caller steps it
+//! one round at a time and hands it the kicks.
 
+pub mod step;
 pub mod uring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +30,7 @@ use crate::datapath::{NetQueuePair, PairConfig, Ran};
 use crate::device::{Device, DeviceError, DeviceReport, DeviceSpec};
 use crate::metrics::{add, get, DeviceMetrics};
 use crate::sys;
+pub use step::{Stepped, Stepper};
 use uring::EventRing;
 
 /// `VHOST_NET_BATCH`: chains per backend submission, and RX frames per used-ring publish.
