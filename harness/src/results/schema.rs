@@ -104,6 +104,10 @@ pub struct Results {
     /// `run --peer dpdk`: the driver × backend pairings (absent without `--peer`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<crate::peers::pairings::PeerRecord>,
+    /// `run --lockstep`: per combination, counts per packet with the guest and the device
+    /// stepped on one thread (absent without `--lockstep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lockstep: Vec<super::LockstepRecord>,
 }
 
 impl Results {
@@ -128,6 +132,7 @@ impl Results {
             process_rss_bytes: host::process_rss_bytes(),
             records: Vec::new(),
             peers: Vec::new(),
+            lockstep: Vec::new(),
         }
     }
 }
