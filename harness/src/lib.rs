@@ -11,6 +11,9 @@
 //!   [`stats`]: summaries and tables; [`host`]: host and build description.
 //! - [`pair`]: one device with both sides wired (on `guest_sim::testbed`), and one timed run
 //!   over it.
+//! - [`lockstep`]: `run --lockstep`: the guest and the device stepped in turn on one thread,
+//!   counts per packet with no noise (instructions by the CPU's counter or callgrind; its
+//!   `perf` module holds its `unsafe`).
 //! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
 //!   every exit path; its `sys` module holds its `unsafe` (ioctls, setns). The tap ceiling's
 //!   io_uring writer keeps its own in [`ceilings`].
@@ -30,6 +33,7 @@ pub mod cli;
 mod exit;
 pub mod host;
 pub mod libvirt;
+pub mod lockstep;
 pub mod modes;
 pub mod padded;
 pub mod pair;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Limits(args) => limits_command(args),
         Command::Interface(args) => interface_command(&args),
         Command::Serve(args) => harness::serve::main(args),
+        Command::LockstepStep(args) => harness::lockstep::step_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

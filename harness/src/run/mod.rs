@@ -84,6 +84,9 @@ fn peers(plan: &Plan, args: &RunArgs) -> Result<Vec<crate::peers::pairings::Peer
 }
 
 pub fn main(args: RunArgs) -> Result<()> {
+    if args.lockstep {
+        return crate::lockstep::main(args);
+    }
     let started = UtcTime::now();
     for stale in topology::cleanup_stale() {
         println!("removed stale namespace {stale} (its vhostbench process is gone)");
