@@ -11,12 +11,13 @@ pub const TEST_SLOWDOWN_ITERATIONS: u64 = if cfg!(feature = "test-slowdown") {
     0
 };
 
-/// The slowdown for `packets` packets: a loop the optimiser cannot remove (each counter value
-/// passes through `black_box`), so the work is done and its instructions are counted.
+/// The slowdown for `packets` packets: a loop the optimiser can neither remove (each counter
+/// value passes through `black_box`) nor unroll (its length is opaque too), so every call
+/// site runs the same four instructions per iteration (store, add, compare, branch).
 #[inline(always)]
 pub(crate) fn per_packets(packets: u64) {
     #[cfg(feature = "test-slowdown")]
-    for i in 0..packets * TEST_SLOWDOWN_ITERATIONS {
+    for i in 0..std::hint::black_box(packets * TEST_SLOWDOWN_ITERATIONS) {
         std::hint::black_box(i);
     }
     #[cfg(not(feature = "test-slowdown"))]
