@@ -297,6 +297,45 @@ mod tests {
             (a.vf_backend.is_empty(), a.pf.as_str(), a.vfs),
             (true, "pf0", None)
         );
+        assert!(!a.lockstep && a.lockstep_counter.is_none());
+        assert_eq!(a.lockstep_packets, 65_536);
+    }
+
+    #[test]
+    fn lockstep_options() {
+        let c = Cli::try_parse_from([
+            "vhostbench",
+            "run",
+            "--lockstep",
+            "--lockstep-counter",
+            "callgrind",
+            "--lockstep-packets",
+            "1000",
+        ])
+        .expect("parse");
+        let Command::Run(a) = c.into_command() else {
+            panic!("expected run");
+        };
+        assert!(a.lockstep);
+        assert_eq!(a.lockstep_counter, Some(crate::results::Counter::Callgrind));
+        assert_eq!(a.lockstep_packets, 1000);
+        for bad in [
+            &["vhostbench", "run", "--lockstep-counter", "callgrind"][..],
+            &[
+                "vhostbench",
+                "run",
+                "--lockstep",
+                "--lockstep-counter",
+                "rdtsc",
+            ],
+            &["vhostbench", "run", "--lockstep", "--lockstep-packets", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+        // The hidden subcommand a callgrind run uses.
+        let c =
+            Cli::try_parse_from(["vhostbench", "lockstep-step", "--step", "{}"]).expect("parse");
+        assert!(matches!(c.into_command(), Command::LockstepStep(_)));
     }
 
     #[test]

@@ -133,3 +133,76 @@ impl LockstepRecord {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::schema::tests::sample_results;
+    use crate::results::Results;
+
+    fn record() -> LockstepRecord {
+        LockstepRecord {
+            mode: "null".into(),
+            workload: Workload::Rr,
+            size_bytes: 64,
+            batch: 64,
+            busy_poll_us: 0,
+            guest_poll: false,
+            queue_size: 256,
+            event_idx: true,
+            in_order: true,
+            mrg_rxbuf: true,
+            indirect: false,
+            packets: 65_536,
+            warmup_packets: 1024,
+            instructions_per_packet: InstructionsPerPacket {
+                total: 2977.982467651367,
+                guest: 1376.7662200927734,
+                device: 1601.2162475585938,
+            },
+            syscalls_per_packet: 4.0,
+            io_uring_enters_per_packet: 0.0,
+            kicks_per_packet: 1.0,
+            calls_per_packet: 1.0,
+            counter: Counter::Callgrind,
+            counter_version: Some("valgrind-3.19.0".into()),
+            profile: "release".into(),
+            test_slowdown_iterations: 0,
+        }
+    }
+
+    #[test]
+    fn a_results_file_carries_its_lockstep_list_exactly() {
+        let mut doc = sample_results();
+        doc.lockstep.push(record());
+        let text = serde_json::to_string(&doc).expect("serialize");
+        assert!(text.contains(r#""counter":"callgrind""#), "{text}");
+        assert!(!text.contains("test_slowdown"), "absent when 0: {text}");
+        let back: Results = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, doc, "every count survives the file, to the last bit");
+        // A file from before the list reads, with none.
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("value");
+        v.as_object_mut().expect("object").remove("lockstep");
+        let old: Results = serde_json::from_value(v).expect("old file");
+        assert!(old.lockstep.is_empty());
+    }
+
+    #[test]
+    fn a_record_without_packets_or_with_a_bad_number_is_refused() {
+        record().check().expect("a good record");
+        let empty = LockstepRecord {
+            packets: 0,
+            ..record()
+        };
+        assert!(empty.check().is_err());
+        let mut nan = record();
+        nan.instructions_per_packet.device = f64::NAN;
+        assert!(nan.check().is_err());
+        let negative = LockstepRecord {
+            calls_per_packet: -1.0,
+            ..record()
+        };
+        assert!(negative.check().is_err());
+        assert_eq!(record().label(), "null/rr/64B/busy-poll 0us/batch 64");
+    }
+}
