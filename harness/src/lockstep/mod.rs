@@ -101,15 +101,14 @@ impl Step {
         }
     }
 
-    /// `mode/workload/sizeB/busy-poll Nus/batch N`.
+    /// `mode/workload/sizeB/busy-poll Nus/batch N`, as its record is labelled.
     pub fn label(&self) -> String {
-        format!(
-            "{}/{}/{}B/busy-poll {}us/batch {}",
-            self.mode,
-            self.workload.as_str(),
+        results::lockstep_label(
+            &self.mode,
+            self.workload,
             self.size_bytes,
             self.busy_poll_us,
-            self.batch
+            self.batch,
         )
     }
 

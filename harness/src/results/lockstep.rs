@@ -99,16 +99,29 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// `mode/workload/sizeB/busy-poll Nus/batch N`, as a run's combinations are named.
+pub fn label(
+    mode: &str,
+    workload: Workload,
+    size_bytes: u32,
+    busy_poll_us: u64,
+    batch: u32,
+) -> String {
+    format!(
+        "{mode}/{}/{size_bytes}B/busy-poll {busy_poll_us}us/batch {batch}",
+        workload.as_str()
+    )
+}
+
 impl LockstepRecord {
-    /// `mode/workload/sizeB/busy-poll Nus/batch N`, as a run's combinations are named.
+    /// `mode/workload/sizeB/busy-poll Nus/batch N` ([`label`]).
     pub fn label(&self) -> String {
-        format!(
-            "{}/{}/{}B/busy-poll {}us/batch {}",
-            self.mode,
-            self.workload.as_str(),
+        label(
+            &self.mode,
+            self.workload,
             self.size_bytes,
             self.busy_poll_us,
-            self.batch
+            self.batch,
         )
     }
 

@@ -19,7 +19,7 @@ mod schema;
 
 pub use clock::UtcTime;
 pub use io::{default_results_path, read_results, workspace_root, write_results};
-pub use lockstep::{Counter, InstructionsPerPacket, LockstepRecord};
+pub use lockstep::{label as lockstep_label, Counter, InstructionsPerPacket, LockstepRecord};
 pub use schema::{
     gbps, placement_changed, CalibrationRecord, CpuNsPerPacket, LimitResult, PctOfCeiling, Record,
     RepeatValues, Results, Workload, PLACEMENT_CHANGE_RATIO, READABLE_SCHEMA_VERSIONS,
