@@ -12,6 +12,11 @@
 //!
 //! Kicks are eventfd writes, made only when the device asked (event index or flags); each one
 //! stands for a VM exit. Interrupts are waited for on the call eventfd, or polled.
+//!
+//! [`run`] gives the guest a vCPU thread of its own and a clock; [`lockstep::Lockstep`] runs
+//! the same steps one at a time for a caller that steps the device in between, with no clock.
+
+pub mod lockstep;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -196,9 +201,49 @@ impl NicBuffers {
     }
 }
 
-struct Guest<'a> {
+/// Where a guest's driver runs: the clock its round trips are stamped with, and what becomes
+/// of its kicks and of its waits for an interrupt. [`run`] gives each guest a vCPU thread of
+/// its own ([`Thread`]); [`lockstep`] makes it one side of a schedule on the caller's thread.
+trait Vcpu {
+    /// Now, in ns, for `rr`'s stamps and round trips.
+    fn now_ns(&mut self) -> u64;
+    /// The guest has just written the kick eventfd of its TX (`tx`) or RX queue.
+    fn kicked(&mut self, tx: bool);
+    /// The guest asked for an interrupt on the TX (`tx`) or RX queue and found nothing to reap:
+    /// it sleeps on `call`. True when the sleep is over (an interrupt came, or the wait timed
+    /// out) and interrupts may go off again; false when it goes on past this step.
+    fn sleep(&mut self, call: &File, tx: bool, exit_cost_ns: u64) -> bool;
+}
+
+/// A vCPU thread of the guest's own: the monotonic clock, and sleeps in `poll(2)`.
+struct Thread;
+
+impl Vcpu for Thread {
+    #[inline]
+    fn now_ns(&mut self) -> u64 {
+        clock::now_ns()
+    }
+
+    #[inline]
+    fn kicked(&mut self, _tx: bool) {}
+
+    fn sleep(&mut self, call: &File, _tx: bool, exit_cost_ns: u64) -> bool {
+        // Bounded, so a dead device cannot hang the guest; on time-out the caller looks at
+        // the clock and the rings again.
+        if wait_readable(call, 100) {
+            let mut b = [0u8; 8];
+            let _ = (&*call).read(&mut b);
+            // Taking the interrupt costs the vCPU an exit (modeled, if asked for).
+            modeled_exit(exit_cost_ns);
+        }
+        true
+    }
+}
+
+struct Guest<'a, V: Vcpu> {
     nic: &'a GuestPair,
     cfg: &'a TrafficConfig,
+    vcpu: V,
     tx: DriverQueue,
     rx: DriverQueue,
     /// Host offset of each TX buffer's per-frame fields (translated once); `None` where they
@@ -232,55 +277,13 @@ pub fn run(
     stop: &AtomicBool,
     quiesce: &mut dyn FnMut(),
 ) -> TrafficReport {
-    let mut r = TrafficReport {
-        sent: 0,
-        received: 0,
-        window_packets: 0,
-        window_bytes: 0,
-        window: Duration::ZERO,
-        kicks: 0,
-        interrupt_waits: 0,
-        tx_waits_then_kick: 0,
-        rx_out_of_order: 0,
-        rx_corrupt: 0,
-        rtt_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
-            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
-        tx_unreturned: 0,
-        echo_dropped: 0,
-        rx_foreign: 0,
-        error: None,
-    };
-    let tx = DriverQueue::new(&nic.mem, nic.pair.tx.addrs, cfg.event_idx).map(|q| {
-        q.with_in_order(cfg.in_order)
-            .with_free_order(cfg.free_order)
-    });
-    let rx = DriverQueue::new(&nic.mem, nic.pair.rx.addrs, cfg.event_idx).map(|q| {
-        q.with_in_order(cfg.in_order)
-            .with_free_order(cfg.free_order)
-    });
-    let (tx, rx) = match (tx, rx) {
-        (Ok(t), Ok(r)) => (t, r),
-        (Err(e), _) | (_, Err(e)) => {
+    let mut g = match Guest::new(nic, cfg, Thread) {
+        Ok(g) => g,
+        Err(e) => {
+            let mut r = TrafficReport::new();
             r.error = Some(e.to_string());
             return r;
         }
-    };
-    let mut g = Guest {
-        nic,
-        cfg,
-        tx_stamp_off: Vec::new(),
-        rx_slot: vec![u32::MAX; nic.pair.rx.addrs.size as usize],
-        rx_off: Vec::new(),
-        tx,
-        rx,
-        next_seq: 0,
-        rx_expect: 0,
-        clock: Instant::now(),
-        frame_buf: vec![0u8; 65_536 + H],
-        repost: true,
-        rx_refill: Vec::with_capacity(nic.pair.rx.addrs.size as usize),
-        tx_waited: false,
-        r,
     };
     if let Err(e) = g.main(stop) {
         g.r.error = Some(e.to_string());
@@ -295,16 +298,75 @@ pub fn run(
     g.r
 }
 
-impl Guest<'_> {
-    fn main(&mut self, stop: &AtomicBool) -> Result<(), DriverError> {
+impl TrafficReport {
+    /// Nothing seen yet.
+    fn new() -> TrafficReport {
+        TrafficReport {
+            sent: 0,
+            received: 0,
+            window_packets: 0,
+            window_bytes: 0,
+            window: Duration::ZERO,
+            kicks: 0,
+            interrupt_waits: 0,
+            tx_waits_then_kick: 0,
+            rx_out_of_order: 0,
+            rx_corrupt: 0,
+            rtt_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+            tx_unreturned: 0,
+            echo_dropped: 0,
+            rx_foreign: 0,
+            error: None,
+        }
+    }
+}
+
+impl<'a, V: Vcpu> Guest<'a, V> {
+    /// The driver of `nic`'s two queues, nothing posted yet.
+    fn new(nic: &'a GuestPair, cfg: &'a TrafficConfig, vcpu: V) -> Result<Self, DriverError> {
+        let queue = |addrs| {
+            DriverQueue::new(&nic.mem, addrs, cfg.event_idx).map(|q| {
+                q.with_in_order(cfg.in_order)
+                    .with_free_order(cfg.free_order)
+            })
+        };
+        Ok(Guest {
+            nic,
+            cfg,
+            vcpu,
+            tx_stamp_off: Vec::new(),
+            rx_slot: vec![u32::MAX; nic.pair.rx.addrs.size as usize],
+            rx_off: Vec::new(),
+            tx: queue(nic.pair.tx.addrs)?,
+            rx: queue(nic.pair.rx.addrs)?,
+            next_seq: 0,
+            rx_expect: 0,
+            clock: Instant::now(),
+            frame_buf: vec![0u8; 65_536 + H],
+            repost: true,
+            rx_refill: Vec::with_capacity(nic.pair.rx.addrs.size as usize),
+            tx_waited: false,
+            r: TrafficReport::new(),
+        })
+    }
+
+    /// What the driver does before the workload starts: buffers prepared, TX interrupts off
+    /// (completions are reaped on the next transmit: no TX interrupts unless the ring is
+    /// full; RX interrupts only when waiting), and every RX buffer posted unless the workload
+    /// receives nothing.
+    fn start(&mut self) -> Result<(), DriverError> {
         self.prepare_tx_buffers()?;
         self.prepare_rx_buffers()?;
-        // TX completions are reaped on the next transmit: no TX interrupts unless the ring is
-        // full. RX interrupts only when waiting.
         self.tx.disable_interrupts(&self.nic.mem)?;
         if self.cfg.workload != Workload::Tx {
             self.post_all_rx()?;
         }
+        Ok(())
+    }
+
+    fn main(&mut self, stop: &AtomicBool) -> Result<(), DriverError> {
+        self.start()?;
         let end = self.clock + self.cfg.duration;
         let measure_from = self.clock + self.cfg.warmup;
         let mut measuring = false;
@@ -398,6 +460,7 @@ impl Guest<'_> {
         if kicked {
             self.r.kicks += 1;
             let _ = (&*fd).write_all(&1u64.to_ne_bytes());
+            self.vcpu.kicked(tx);
             modeled_exit(self.cfg.exit_cost_ns);
         }
         Ok(())
@@ -731,10 +794,37 @@ impl Guest<'_> {
     }
 
     fn step_rr(&mut self) -> Result<(), DriverError> {
+        let Some(t0) = self.rr_request()? else {
+            return Ok(());
+        };
+        // Give up on a response after 1 s. The clock is read every 256 polls only: a clock
+        // read costs about as much as a poll, and reading it on each would delay noticing the
+        // response by that much.
+        let give_up = t0 + 1_000_000_000;
+        let mut polls: u32 = 0;
+        let lines = self.rr_response_lines();
+        loop {
+            if self.rr_response(lines)? {
+                return Ok(());
+            }
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(256) && self.vcpu.now_ns() > give_up {
+                // The response was lost: it shows up as sent − received.
+                return Ok(());
+            }
+            self.wait_used(false)?;
+        }
+    }
+
+    /// `rr`'s request: reaps TX, then stamps, posts and kicks one frame. Its stamp, or `None`
+    /// when none went out (the rate allows none yet, or the TX ring is full and the guest
+    /// waited).
+    #[inline]
+    fn rr_request(&mut self) -> Result<Option<u64>, DriverError> {
         self.reap_tx()?;
         if self.allowance() == 0 {
             std::hint::spin_loop();
-            return Ok(());
+            return Ok(None);
         }
         // The post stores to two lines the polling device keeps reading: the frame's stamp
         // (it prefetches the next frame) and `avail.idx`. Ask for both for writing now, while
@@ -749,21 +839,22 @@ impl Guest<'_> {
             self.nic.mem.prefetch_write(off);
         }
         self.nic.mem.prefetch_write(self.tx.avail_idx_offset());
-        let t0 = clock::now_ns();
+        let t0 = self.vcpu.now_ns();
         if !self.post_tx(t0)? {
-            return self.wait_used(true);
+            self.wait_used(true)?;
+            return Ok(None);
         }
         self.kick(true)?;
-        // Give up on a response after 1 s. The clock is read every 256 polls only: a clock
-        // read costs about as much as a poll, and reading it on each would delay noticing the
-        // response by that much.
-        let give_up = t0 + 1_000_000_000;
-        let mut polls: u32 = 0;
-        // Where the response will land: the next RX buffer in ring order (in-order devices
-        // fill them that way) and the next used element. The device writes both before it
-        // publishes `used.idx`. Their lines are asked for as soon as the index moves, all
-        // at once, not while polling: a copy taken early would have to be invalidated before
-        // each of the device's stores, and its `used.idx` store waits behind those.
+        Ok(Some(t0))
+    }
+
+    /// Where `rr`'s response will land: the next RX buffer in ring order (in-order devices
+    /// fill them that way), if it is one span, and the next used element. The device writes
+    /// both before it publishes `used.idx`. Their lines are asked for as soon as the index
+    /// moves, all at once, not while polling: a copy taken early would have to be invalidated
+    /// before each of the device's stores, and its `used.idx` store waits behind those.
+    #[inline]
+    fn rr_response_lines(&self) -> (Option<usize>, usize) {
         let next_rx = self
             .rx
             .next_used_head()
@@ -771,28 +862,29 @@ impl Guest<'_> {
             .and_then(|&s| self.rx_off.get(s as usize))
             .copied()
             .flatten();
-        let used_line = self.rx.next_used_offset();
-        loop {
-            if self.rx.has_used(&self.nic.mem)? {
-                self.nic.mem.prefetch(used_line);
-                if let Some(off) = next_rx {
-                    self.nic.mem.prefetch(off);
-                    self.nic.mem.prefetch(off + 64);
-                }
-                let (n, ts) = self.reap_rx()?;
-                if n > 0 {
-                    let rtt = clock::now_ns().saturating_sub(ts).max(1);
-                    let _ = self.r.rtt_ns.record(rtt);
-                    return Ok(());
-                }
+        (next_rx, self.rx.next_used_offset())
+    }
+
+    /// `rr`'s response, if it is there: reaped, its round trip recorded. True if it was.
+    #[inline]
+    fn rr_response(
+        &mut self,
+        (next_rx, used_line): (Option<usize>, usize),
+    ) -> Result<bool, DriverError> {
+        if self.rx.has_used(&self.nic.mem)? {
+            self.nic.mem.prefetch(used_line);
+            if let Some(off) = next_rx {
+                self.nic.mem.prefetch(off);
+                self.nic.mem.prefetch(off + 64);
             }
-            polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(256) && clock::now_ns() > give_up {
-                // The response was lost: it shows up as sent − received.
-                return Ok(());
+            let (n, ts) = self.reap_rx()?;
+            if n > 0 {
+                let rtt = self.vcpu.now_ns().saturating_sub(ts).max(1);
+                let _ = self.r.rtt_ns.record(rtt);
+                return Ok(true);
             }
-            self.wait_used(false)?;
         }
+        Ok(false)
     }
 
     /// Waits for used entries on a queue: spins when polling, else arms the interrupt and
@@ -819,13 +911,9 @@ impl Guest<'_> {
         if !ready {
             self.r.interrupt_waits += 1;
             self.tx_waited |= tx;
-            // Bounded, so a dead device cannot hang the guest; on time-out the caller looks at
-            // the clock and the rings again.
-            if wait_readable(call, 100) {
-                let mut b = [0u8; 8];
-                let _ = (&*call).read(&mut b);
-                // Taking the interrupt costs the vCPU an exit (modeled, if asked for).
-                modeled_exit(self.cfg.exit_cost_ns);
+            if !self.vcpu.sleep(call, tx, self.cfg.exit_cost_ns) {
+                // Still asleep, interrupts on, after this step (`lockstep`).
+                return Ok(());
             }
         }
         // Interrupts stay on only while the guest sleeps.

@@ -53,6 +53,10 @@ pub enum Command {
     /// Serve a vhost-user net device on a Unix socket (the engine as a vhost-user backend for
     /// QEMU, DPDK's virtio-user or `run --modes vhost-user`).
     Serve(crate::serve::ServeArgs),
+    /// One `run --lockstep` combination, stepped and counted (what `run --lockstep` runs
+    /// under callgrind).
+    #[command(hide = true)]
+    LockstepStep(crate::lockstep::StepArgs),
     /// Compare two results files configuration by configuration; exit 1 if a metric
     /// regressed, 2 if the files cannot be compared.
     Compare(CompareArgs),
@@ -241,6 +245,25 @@ pub struct RunArgs {
     /// socket.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Instead of timed runs: step the guest and the device in turn on one thread, the same
+    /// packets every time, and count per packet what does not depend on timing: instructions
+    /// (guest and device apart), system calls, io_uring enters, kicks and calls. Modes whose
+    /// frames go through the kernel cannot be stepped and are left out, saying why.
+    #[arg(long)]
+    pub lockstep: bool,
+    /// `--lockstep`: what counts instructions: `perf-event` (the CPU's counter) or `callgrind`
+    /// (default: perf-event where the CPU has the counter, else callgrind).
+    #[arg(long, value_enum, value_name = "COUNTER", requires = "lockstep")]
+    pub lockstep_counter: Option<crate::results::Counter>,
+    /// `--lockstep`: packets (rr: transactions) in each measured window, after a warm-up of
+    /// four rings' worth.
+    #[arg(
+        long,
+        default_value_t = 65_536,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "N"
+    )]
+    pub lockstep_packets: u64,
     /// Also run the driver × backend pairings with a real, independent peer: `dpdk` (DPDK
     /// 22.11's testpmd: its virtio-user PMD and its vhost PMD, against guest-sim and the
     /// engine), for `tx` (g2h) and `rx` (h2g) at each size, after the matrix.
@@ -341,6 +364,45 @@ mod tests {
             (a.vf_backend.is_empty(), a.pf.as_str(), a.vfs),
             (true, "pf0", None)
         );
+        assert!(!a.lockstep && a.lockstep_counter.is_none());
+        assert_eq!(a.lockstep_packets, 65_536);
+    }
+
+    #[test]
+    fn lockstep_options() {
+        let c = Cli::try_parse_from([
+            "vhostbench",
+            "run",
+            "--lockstep",
+            "--lockstep-counter",
+            "callgrind",
+            "--lockstep-packets",
+            "1000",
+        ])
+        .expect("parse");
+        let Command::Run(a) = c.into_command() else {
+            panic!("expected run");
+        };
+        assert!(a.lockstep);
+        assert_eq!(a.lockstep_counter, Some(crate::results::Counter::Callgrind));
+        assert_eq!(a.lockstep_packets, 1000);
+        for bad in [
+            &["vhostbench", "run", "--lockstep-counter", "callgrind"][..],
+            &[
+                "vhostbench",
+                "run",
+                "--lockstep",
+                "--lockstep-counter",
+                "rdtsc",
+            ],
+            &["vhostbench", "run", "--lockstep", "--lockstep-packets", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} parsed");
+        }
+        // The hidden subcommand a callgrind run uses.
+        let c =
+            Cli::try_parse_from(["vhostbench", "lockstep-step", "--step", "{}"]).expect("parse");
+        assert!(matches!(c.into_command(), Command::LockstepStep(_)));
     }
 
     #[test]

@@ -872,6 +872,35 @@ mod tests {
     }
 
     #[test]
+    fn the_lockstep_baseline_gates_on_its_exact_counts() {
+        let p = workspace_root().join("results/lockstep-baseline.json");
+        let base = read_results(&p).expect("read");
+        assert!(!base.lockstep.is_empty());
+        // Against itself: every count unchanged, even at a 0% threshold.
+        let c = compare(&p, &base, &p, &base, 0.0).expect("compare");
+        assert_eq!(c.exit_code(), EXIT_OK);
+        assert!(c.matched.rows.iter().all(|r| !r.noisy));
+        // Three percent more device instructions in one record: past a 2% gate, whatever
+        // the run's repeats or placement (there are none to speak of).
+        let mut slow = base.clone();
+        slow.lockstep[0].instructions_per_packet.device *= 1.03;
+        slow.lockstep[0].instructions_per_packet.total =
+            slow.lockstep[0].instructions_per_packet.guest
+                + slow.lockstep[0].instructions_per_packet.device;
+        slow.calibration.pingpong_rtt_ns *= 10.0;
+        let c = compare(&p, &base, Path::new("slow.json"), &slow, 2.0).expect("compare");
+        assert_eq!(c.exit_code(), EXIT_REGRESSION);
+        let bad: Vec<&str> = c
+            .matched
+            .rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Regression)
+            .map(|r| r.metric)
+            .collect();
+        assert_eq!(bad, ["instructions_per_packet.device"], "{bad:?}");
+    }
+
+    #[test]
     fn no_common_records_is_an_error_naming_both_files() {
         let base = baseline();
         let mut other = base.clone();

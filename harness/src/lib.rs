@@ -16,6 +16,9 @@
 //!   CSV (`vhostbench export`).
 //! - [`pair`]: one device with both sides wired (on `guest_sim::testbed`), and one timed run
 //!   over it.
+//! - [`lockstep`]: `run --lockstep`: the guest and the device stepped in turn on one thread,
+//!   counts per packet with no noise (instructions by the CPU's counter or callgrind; its
+//!   `perf` module holds its `unsafe`).
 //! - [`topology`]: network namespaces, taps, bridges, packet sockets, and their clean-up on
 //!   every exit path; its `sys` module holds its `unsafe` (ioctls, setns). The tap ceiling's
 //!   io_uring writer keeps its own in [`ceilings`].
@@ -38,6 +41,7 @@ mod exit;
 pub mod export;
 pub mod host;
 pub mod libvirt;
+pub mod lockstep;
 pub mod modes;
 pub mod out;
 pub mod padded;

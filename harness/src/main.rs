@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Command::Limits(args) => limits_command(args).map(|()| ExitCode::SUCCESS),
         Command::Interface(args) => interface_command(&args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => harness::serve::main(args).map(|()| ExitCode::SUCCESS),
+        Command::LockstepStep(args) => {
+            harness::lockstep::step_command(&args).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

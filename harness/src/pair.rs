@@ -77,6 +77,50 @@ impl PairConfig {
             .with(bit::MRG_RXBUF, self.mrg_rxbuf)
             .with(bit::IN_ORDER, self.in_order)
     }
+
+    /// How the guest's vCPU runs the workload.
+    pub fn traffic(&self) -> TrafficConfig {
+        TrafficConfig {
+            workload: self.workload,
+            frame_len: self.frame_len,
+            rate_pps: self.rate_pps,
+            duration: self.duration,
+            warmup: self.warmup,
+            poll: self.guest_poll,
+            event_idx: self.event_idx,
+            indirect: self.indirect,
+            mrg_rxbuf: self.mrg_rxbuf,
+            in_order: self.in_order,
+            free_order: FreeOrder::Fifo,
+            verify_bytes: self.verify_bytes,
+            exit_cost_ns: self.exit_cost_ns,
+            count_foreign: self.count_foreign,
+        }
+    }
+
+    /// How the worker of device number `n` runs.
+    pub fn worker(&self, n: usize) -> WorkerConfig {
+        WorkerConfig {
+            name: n.to_string(),
+            core: self.worker_core,
+            batch: self.batch,
+            busy_poll_us: self.busy_poll_us,
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// The guest memory, queues and eventfds of one device with one queue pair.
+    pub fn testbed(&self) -> Result<Testbed> {
+        Testbed::new(&TestbedConfig {
+            guest_mem_bytes: self.guest_mem_bytes,
+            region_len: None,
+            queue_size: self.queue_size,
+            pairs: 1,
+            frame_len: self.frame_len,
+            mrg_rxbuf: self.mrg_rxbuf,
+        })
+        .context("guest memory and queues")
+    }
 }
 
 /// What one run measured.
@@ -273,15 +317,7 @@ pub fn start_served(
     let rss_before = process_rss();
     let features = negotiate(DEFAULT_OFFER, cfg.features()).context("feature negotiation")?;
     // One queue pair per device: one vCPU drives it.
-    let tb = Testbed::new(&TestbedConfig {
-        guest_mem_bytes: cfg.guest_mem_bytes,
-        region_len: None,
-        queue_size: cfg.queue_size,
-        pairs: 1,
-        frame_len: cfg.frame_len,
-        mrg_rxbuf: cfg.mrg_rxbuf,
-    })
-    .context("guest memory and queues")?;
+    let tb = cfg.testbed()?;
     let spec = DeviceSpec {
         mem: tb.mem,
         features,
@@ -290,29 +326,8 @@ pub fn start_served(
     let Some(nic) = tb.guest.into_iter().next() else {
         return Err(anyhow!("the testbed built no queue pair"));
     };
-    let tcfg = TrafficConfig {
-        workload: cfg.workload,
-        frame_len: cfg.frame_len,
-        rate_pps: cfg.rate_pps,
-        duration: cfg.duration,
-        warmup: cfg.warmup,
-        poll: cfg.guest_poll,
-        event_idx: cfg.event_idx,
-        indirect: cfg.indirect,
-        mrg_rxbuf: cfg.mrg_rxbuf,
-        in_order: cfg.in_order,
-        free_order: FreeOrder::Fifo,
-        verify_bytes: cfg.verify_bytes,
-        exit_cost_ns: cfg.exit_cost_ns,
-        count_foreign: cfg.count_foreign,
-    };
-    let wcfg = WorkerConfig {
-        name: n.to_string(),
-        core: cfg.worker_core,
-        batch: cfg.batch,
-        busy_poll_us: cfg.busy_poll_us,
-        ..WorkerConfig::default()
-    };
+    let tcfg = cfg.traffic();
+    let wcfg = cfg.worker(n);
     // The guest sets up its rings before the device starts using them (DRIVER_OK).
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

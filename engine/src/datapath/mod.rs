@@ -5,6 +5,8 @@
 //! and its vhost-user daemon alike).
 
 mod queue_pair;
+mod slowdown;
 
 pub(crate) use queue_pair::{queue_failed, Ran};
 pub use queue_pair::{NetQueuePair, PairConfig};
+pub use slowdown::TEST_SLOWDOWN_ITERATIONS;

@@ -232,6 +232,7 @@ impl NetQueuePair {
                 }
                 t.chains += n as u64;
                 t.batches += 1;
+                super::slowdown::per_packets(n as u64);
                 pkts += n as u64;
                 bytes += self.tx.bytes();
             }
@@ -390,6 +391,7 @@ impl NetQueuePair {
                     break Ran::Dead;
                 }
             }
+            super::slowdown::per_packets(1);
             pkts += 1;
             bytes += n.saturating_sub(vring::net::VirtioNetHdr::SIZE) as u64;
             unpublished += 1;

@@ -12,7 +12,11 @@
 //!   re-enable kicks, fence, re-check the rings  → work? go round
 //!   sleep in io_uring until a kick (or stop)
 //! ```
+//!
+//! [`step::Stepper`] is the same loop with no thread, io_uring or clock: the caller steps it
+//! one round at a time and hands it the kicks.
 
+pub mod step;
 pub mod uring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +30,7 @@ use crate::datapath::{NetQueuePair, PairConfig, Ran};
 use crate::device::{Device, DeviceError, DeviceReport, DeviceSpec};
 use crate::metrics::{add, get, DeviceMetrics};
 use crate::sys;
+pub use step::{Stepped, Stepper};
 use uring::EventRing;
 
 /// `VHOST_NET_BATCH`: chains per backend submission, and RX frames per used-ring publish.
@@ -75,6 +80,46 @@ impl WorkerConfig {
     }
 }
 
+/// A device's pairs, set up to be served.
+struct Pairs {
+    /// The device's guest memory.
+    mem: Arc<GuestMemory>,
+    /// Each pair, at the start of the worker's first round (both handlers due).
+    slots: Vec<Slot>,
+    /// Each pair's kick eventfds: TX, RX.
+    kicks: Vec<[std::fs::File; 2]>,
+}
+
+/// The device side of every pair of `spec`, pair `n` on `backends[n]`.
+fn pairs(
+    spec: DeviceSpec,
+    backends: Vec<Box<dyn Backend>>,
+    cfg: &WorkerConfig,
+) -> Result<Pairs, DeviceError> {
+    spec.check_pairs(backends.len(), "one backend per queue pair")?;
+    let mut slots = Vec::with_capacity(spec.pairs.len());
+    let mut kicks = Vec::with_capacity(spec.pairs.len());
+    for (i, (wiring, backend)) in spec.pairs.into_iter().zip(backends).enumerate() {
+        let (q, k) = NetQueuePair::new(i, &spec.mem, spec.features, wiring, backend, cfg.pair())?;
+        kicks.push(k);
+        slots.push(Slot {
+            q,
+            tx: Ran::Requeue,
+            rx: Ran::Requeue,
+            rx_woken: false,
+            poll: None,
+            hint_tx: None,
+            hint_rx_buf: None,
+            hint_rx_used: None,
+        });
+    }
+    Ok(Pairs {
+        mem: spec.mem,
+        slots,
+        kicks,
+    })
+}
+
 /// Starts the worker thread for `spec`, pair `n` of the device on `backends[n]` (one backend
 /// per pair, as each vhost-net queue pair has its own tap queue or socket).
 pub fn spawn(
@@ -82,35 +127,23 @@ pub fn spawn(
     backends: Vec<Box<dyn Backend>>,
     cfg: WorkerConfig,
 ) -> Result<Device, DeviceError> {
-    spec.check_pairs(backends.len(), "one backend per queue pair")?;
     let stop_fd = sys::eventfd()?;
     let mut reads = vec![stop_fd.try_clone()?];
     let mut polls = Vec::new();
     let mut poll_owner = Vec::new();
-    let mut slots = Vec::with_capacity(spec.pairs.len());
-    for (i, (wiring, backend)) in spec.pairs.into_iter().zip(backends).enumerate() {
-        let (q, kicks) =
-            NetQueuePair::new(i, &spec.mem, spec.features, wiring, backend, cfg.pair())?;
-        // Ring index `1 + 2i` is pair i's TX kick, `2 + 2i` its RX kick.
-        reads.extend(kicks);
-        let poll = match q.backend.rx_fd() {
-            Some(fd) => {
-                polls.push(std::fs::File::from(fd.try_clone_to_owned()?));
-                poll_owner.push(i);
-                Some(polls.len() - 1)
-            }
-            None => None,
-        };
-        slots.push(Slot {
-            q,
-            tx: Ran::Requeue,
-            rx: Ran::Requeue,
-            rx_woken: false,
-            poll,
-            hint_tx: None,
-            hint_rx_buf: None,
-            hint_rx_used: None,
-        });
+    let Pairs {
+        mem,
+        mut slots,
+        kicks,
+    } = pairs(spec, backends, &cfg)?;
+    // Ring index `1 + 2i` is pair i's TX kick, `2 + 2i` its RX kick.
+    reads.extend(kicks.into_iter().flatten());
+    for (i, s) in slots.iter_mut().enumerate() {
+        if let Some(fd) = s.q.backend.rx_fd() {
+            polls.push(std::fs::File::from(fd.try_clone_to_owned()?));
+            poll_owner.push(i);
+            s.poll = Some(polls.len() - 1);
+        }
     }
     let n_reads = reads.len();
     for s in &mut slots {
@@ -128,7 +161,7 @@ pub fn spawn(
         metrics: metrics.clone(),
         stop: stop.clone(),
         report: DeviceReport::default(),
-        mem: spec.mem,
+        mem,
     };
     let thread = std::thread::Builder::new()
         .name(format!("vhost-{}", cfg.name))
@@ -141,20 +174,26 @@ pub fn spawn(
             w.metrics
                 .worker_cpu_ns
                 .store(w.report.cpu_ns, Ordering::Relaxed);
-            for s in &mut w.slots {
-                let stats = s.q.backend.stats();
-                w.report.add_backend_stats(stats);
-                // Every TX chain taken was returned at the end of its round; RX buffers popped
-                // ahead and not written go back to the ring, so a frontend that resumes at
-                // these bases posts them again instead of losing them.
-                s.q.rxw.release(&mut s.q.rxq);
-                w.report
-                    .stopped_at
-                    .extend([s.q.rxq.state().next_avail, s.q.txq.state().next_avail]);
-            }
+            stopped(&mut w.slots, &mut w.report);
             std::mem::take(&mut w.report)
         })?;
     Ok(Device::from_parts(thread, stop, stop_fd, metrics))
+}
+
+/// What the device reports about its pairs once it has stopped serving them: the backends'
+/// counters and where each queue stopped.
+fn stopped(slots: &mut [Slot], report: &mut DeviceReport) {
+    for s in slots {
+        let stats = s.q.backend.stats();
+        report.add_backend_stats(stats);
+        // Every TX chain taken was returned at the end of its round; RX buffers popped
+        // ahead and not written go back to the ring, so a frontend that resumes at
+        // these bases posts them again instead of losing them.
+        s.q.rxw.release(&mut s.q.rxq);
+        report
+            .stopped_at
+            .extend([s.q.rxq.state().next_avail, s.q.txq.state().next_avail]);
+    }
 }
 
 /// Ring index of the stop eventfd; kicks follow it, two per pair.
@@ -189,6 +228,142 @@ struct Slot {
 impl Slot {
     fn requeued(&self) -> bool {
         self.tx == Ran::Requeue || self.rx == Ran::Requeue
+    }
+
+    /// A kick arrived on queue `dir`: a handler waiting on the guest there is due again.
+    #[inline]
+    fn kicked(&mut self, dir: Direction, m: &DeviceMetrics) {
+        let (ran, kicks) = match dir {
+            Direction::Tx => (&mut self.tx, &m.tx.kicks),
+            Direction::Rx => (&mut self.rx, &m.rx.kicks),
+        };
+        add(kicks, 1);
+        if *ran == Ran::NeedGuest {
+            *ran = Ran::Requeue;
+        }
+    }
+
+    /// One round of this pair: the handlers that are due, then the round's end. True if a
+    /// handler has work left (requeued).
+    #[inline]
+    fn round(&mut self, mem: &GuestMemory, m: &DeviceMetrics, r: &mut DeviceReport) -> bool {
+        if self.tx == Ran::Requeue {
+            self.tx = self.q.handle_tx(mem, m, r);
+            // Frames sent may be frames to receive (a reflecting backend).
+            if self.rx == Ran::NeedBackend {
+                self.rx = Ran::Requeue;
+            }
+        }
+        if self.rx == Ran::Requeue {
+            self.rx = self.q.handle_rx(mem, m, r);
+        }
+        self.q.finish_round(mem, m);
+        self.requeued()
+    }
+
+    /// Going to sleep: asks for kicks where a handler waits on the guest, then re-checks
+    /// those queues and the backend. True if work turned up meanwhile (requeued).
+    #[inline]
+    fn rearm(&mut self, mem: &GuestMemory, m: &DeviceMetrics, r: &mut DeviceReport) -> bool {
+        if self.tx == Ran::NeedGuest && self.q.rearm(mem, Direction::Tx, m, r) {
+            self.tx = Ran::Requeue;
+        }
+        if self.rx == Ran::NeedGuest && self.q.rearm(mem, Direction::Rx, m, r) {
+            self.rx = Ran::Requeue;
+        }
+        if self.rx == Ran::NeedBackend && self.q.backend.rx_peek().is_some() {
+            self.rx = Ran::Requeue;
+        }
+        self.requeued()
+    }
+
+    /// Before a busy-poll window: true if the backend already has a frame for RX that waits
+    /// on it (then there is no window: RX is due).
+    #[inline]
+    fn backend_ready(&mut self) -> bool {
+        if self.rx == Ran::NeedBackend && self.q.backend.rx_peek().is_some() {
+            self.rx = Ran::Requeue;
+            return true;
+        }
+        false
+    }
+
+    /// The start of a busy-poll window: where to keep asking for lines while it spins, and
+    /// the next RX buffer popped ahead.
+    fn poll_start(&mut self, mem: &GuestMemory, m: &DeviceMetrics, r: &mut DeviceReport) {
+        // While waiting for the guest's next frame, keep asking for the line it will most
+        // likely be in: the guest writes the frame before it publishes `avail.idx`, so the
+        // frame's line comes over alongside the index instead of one transfer after it.
+        self.hint_tx = match self.tx {
+            Ran::NeedGuest => self.q.txq.peek_next_buffer(mem),
+            _ => None,
+        };
+        // And the other way round: while waiting for a frame to hand the guest, take the
+        // lines the delivery will write (the next RX buffer's first two, the next used
+        // element's) for writing now, so its stores do not wait for the guest's copies to
+        // be invalidated one after another, with `used.idx` queued behind them. The buffer
+        // itself is popped (walked and checked) now, while there is nothing else to do,
+        // rather than after the frame turns up (`RxWriter::prepare`).
+        (self.hint_rx_buf, self.hint_rx_used) = match self.rx {
+            Ran::NeedBackend => match self.q.rxw.prepare(&mut self.q.rxq, mem) {
+                Ok(buf) => (buf, Some(self.q.rxq.next_used_offset())),
+                Err(e) => {
+                    self.q.queue_failed(Direction::Rx, e, m, r);
+                    self.rx = Ran::Dead;
+                    (None, None)
+                }
+            },
+            _ => (None, None),
+        };
+    }
+
+    /// One spin of a busy-poll window: asks for the lines noted at its start.
+    #[inline]
+    fn poll_prefetch(&self, mem: &GuestMemory) {
+        if let Some(off) = self.hint_tx {
+            mem.prefetch(off);
+        }
+        if let Some(off) = self.hint_rx_buf {
+            mem.prefetch_write(off);
+            mem.prefetch_write(off + 64);
+        }
+        if let Some(off) = self.hint_rx_used {
+            mem.prefetch_write(off);
+        }
+    }
+
+    /// One spin of a busy-poll window: looks at the rings the handlers wait on. True if one
+    /// has work (that handler is due).
+    #[inline]
+    fn poll_rings(&mut self, mem: &GuestMemory, m: &DeviceMetrics, r: &mut DeviceReport) -> bool {
+        if self.tx == Ran::NeedGuest {
+            match self.q.txq.pending(mem) {
+                Ok(0) => {}
+                Ok(_) => {
+                    self.tx = Ran::Requeue;
+                    return true;
+                }
+                Err(e) => {
+                    self.q.queue_failed(Direction::Tx, e, m, r);
+                    self.tx = Ran::Dead;
+                }
+            }
+        }
+        // RX waits for *new* buffers (those already seen may be too few for the frame).
+        if self.rx == Ran::NeedGuest {
+            match self.q.rxq.has_new_avail(mem) {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.rx = Ran::Requeue;
+                    return true;
+                }
+                Err(e) => {
+                    self.q.queue_failed(Direction::Rx, e, m, r);
+                    self.rx = Ran::Dead;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -225,18 +400,11 @@ impl Loop {
                     if i == STOP {
                         stopping = true;
                     } else if i < n_reads {
-                        let s = &mut slots[(i - 1) / 2];
-                        if (i - 1) % 2 == 0 {
-                            add(&m.tx.kicks, 1);
-                            if s.tx == Ran::NeedGuest {
-                                s.tx = Ran::Requeue;
-                            }
-                        } else {
-                            add(&m.rx.kicks, 1);
-                            if s.rx == Ran::NeedGuest {
-                                s.rx = Ran::Requeue;
-                            }
-                        }
+                        let dir = match (i - 1) % 2 {
+                            0 => Direction::Tx,
+                            _ => Direction::Rx,
+                        };
+                        slots[(i - 1) / 2].kicked(dir, &m);
                     } else if let Some(&p) = owner.get(i - n_reads) {
                         slots[p].rx_woken = true;
                     }
@@ -261,18 +429,7 @@ impl Loop {
             }
             let mut requeue = false;
             for s in &mut self.slots {
-                if s.tx == Ran::Requeue {
-                    s.tx = s.q.handle_tx(&mem, &m, &mut self.report);
-                    // Frames sent may be frames to receive (a reflecting backend).
-                    if s.rx == Ran::NeedBackend {
-                        s.rx = Ran::Requeue;
-                    }
-                }
-                if s.rx == Ran::Requeue {
-                    s.rx = s.q.handle_rx(&mem, &m, &mut self.report);
-                }
-                s.q.finish_round(&mem, &m);
-                requeue |= s.requeued();
+                requeue |= s.round(&mem, &m, &mut self.report);
             }
             if self.report.fatal.is_some() {
                 return;
@@ -302,16 +459,7 @@ impl Loop {
             // Going to sleep: ask for kicks where we wait on the guest, then re-check.
             let mut requeue = false;
             for s in &mut self.slots {
-                if s.tx == Ran::NeedGuest && s.q.rearm(&mem, Direction::Tx, &m, &mut self.report) {
-                    s.tx = Ran::Requeue;
-                }
-                if s.rx == Ran::NeedGuest && s.q.rearm(&mem, Direction::Rx, &m, &mut self.report) {
-                    s.rx = Ran::Requeue;
-                }
-                if s.rx == Ran::NeedBackend && s.q.backend.rx_peek().is_some() {
-                    s.rx = Ran::Requeue;
-                }
-                requeue |= s.requeued();
+                requeue |= s.rearm(&mem, &m, &mut self.report);
             }
             if requeue {
                 continue;
@@ -341,83 +489,26 @@ impl Loop {
             return Polled::Completion;
         }
         for s in &mut self.slots {
-            if s.rx == Ran::NeedBackend && s.q.backend.rx_peek().is_some() {
-                s.rx = Ran::Requeue;
+            if s.backend_ready() {
                 return Polled::Work;
             }
         }
         let deadline = Instant::now() + Duration::from_micros(self.cfg.busy_poll_us);
         for s in &mut self.slots {
-            // While waiting for the guest's next frame, keep asking for the line it will most
-            // likely be in: the guest writes the frame before it publishes `avail.idx`, so the
-            // frame's line comes over alongside the index instead of one transfer after it.
-            s.hint_tx = match s.tx {
-                Ran::NeedGuest => s.q.txq.peek_next_buffer(mem),
-                _ => None,
-            };
-            // And the other way round: while waiting for a frame to hand the guest, take the
-            // lines the delivery will write (the next RX buffer's first two, the next used
-            // element's) for writing now, so its stores do not wait for the guest's copies to
-            // be invalidated one after another, with `used.idx` queued behind them. The buffer
-            // itself is popped (walked and checked) now, while there is nothing else to do,
-            // rather than after the frame turns up (`RxWriter::prepare`).
-            (s.hint_rx_buf, s.hint_rx_used) = match s.rx {
-                Ran::NeedBackend => match s.q.rxw.prepare(&mut s.q.rxq, mem) {
-                    Ok(buf) => (buf, Some(s.q.rxq.next_used_offset())),
-                    Err(e) => {
-                        s.q.queue_failed(Direction::Rx, e, m, &mut self.report);
-                        s.rx = Ran::Dead;
-                        (None, None)
-                    }
-                },
-                _ => (None, None),
-            };
+            s.poll_start(mem, m, &mut self.report);
         }
         let mut spins: u64 = 0;
         let found = 'spin: loop {
             spins += 1;
             for s in &self.slots {
-                if let Some(off) = s.hint_tx {
-                    mem.prefetch(off);
-                }
-                if let Some(off) = s.hint_rx_buf {
-                    mem.prefetch_write(off);
-                    mem.prefetch_write(off + 64);
-                }
-                if let Some(off) = s.hint_rx_used {
-                    mem.prefetch_write(off);
-                }
+                s.poll_prefetch(mem);
             }
             if self.ring.has_completions() || self.stop.load(Ordering::Relaxed) {
                 break Polled::Completion;
             }
             for s in &mut self.slots {
-                if s.tx == Ran::NeedGuest {
-                    match s.q.txq.pending(mem) {
-                        Ok(0) => {}
-                        Ok(_) => {
-                            s.tx = Ran::Requeue;
-                            break 'spin Polled::Work;
-                        }
-                        Err(e) => {
-                            s.q.queue_failed(Direction::Tx, e, m, &mut self.report);
-                            s.tx = Ran::Dead;
-                        }
-                    }
-                }
-                // RX waits for *new* buffers (those already seen may be too few for the frame).
-                if s.rx == Ran::NeedGuest {
-                    match s.q.rxq.has_new_avail(mem) {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            s.rx = Ran::Requeue;
-                            break 'spin Polled::Work;
-                        }
-                        Err(e) => {
-                            s.q.queue_failed(Direction::Rx, e, m, &mut self.report);
-                            s.rx = Ran::Dead;
-                        }
-                    }
+                if s.poll_rings(mem, m, &mut self.report) {
+                    break 'spin Polled::Work;
                 }
             }
             // No `rx_peek` while spinning: a backend's RX readiness changes only through this

@@ -241,6 +241,10 @@ impl Mode for DirectVf {
         super::tap::oversubscribed(workload, polling, cores)
     }
 
+    fn lockstep_backend(&self, _cfg: &PairConfig) -> Result<Box<dyn Backend>, String> {
+        Err("its backend is a socket on a VF: every frame goes through the kernel".into())
+    }
+
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
         let kind = cfg.vf.backend.unwrap_or(FALLBACK_BACKEND);
         let ns = Netns::create().context("network namespace")?;

@@ -4,6 +4,7 @@
 use std::fs::File;
 
 use anyhow::Result;
+use engine::backend::Backend;
 use engine::device::{Device, DeviceSpec};
 use engine::emulated::{self, EmulatedConfig};
 use engine::worker::WorkerConfig;
@@ -66,6 +67,10 @@ impl Mode for Emulated {
     /// QEMU's loop moves one frame per `write`/`read` and publishes each at once.
     fn batches(&self) -> bool {
         false
+    }
+
+    fn lockstep_backend(&self, _cfg: &PairConfig) -> Result<Box<dyn Backend>, String> {
+        Err("its event loop reads and writes a tap: every frame goes through the kernel".into())
     }
 
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {

@@ -24,6 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+use engine::backend::Backend;
 use serde::{Serialize, Serializer};
 
 use crate::ceilings::Ceiling;
@@ -95,6 +96,11 @@ pub trait Mode: Sync {
 
     /// One timed run of one combination.
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome>;
+
+    /// The backend a lockstep run ([`crate::lockstep`]: the guest and the device stepped in
+    /// turn on one thread, with no clock) serves one combination's device on; or why the mode
+    /// cannot be stepped (its frames go through the kernel, which works on its own time).
+    fn lockstep_backend(&self, cfg: &PairConfig) -> Result<Box<dyn Backend>, String>;
 }
 
 impl fmt::Debug for dyn Mode {

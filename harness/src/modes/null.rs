@@ -3,6 +3,7 @@
 //! them for `rr`): the floor the engine itself costs.
 
 use anyhow::Result;
+use engine::backend::Backend;
 
 use super::Mode;
 use crate::ceilings::Ceiling;
@@ -48,5 +49,9 @@ impl Mode for Null {
 
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {
         pair::run_null(cfg)
+    }
+
+    fn lockstep_backend(&self, cfg: &PairConfig) -> Result<Box<dyn Backend>, String> {
+        Ok(Box::new(pair::null_backend(cfg)))
     }
 }

@@ -6,6 +6,7 @@ use std::fs::File;
 
 use anyhow::{Context, Result};
 use engine::backend::tap::tap_backend;
+use engine::backend::Backend;
 use engine::device::{Device, DeviceSpec};
 use engine::worker::{self, WorkerConfig};
 
@@ -55,6 +56,13 @@ impl Mode for TapVhost {
 
     fn oversubscribed(&self, workload: Workload, polling: bool, cores: usize) -> Option<String> {
         tap::oversubscribed(workload, polling, cores)
+    }
+
+    fn lockstep_backend(&self, _cfg: &PairConfig) -> Result<Box<dyn Backend>, String> {
+        Err(
+            "its backend is a tap: every frame goes through the kernel (io_uring writes, reads)"
+                .into(),
+        )
     }
 
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use engine::backend::Backend;
 use engine::device::{DeviceReport, DeviceSpec};
 use engine::metrics::DeviceMetrics;
 use engine::vhost_user::{NetServer, Server};
@@ -114,6 +115,16 @@ impl Mode for VhostUser {
 
     fn in_all(&self) -> bool {
         false
+    }
+
+    /// Its device, when the engine serves it, is `null`'s worker and backend; what vhost-user
+    /// adds is set-up over a socket with a second side, which has no per-packet work to step.
+    fn lockstep_backend(&self, _cfg: &PairConfig) -> Result<Box<dyn Backend>, String> {
+        Err(
+            "its per-packet path is null's (the protocol only sets it up, over a socket to \
+             another side): step null instead"
+                .into(),
+        )
     }
 
     fn run(&self, cfg: &PairConfig) -> Result<RunOutcome> {

@@ -87,6 +87,48 @@ pub const RTT_P99_NS: Metric = Metric {
     noisy: true,
 };
 
+/// An exact (lockstep) count per packet, lower is better.
+const fn exact_count(name: &'static str, slug: &'static str, unit: &'static str) -> Metric {
+    Metric {
+        name,
+        slug,
+        unit,
+        direction: Direction::LowerIsBetter,
+        noisy: false,
+    }
+}
+/// Lockstep: instructions per packet, both sides.
+pub const INSTRUCTIONS_PER_PACKET: Metric = exact_count(
+    "instructions_per_packet",
+    "instructions-per-packet",
+    "instructions",
+);
+/// Lockstep: instructions per packet on the guest's side.
+pub const INSTRUCTIONS_PER_PACKET_GUEST: Metric = exact_count(
+    "instructions_per_packet.guest",
+    "instructions-per-packet-guest",
+    "instructions",
+);
+/// Lockstep: instructions per packet in the device (the engine).
+pub const INSTRUCTIONS_PER_PACKET_DEVICE: Metric = exact_count(
+    "instructions_per_packet.device",
+    "instructions-per-packet-device",
+    "instructions",
+);
+/// Lockstep: system calls per packet.
+pub const SYSCALLS_PER_PACKET: Metric =
+    exact_count("syscalls_per_packet", "syscalls-per-packet", "syscalls");
+/// Lockstep: io_uring enters per packet.
+pub const IO_URING_ENTERS_PER_PACKET: Metric = exact_count(
+    "io_uring_enters_per_packet",
+    "io-uring-enters-per-packet",
+    "enters",
+);
+/// Lockstep: kicks (guest notifications) per packet.
+pub const KICKS_PER_PACKET: Metric = exact_count("kicks_per_packet", "kicks-per-packet", "kicks");
+/// Lockstep: calls (interrupts) per packet.
+pub const CALLS_PER_PACKET: Metric = exact_count("calls_per_packet", "calls-per-packet", "calls");
+
 /// One metric's value in one file: the median over repeats and its 95% confidence interval.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Estimate {
@@ -180,6 +222,7 @@ pub fn benchmarks(doc: &Results) -> Vec<Benchmark> {
     let q = queue_size(doc);
     let mut out: Vec<Benchmark> = doc.records.iter().map(|r| record(r, q)).collect();
     out.extend(doc.peers.iter().map(peer));
+    out.extend(doc.lockstep.iter().map(lockstep));
     dedupe(&mut out);
     out
 }
@@ -306,6 +349,79 @@ pub fn peer(p: &crate::peers::pairings::PeerRecord) -> Benchmark {
     }
 }
 
+/// A lockstep record's benchmark: `lockstep/<mode>/<workload>/<size>B/poll<µs>[+g]/batch<n>
+/// /q<size>[/<features>]/<counter>-<profile>`. Its metrics are exact: the same build counts
+/// the same every time. What it was counted with and in which build profile are part of the
+/// key (callgrind and perf_event counts, or a debug and a release build, are not
+/// comparable); the packet count and a test slowdown are not (the slowdown is what a gate
+/// must catch).
+pub fn lockstep(r: &super::LockstepRecord) -> Benchmark {
+    let features = [
+        (!r.event_idx, "no-event-idx"),
+        (!r.in_order, "no-in-order"),
+        (!r.mrg_rxbuf, "no-mrg-rxbuf"),
+        (r.indirect, "indirect"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect::<Vec<_>>()
+    .join(",");
+    let key = vec![
+        ("mode", r.mode.clone()),
+        ("workload", r.workload.as_str().to_string()),
+        ("size_bytes", r.size_bytes.to_string()),
+        ("busy_poll_us", r.busy_poll_us.to_string()),
+        ("guest_poll", r.guest_poll.to_string()),
+        ("batch", r.batch.to_string()),
+        ("queue_size", r.queue_size.to_string()),
+        ("features", features.clone()),
+        ("counter", r.counter.name().to_string()),
+        ("profile", r.profile.clone()),
+    ];
+    let name = format!(
+        "lockstep/{}/{}/{}B/poll{}{}/batch{}/q{}{}/{}-{}",
+        r.mode,
+        r.workload.as_str(),
+        r.size_bytes,
+        r.busy_poll_us,
+        if r.guest_poll { "+g" } else { "" },
+        r.batch,
+        r.queue_size,
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!("/{features}")
+        },
+        r.counter.name(),
+        r.profile,
+    );
+    let m = |metric: Metric, v: f64| Measured {
+        metric,
+        estimate: Estimate::exact(v),
+    };
+    Benchmark {
+        kind: "lockstep",
+        key,
+        name,
+        metrics: vec![
+            m(INSTRUCTIONS_PER_PACKET, r.instructions_per_packet.total),
+            m(
+                INSTRUCTIONS_PER_PACKET_GUEST,
+                r.instructions_per_packet.guest,
+            ),
+            m(
+                INSTRUCTIONS_PER_PACKET_DEVICE,
+                r.instructions_per_packet.device,
+            ),
+            m(SYSCALLS_PER_PACKET, r.syscalls_per_packet),
+            m(IO_URING_ENTERS_PER_PACKET, r.io_uring_enters_per_packet),
+            m(KICKS_PER_PACKET, r.kicks_per_packet),
+            m(CALLS_PER_PACKET, r.calls_per_packet),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,7 +448,10 @@ mod tests {
         for path in files {
             let doc = read_results(&path).unwrap_or_else(|e| panic!("{e:#}"));
             let b = benchmarks(&doc);
-            assert_eq!(b.len(), doc.records.len() + doc.peers.len());
+            assert_eq!(
+                b.len(),
+                doc.records.len() + doc.peers.len() + doc.lockstep.len()
+            );
             let mut names: Vec<&str> = b.iter().map(|b| b.name.as_str()).collect();
             names.sort_unstable();
             let n = names.len();

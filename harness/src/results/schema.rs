@@ -104,6 +104,10 @@ pub struct Results {
     /// `run --peer dpdk`: the driver × backend pairings (absent without `--peer`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<crate::peers::pairings::PeerRecord>,
+    /// `run --lockstep`: per combination, counts per packet with the guest and the device
+    /// stepped on one thread (absent without `--lockstep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lockstep: Vec<super::LockstepRecord>,
     /// Combinations that failed (an error ended a repeat, or no repeat measured anything),
     /// with what went wrong; the run went on without them. Absent when none did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -157,6 +161,7 @@ impl Results {
             peers: Vec::new(),
             failed: Vec::new(),
             partial: None,
+            lockstep: Vec::new(),
         }
     }
 }

@@ -147,6 +147,10 @@ pub fn main(args: RunArgs) -> Result<Ended> {
     if !args.cores.is_empty() {
         crate::pin::set_cores(&args.cores).map_err(usage)?;
     }
+    if args.lockstep {
+        crate::lockstep::main(args, &outs)?;
+        return Ok(Ended::Complete);
+    }
     for stale in topology::cleanup_stale() {
         crate::say!("removed stale namespace {stale} (its vhostbench process is gone)");
     }

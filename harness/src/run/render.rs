@@ -302,6 +302,74 @@ pub fn peers_table(recs: &[crate::peers::pairings::PeerRecord]) -> Table {
     t
 }
 
+/// The `--lockstep` counts: per combination, instructions per packet (both sides, then each),
+/// and system calls, io_uring enters, kicks and calls per packet.
+pub fn lockstep(recs: &[crate::results::LockstepRecord]) -> String {
+    let mut t = Table::new(&[
+        ("mode", Align::Left),
+        ("wl", Align::Left),
+        ("size", Align::Right),
+        ("poll us", Align::Right),
+        ("batch", Align::Right),
+        ("packets", Align::Right),
+        ("instr/pkt", Align::Right),
+        ("guest", Align::Right),
+        ("device", Align::Right),
+        ("syscalls/pkt", Align::Right),
+        ("uring/pkt", Align::Right),
+        ("kicks/pkt", Align::Right),
+        ("calls/pkt", Align::Right),
+        ("counter", Align::Left),
+    ]);
+    for r in recs {
+        let i = &r.instructions_per_packet;
+        t.push_row(vec![
+            format!(
+                "{}{}",
+                r.mode,
+                if r.test_slowdown_iterations > 0 {
+                    "!"
+                } else {
+                    ""
+                }
+            ),
+            r.workload.as_str().into(),
+            r.size_bytes.to_string(),
+            format!("{}{}", r.busy_poll_us, if r.guest_poll { "+g" } else { "" }),
+            r.batch.to_string(),
+            r.packets.to_string(),
+            format!("{:.1}", i.total),
+            format!("{:.1}", i.guest),
+            format!("{:.1}", i.device),
+            fmt_num(r.syscalls_per_packet),
+            fmt_num(r.io_uring_enters_per_packet),
+            fmt_num(r.kicks_per_packet),
+            fmt_num(r.calls_per_packet),
+            match &r.counter_version {
+                Some(v) => format!("{} ({v}, {})", r.counter.name(), r.profile),
+                None => format!("{} ({})", r.counter.name(), r.profile),
+            },
+        ]);
+    }
+    let mut out = t.render();
+    out.push_str(
+        "Lockstep: the guest and the device stepped in turn on one thread, the same packets every\n\
+         time; per packet (rr: per transaction) over the measured window, after a warm-up.\n\
+         instr/pkt = guest + device: the guest's driver steps and the device's worker rounds,\n\
+         each counted apart (the schedule between them is not). syscalls: eventfd writes (kicks,\n\
+         interrupts) and reads (each taken); the stepped device has no io_uring. poll us > 0:\n\
+         the device busy-polls (a window that never runs out); +g: the guest polls too.\n",
+    );
+    if let Some(r) = recs.iter().find(|r| r.test_slowdown_iterations > 0) {
+        out.push_str(&format!(
+            "! built with the test-only slowdown: {} extra loop iterations per packet in the \
+             engine's handlers.\n",
+            r.test_slowdown_iterations
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
