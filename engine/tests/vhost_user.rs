@@ -83,6 +83,32 @@ fn wanted() -> Features {
     ])
 }
 
+/// A frontend on `path` that negotiated [`wanted`], sent `tb`'s memory and started both
+/// queues at 0.
+fn started(path: &std::path::Path, tb: &Testbed) -> (Frontend, Features) {
+    let mut fe = Frontend::connect(path, PATIENCE).expect("connect");
+    let f = fe.negotiate(wanted()).expect("negotiate");
+    fe.set_mem_table(&tb.mem).expect("memory");
+    fe.start(&tb.device, &[0, 0]).expect("start");
+    (fe, f)
+}
+
+/// Runs `w` on `tb`'s first pair through `fe` and stops the device with `GET_VRING_BASE` when
+/// the guest quiesces: the guest's report and the bases the backend answered.
+fn run_then_stop(
+    tb: &Testbed,
+    fe: &mut Frontend,
+    w: Workload,
+    f: Features,
+) -> (guest_sim::traffic::TrafficReport, Vec<u16>) {
+    let stop = AtomicBool::new(false);
+    let mut bases = None;
+    let r = traffic::run(&tb.guest[0], &traffic_cfg(w, f), &stop, &mut || {
+        bases = Some(fe.stop().expect("GET_VRING_BASE"));
+    });
+    (r, bases.expect("stopped"))
+}
+
 fn traffic_cfg(w: Workload, f: Features) -> TrafficConfig {
     TrafficConfig {
         workload: w,
@@ -238,22 +264,9 @@ fn bad_requests_are_refused_and_the_server_keeps_serving() {
 fn a_frontend_that_comes_back_resumes_where_the_queues_stopped() {
     let (srv, path) = server("resume", Workload::Tx);
     let tb = testbed();
-    let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
-    let f = fe.negotiate(wanted()).expect("negotiate");
-    fe.set_mem_table(&tb.mem).expect("memory");
-    fe.start(&tb.device, &[0, 0]).expect("start");
-    let stop = AtomicBool::new(false);
-    let mut bases = None;
-    let r = traffic::run(
-        &tb.guest[0],
-        &traffic_cfg(Workload::Tx, f),
-        &stop,
-        &mut || {
-            bases = Some(fe.stop().expect("GET_VRING_BASE"));
-        },
-    );
+    let (mut fe, f) = started(&path, &tb);
+    let (r, bases) = run_then_stop(&tb, &mut fe, Workload::Tx, f);
     assert!(r.error.is_none() && r.sent > 0, "{:?}", r.error);
-    let bases = bases.expect("stopped");
     assert_eq!(u64::from(bases[1]), r.sent % 65536);
     drop(fe);
 
@@ -304,22 +317,9 @@ fn a_frontend_that_comes_back_resumes_where_the_queues_stopped() {
 fn a_stopped_rx_queue_answers_the_buffers_it_filled() {
     let (srv, path) = server("rx-base", Workload::Rr);
     let tb = testbed();
-    let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
-    let f = fe.negotiate(wanted()).expect("negotiate");
-    fe.set_mem_table(&tb.mem).expect("memory");
-    fe.start(&tb.device, &[0, 0]).expect("start");
-    let stop = AtomicBool::new(false);
-    let mut bases = None;
-    let r = traffic::run(
-        &tb.guest[0],
-        &traffic_cfg(Workload::Rr, f),
-        &stop,
-        &mut || {
-            bases = Some(fe.stop().expect("GET_VRING_BASE"));
-        },
-    );
+    let (mut fe, f) = started(&path, &tb);
+    let (r, bases) = run_then_stop(&tb, &mut fe, Workload::Rr, f);
     assert!(r.error.is_none() && r.received > 0, "{:?}", r.error);
-    let bases = bases.expect("stopped");
     // 64-byte frames in 2 KiB buffers: one buffer each.
     assert_eq!(u64::from(bases[0]), r.received % 65536, "RX base");
     assert_eq!(u64::from(bases[1]), r.sent % 65536, "TX base");
@@ -334,10 +334,7 @@ fn a_stopped_rx_queue_answers_the_buffers_it_filled() {
 fn a_frontend_that_disconnects_mid_run_leaves_the_server_serving() {
     let (srv, path) = server("vanish", Workload::Rx);
     let tb = testbed();
-    let mut fe = Frontend::connect(&path, PATIENCE).expect("connect");
-    let f = fe.negotiate(wanted()).expect("negotiate");
-    fe.set_mem_table(&tb.mem).expect("memory");
-    fe.start(&tb.device, &[0, 0]).expect("start");
+    let (fe, f) = started(&path, &tb);
     let metrics = srv
         .state()
         .device()

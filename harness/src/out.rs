@@ -25,7 +25,7 @@ pub fn stdout_closed() -> bool {
     STDOUT_CLOSED.load(Ordering::Relaxed)
 }
 
-/// Writes one line of prose (see the module documentation). Used through [`say!`].
+/// Writes one line of prose (see the module documentation). Used through [`crate::say!`].
 pub fn say_line(args: fmt::Arguments<'_>) {
     if TO_STDERR.load(Ordering::Relaxed) {
         let _ = writeln!(io::stderr().lock(), "{args}");
