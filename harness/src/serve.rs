@@ -125,17 +125,7 @@ pub fn main(args: ServeArgs) -> Result<()> {
                 topology::UPLINK_WIRE,
                 ns.name()
             );
-            let batch = args.batch as usize;
-            let file = tap.file;
-            Box::new(move |mem: &Arc<_>, features, pairs| {
-                if pairs != 1 {
-                    return Err(std::io::Error::other(
-                        "the tap backend serves one queue pair",
-                    ));
-                }
-                let be = tap_backend(file.try_clone()?, mem.clone(), batch, features)?;
-                Ok(vec![Box::new(be) as Box<dyn Backend>])
-            })
+            tap_factory(tap.file, args.batch as usize)
         }
         ServeBackend::Vf => {
             let p = topology::probe();
@@ -224,6 +214,20 @@ pub fn main(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The backend factory of `--backend tap`: each device a frontend starts gets its own handle
+/// of the tap.
+pub(crate) fn tap_factory(tap: std::fs::File, batch: usize) -> engine::vhost_user::BackendFactory {
+    Box::new(move |mem: &Arc<_>, features, pairs| {
+        if pairs != 1 {
+            return Err(std::io::Error::other(
+                "the tap backend serves one queue pair",
+            ));
+        }
+        let be = tap_backend(tap.try_clone()?, mem.clone(), batch, features)?;
+        Ok(vec![Box::new(be) as Box<dyn Backend>])
+    })
+}
+
 /// The backend factory of `--backend vf`: on each device start, the VF end `vf` in `ns`
 /// reached as `kind` says. A packet or AF_XDP socket is opened for each device (the XDP
 /// program of the last one detached first: one socket is registered at a time); a macvtap is
@@ -302,6 +306,43 @@ mod tests {
     use crate::modes::Mode;
     use crate::pair;
     use guest_sim::traffic::Workload;
+
+    #[test]
+    fn a_served_tap_takes_every_frame_across_its_bridge_for_each_frontend() {
+        let p = topology::probe();
+        if !p.can_run {
+            crate::testing::skip(
+                "a_served_tap_takes_every_frame_across_its_bridge_for_each_frontend",
+                &p.summary(),
+            );
+            return;
+        }
+        let ns = Netns::create().expect("namespace");
+        let tap = topology::open_tap(&ns, "tap0", 0).expect("tap");
+        topology::bridge_with_uplink(&ns, "br0", &["tap0"]).expect("bridge");
+        let path = std::env::temp_dir().join(format!("vhb-serve-{}-tap.sock", std::process::id()));
+        let server = Server::start(
+            &path,
+            NetServer::new(1, tap_factory(tap.file, 64), WorkerConfig::default()),
+        )
+        .expect("server");
+        let mut cfg = pair::moderate_test_config(Workload::Tx);
+        cfg.socket = Some(path.clone());
+        for round in 0..2 {
+            let before = topology::link_stats(&ns, topology::UPLINK_WIRE).expect("stats");
+            let o = VhostUser.run(&cfg).expect("run");
+            let after = topology::link_stats(&ns, topology::UPLINK_WIRE).expect("stats");
+            assert!(o.guest.error.is_none(), "{:?}", o.guest.error);
+            let sent = o.guest.sent - o.guest.tx_unreturned;
+            assert!(sent > 100, "round {round}: sent {sent}");
+            // The bridge floods the guest's frames (to a MAC it has not learned) out of its
+            // uplink: the wire end counts each once.
+            assert_eq!(after.rx_packets - before.rx_packets, sent, "round {round}");
+        }
+        let st = server.state().stats.clone();
+        assert_eq!((st.starts, st.refused), (2, 0), "{st:?}");
+        server.shutdown().expect("shutdown");
+    }
 
     #[test]
     fn a_served_vf_takes_every_frame_to_the_wire_for_each_frontend() {
