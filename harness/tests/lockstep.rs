@@ -20,7 +20,7 @@ fn lockstep_run(out: &Path) -> Results {
             "64",
         ])
         .args(["--queue-size", "64", "--guest-mem-mb", "4"])
-        .args(["--lockstep-packets", "1024", "--json-only", "--out"])
+        .args(["--lockstep-packets", "1024", "--out"])
         .arg(out)
         .output()
         .expect("run vhostbench");
@@ -36,10 +36,14 @@ fn lockstep_run(out: &Path) -> Results {
 #[test]
 fn two_lockstep_runs_of_one_build_count_the_same() {
     if let Err(e) = harness::lockstep::callgrind::version() {
-        eprintln!("skipping two_lockstep_runs_of_one_build_count_the_same: {e:#}");
+        harness::testing::skip(
+            "two_lockstep_runs_of_one_build_count_the_same",
+            &format!("{e:#}"),
+        );
         return;
     }
     let dir = std::env::temp_dir().join(format!("vhb-lockstep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
     let a = lockstep_run(&dir.join("a.json"));
     let b = lockstep_run(&dir.join("b.json"));
     let _ = std::fs::remove_dir_all(&dir);

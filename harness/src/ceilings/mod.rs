@@ -725,7 +725,10 @@ mod tests {
         let can_tap = topology::probe().can_run;
         for c in Ceiling::standard() {
             if c.needs_privileges() && !can_tap {
-                eprintln!("skipping {c}: {}", topology::probe().summary());
+                crate::testing::skip(
+                    &format!("every_ceiling_measures_something ({c})"),
+                    &topology::probe().summary(),
+                );
                 continue;
             }
             let rows = c.measure(Duration::from_millis(20), 1).expect("measure");
