@@ -31,6 +31,8 @@ fn sigkilled_run_leaves_a_namespace_the_next_start_removes() {
     }
     let bin = env!("CARGO_BIN_EXE_vhostbench");
     let dir = std::env::temp_dir().join(format!("vhb-sigkill-{}", std::process::id()));
+    // --out's directory must exist (a run refuses one that does not, before measuring).
+    std::fs::create_dir_all(&dir).expect("scratch directory");
     let mut child = Command::new(bin)
         .args([
             "run",
