@@ -304,6 +304,8 @@ fn seeds_dir() -> PathBuf {
 
 #[test]
 fn every_case_encodes_to_itself() {
+    // It opens files (the seeds, the cases' fds): not while a replay counts them.
+    let _one = exclusive();
     for (name, msgs) in cases() {
         let input = Input { msgs };
         let bytes = input.to_bytes();
@@ -314,6 +316,8 @@ fn every_case_encodes_to_itself() {
 
 #[test]
 fn the_seeds_are_the_cases() {
+    // It opens files (the seeds, the cases' fds): not while a replay counts them.
+    let _one = exclusive();
     for (name, msgs) in cases() {
         let path = seeds_dir().join(name);
         let got = std::fs::read(&path).unwrap_or_default();
@@ -330,6 +334,8 @@ fn the_seeds_are_the_cases() {
 #[test]
 #[ignore]
 fn write_seeds() {
+    // It opens files (the seeds, the cases' fds): not while a replay counts them.
+    let _one = exclusive();
     std::fs::create_dir_all(seeds_dir()).expect("mkdir");
     for (name, msgs) in cases() {
         std::fs::write(seeds_dir().join(name), Input { msgs }.to_bytes()).expect("write");
